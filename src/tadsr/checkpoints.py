@@ -1,0 +1,174 @@
+"""Loading official ResShift checkpoints, and our own safetensors model files.
+
+Official files come in several forms (reference.md §3.3): a bare state dict (autoencoders, EMA checkpoints), a trainer
+checkpoint ``{'state_dict': ..., 'iters_start': ...}``, keys prefixed with ``module.`` (DDP) and/or containing
+``_orig_mod.`` (``torch.compile``). All are read with ``torch.load(weights_only=True)``: no code from a file is ever
+executed. Loading is strict: every parameter must be present with the right shape, and no unknown key is accepted.
+The derived buffers ``relative_position_index`` and ``attn_mask`` (recomputed by the network) are loaded when present
+and may be absent, e.g. from our own exports, which drop them.
+
+Our own format is one safetensors file: tensors under ``unet.`` and ``first_stage.`` and, in the metadata, the
+``ModelConfig`` as JSON (see ``save_model`` / ``load_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+DERIVED_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
+FORMAT_NAME = "tadsr"
+FORMAT_VERSION = "1"
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model; the message names the file."""
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read the tensors of an official ``.pth`` / ``.ckpt`` or a ``.safetensors`` file, unwrapped and unprefixed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights-only errors all mean "not a checkpoint we can read"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable weights-only PyTorch checkpoint ({first})") from err
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj: object, source: str | os.PathLike = "<checkpoint>") -> dict[str, Tensor]:
+    """Take the state dict out of any official form and normalise its keys.
+
+    Accepts a bare mapping of tensors or one nested under ``state_dict`` (trainer checkpoints), ``model`` or
+    ``params_ema``; strips a leading ``module.`` (DDP) and every ``_orig_mod.`` (torch.compile).
+    """
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "params_ema"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source}: holds no state dict (found {type(obj).__name__})")
+    out: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        key = key.replace("_orig_mod.", "")
+        if key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = value
+    return out
+
+
+def _is_derived(key: str) -> bool:
+    return key.endswith(DERIVED_BUFFER_SUFFIXES)
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], source: str | os.PathLike) -> None:
+    """Load ``state`` into ``module``; raise one CheckpointError listing missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not _is_derived(k)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict({k: v for k, v in state.items()}, strict=False)
+
+
+def load_official(module: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load an official ResShift / SinSR file (any form, see module docstring) strictly into a built module."""
+    load_state_dict_strict(module, read_state_dict(path), path)
+    return module
+
+
+def atomic_save_file(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temporary file in the same folder and an atomic rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_tensors(module: nn.Module, prefix: str, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """The module's state dict without derived buffers, under ``prefix``, floats cast to ``dtype`` if given."""
+    out = {}
+    for key, value in module.state_dict().items():
+        if _is_derived(key):
+            continue
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        out[prefix + key] = value.contiguous()
+    return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file; CheckpointError if it is not a tadsr model file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    if meta.get("format") != FORMAT_NAME or "config" not in meta:
+        raise CheckpointError(f"{path}: not a tadsr model file (no tadsr config in its metadata); "
+                              "convert official weights with `tadsr convert`")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: tadsr format version {meta.get('format_version')!r} is not supported "
+                              f"(this release reads {FORMAT_VERSION})")
+    return meta
+
+
+def split_prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``state`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def config_json(config: object) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(config), sort_keys=True)

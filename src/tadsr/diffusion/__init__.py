@@ -1,0 +1,32 @@
+"""ResShift diffusion: the eta schedule and its closed forms (``schedule``), and the samplers (``samplers``)."""
+
+from tadsr.diffusion.samplers import deterministic_step, predict_x0, sample, stochastic_step
+from tadsr.diffusion.schedule import (
+    Schedule,
+    ScheduleConfig,
+    deterministic_coefficients,
+    eps_to_x0,
+    posterior_mean_variance,
+    prior_sample,
+    q_sample,
+    scale_input,
+    sqrt_eta_schedule,
+    x0_to_eps,
+)
+
+__all__ = [
+    "Schedule",
+    "ScheduleConfig",
+    "deterministic_coefficients",
+    "deterministic_step",
+    "eps_to_x0",
+    "posterior_mean_variance",
+    "predict_x0",
+    "prior_sample",
+    "q_sample",
+    "sample",
+    "scale_input",
+    "sqrt_eta_schedule",
+    "stochastic_step",
+    "x0_to_eps",
+]

@@ -1,0 +1,81 @@
+"""The diffusion SR pipeline: LR image -> bicubic x scale -> encode -> sample (T steps or one) -> decode -> clamp.
+
+Images are (N, 3, H, W) tensors in [-1, 1]. Runs in float32 on CPU and, when ``autocast_dtype`` is given,
+under autocast (float16 / bfloat16 on CUDA, bfloat16 on CPU). The LR image is reflect-padded to the size the
+network needs and the output cropped back (reference.md §5.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tadsr.diffusion.samplers import SamplerName, sample
+from tadsr.inference.padding import crop_to, pad_to_multiple
+from tadsr.model import SRModel
+
+
+def upsample_lr(lr: Tensor, scale: int) -> Tensor:
+    """Bicubic x scale with ``F.interpolate`` (align_corners False, no antialias), as ResShift (reference.md §1.5)."""
+    if scale == 1:
+        return lr
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def encode_lr(model: SRModel, lr: Tensor) -> Tensor:
+    """z_y = E(bicubic_up(lr)): (N, 3, h, w) in [-1, 1] -> (N, C, h s / f, w s / f)."""
+    return model.first_stage.encode(upsample_lr(lr, model.config.scale))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def super_resolve(
+    model: SRModel,
+    lr: Tensor,
+    steps: int | None = None,
+    sampler: SamplerName = "deterministic",
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    output: Literal["image", "latent"] = "image",
+) -> Tensor:
+    """Super-resolve a batch of LR images.
+
+    Args:
+        model: teacher or student.
+        lr: (N, 3, h, w) in [-1, 1]; any size (reflect-padded to ``model.config.lr_multiple``, cropped back).
+        steps: 1 (one network call at t = T-1, the student's path) or T (full sampling); default by ``model.config.role``.
+        sampler: "deterministic" (Eq. 3) or "stochastic" (Eq. 2) for T-step sampling.
+        noise: (N, C, H', W') prior noise for the *padded* latent; drawn from ``generator`` when None.
+        generator: source of the prior noise (and of the stochastic sampler's per-step noise).
+        autocast_dtype: float16 / bfloat16 to run under autocast; None for the model's own dtype.
+        output: "image" (N, 3, h s, w s) clamped to [-1, 1], or "latent" (the sampled z_0 of the padded input).
+    """
+    cfg = model.config
+    num_steps = cfg.schedule.num_steps
+    if steps is None:
+        steps = 1 if cfg.role == "student" else num_steps
+    if steps not in (1, num_steps):
+        raise ValueError(f"steps must be 1 (one step) or {num_steps} (the schedule's T), got {steps}")
+    if lr.dim() != 4 or lr.shape[1] != 3:
+        raise ValueError(f"lr must be (N, 3, H, W), got {tuple(lr.shape)}")
+    param = next(model.unet.parameters())
+    lr = lr.to(device=param.device, dtype=param.dtype)
+    padded, (h, w) = pad_to_multiple(lr, cfg.lr_multiple)
+    with _autocast(param.device, autocast_dtype):
+        z_y = encode_lr(model, padded)
+        z_0 = sample(model.unet, model.schedule, z_y, padded, noise=noise, sampler=sampler,
+                     one_step=steps == 1 and num_steps > 1, generator=generator)
+        if output == "latent":
+            return z_0.float()
+        hr = model.first_stage.decode(z_0)
+    return crop_to(hr.float().clamp(-1, 1), (h * cfg.scale, w * cfg.scale))

@@ -1,0 +1,6 @@
+"""Networks: the Swin-UNet denoiser, the VQ autoencoders and the pixel-unshuffle first stage."""
+
+from tadsr.nets.autoencoder import PixelUnshuffleConfig, PixelUnshuffleStage, VQAutoencoder, VQConfig
+from tadsr.nets.unet import SwinUNet, UNetConfig
+
+__all__ = ["PixelUnshuffleConfig", "PixelUnshuffleStage", "SwinUNet", "UNetConfig", "VQAutoencoder", "VQConfig"]

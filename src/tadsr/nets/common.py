@@ -1,0 +1,45 @@
+"""Layers shared by the Swin-UNet, the autoencoders and the discriminator."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype (autocast-safe), cast back to the input dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def normalization(channels: int, eps: float = 1e-5) -> GroupNorm32:
+    """The 32-group GroupNorm the ResShift UNet and Swin layers use everywhere ("GN32")."""
+    return GroupNorm32(32, channels, eps=eps)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of integer timesteps, (N,) -> (N, dim) float32: **cos first, then sin**.
+
+    Frequencies exp(-ln(max_period) i / half), i = 0..half-1 (guided-diffusion / ResShift convention;
+    reference.md §3.1). The raw index is embedded: no x1000 rescale.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` and return it (zero-initialised output convs)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
