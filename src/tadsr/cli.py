@@ -9,7 +9,7 @@ import click
 import torch
 
 from tadsr.checkpoints import CheckpointError, load_official
-from tadsr.config import config_to_json
+from tadsr.config import config_to_json, model_config_from_json
 from tadsr.model import SRModel, load_model, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 
@@ -29,10 +29,12 @@ def main() -> None:
 
 @main.command()
 @click.option("--preset", type=click.Choice(MODEL_PRESETS), default="realsr-x4", help="Official architecture.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A ModelConfig JSON file (as `tadsr info` prints) for a custom architecture; replaces --preset.")
 @click.option("--unet", "unet_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Official denoiser weights, e.g. resshift_realsrx4_s15_v1.pth (any official form).")
-@click.option("--autoencoder", "ae_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Official autoencoder weights, e.g. autoencoder_vq_f4.pth.")
+@click.option("--autoencoder", "ae_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Official autoencoder weights, e.g. autoencoder_vq_f4.pth (not for a pixel-unshuffle stage).")
 @click.option("--schedule", type=click.Choice(SCHEDULE_PRESETS), default=None,
               help="Override the preset's schedule (e.g. faceir-tadsr).")
 @click.option("--role", type=click.Choice(["teacher", "student"]), default="teacher",
@@ -40,8 +42,8 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .safetensors file.")
-def convert(preset: str, unet_path: Path, ae_path: Path, schedule: str | None, role: str, dtype: str,
-            output: Path) -> None:
+def convert(preset: str, config_path: Path | None, unet_path: Path, ae_path: Path | None, schedule: str | None,
+            role: str, dtype: str, output: Path) -> None:
     """Convert official ResShift/SinSR weights to one tadsr safetensors file (config in its metadata).
 
     \b
@@ -51,10 +53,24 @@ def convert(preset: str, unet_path: Path, ae_path: Path, schedule: str | None, r
     """
     if output.suffix != ".safetensors":
         _fail(f"{output}: output must end in .safetensors")
-    model = SRModel(model_config(preset, schedule=schedule, role=role))  # type: ignore[arg-type]
+    for path in (unet_path, ae_path):
+        if path is not None and not path.is_file():
+            _fail(f"{path}: no such checkpoint file")
+    try:
+        config = (model_config_from_json(config_path.read_text()) if config_path
+                  else model_config(preset, schedule=schedule, role=role))  # type: ignore[arg-type]
+    except (ValueError, TypeError) as err:
+        _fail(f"{config_path}: invalid model config ({err})")
+    model = SRModel(config)
+    has_weights = any(True for _ in model.first_stage.parameters())
+    if has_weights and ae_path is None:
+        _fail("--autoencoder is required: this model's first stage has weights")
+    if not has_weights and ae_path is not None:
+        _fail(f"{ae_path}: this model's first stage (pixel-unshuffle) has no weights to load")
     try:
         load_official(model.unet, unet_path)
-        load_official(model.first_stage, ae_path)
+        if ae_path is not None:
+            load_official(model.first_stage, ae_path)
         save_model(model, output, dtype=_DTYPES[dtype])
     except (CheckpointError, OSError) as err:
         _fail(str(err))

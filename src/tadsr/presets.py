@@ -3,7 +3,8 @@
 Public API (stable; external checks call these names):
 
 * ``build_unet(name)`` for ``"realsr-x4"`` (resshift_realsrx4_s15_v1/v2) and ``"faceir"`` (resshift_faceir_s4);
-* ``build_autoencoder(name)`` for ``"vq-f4"`` (autoencoder_vq_f4.pth) and ``"vq-f8-face"`` (ffhq512_vq_f8_dim8_face.pth);
+* ``build_autoencoder(name)`` for ``"vq-f4"`` (autoencoder_vq_f4.pth) and ``"vq-f8-face"``
+  (ffhq512_vq_f8_dim8_face.pth);
 * ``build_schedule(name)`` for ``"realsr-x4-v1"`` (T=15, kappa 2, p 0.3, min_noise_level 0.04, sqrt(eta_T) 0.99)
   and ``"faceir"`` (T=4, min_noise_level 0.2, ResShift-HEAD sqrt(eta_1) = 0.1, the schedule the released face
   teacher was trained with) or ``"faceir-tadsr"`` (the TAD-SR code's sqrt(eta_1) = sqrt(0.001) cap).

@@ -73,7 +73,8 @@ class Schedule:
     Attributes: ``sqrt_eta``, ``eta``, ``eta_prev`` (``[0, eta_1, ..., eta_{T-1}]``), ``alpha``,
     ``posterior_mean_coef_xt`` (eta_{t-1}/eta_t), ``posterior_mean_coef_x0`` (alpha_t/eta_t),
     ``posterior_variance`` (kappa^2 eta_{t-1} alpha_t / eta_t), ``posterior_log_variance_clipped``,
-    ``input_std`` (sqrt(kappa^2 eta_t + 1)) and the deterministic-sampler coefficients ``ddim_k``, ``ddim_m``, ``ddim_j``.
+    ``input_std`` (sqrt(kappa^2 eta_t + 1)) and the deterministic-sampler coefficients ``ddim_k``, ``ddim_m``,
+    ``ddim_j``.
     """
 
     def __init__(self, config: ScheduleConfig) -> None:
@@ -84,7 +85,8 @@ class Schedule:
         self.eta = self.sqrt_eta**2
         self.eta_prev = torch.cat([self.eta.new_zeros(1), self.eta[:-1]])
         self.alpha = self.eta - self.eta_prev
-        # Eq. 2: q(z_{t-1} | z_t, z_0, y) = N(eta_{t-1}/eta_t z_t + alpha_t/eta_t z_0, kappa^2 eta_{t-1}/eta_t alpha_t I)
+        # Eq. 2: q(z_{t-1} | z_t, z_0, y) = N(eta_{t-1}/eta_t z_t + alpha_t/eta_t z_0,
+        #                                   kappa^2 eta_{t-1}/eta_t alpha_t I)
         self.posterior_mean_coef_xt = self.eta_prev / self.eta
         self.posterior_mean_coef_x0 = self.alpha / self.eta
         self.posterior_variance = self.kappa**2 * self.eta_prev / self.eta * self.alpha
@@ -135,7 +137,8 @@ def prior_sample(schedule: Schedule, z_y: Tensor, noise: Tensor) -> Tensor:
 
 def posterior_mean_variance(schedule: Schedule, z_t: Tensor, z_0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of q(z_{t-1} | z_t, z_0, y), Eq. 2. Returns ((N, C, H, W), (N, 1, 1, 1))."""
-    mean = extract(schedule.posterior_mean_coef_xt, t, z_t) * z_t + extract(schedule.posterior_mean_coef_x0, t, z_t) * z_0
+    coef_xt = extract(schedule.posterior_mean_coef_xt, t, z_t)
+    mean = coef_xt * z_t + extract(schedule.posterior_mean_coef_x0, t, z_t) * z_0
     return mean, extract(schedule.posterior_variance, t, z_t)
 
 

@@ -53,7 +53,8 @@ def super_resolve(
     Args:
         model: teacher or student.
         lr: (N, 3, h, w) in [-1, 1]; any size (reflect-padded to ``model.config.lr_multiple``, cropped back).
-        steps: 1 (one network call at t = T-1, the student's path) or T (full sampling); default by ``model.config.role``.
+        steps: 1 (one network call at t = T-1, the student's path) or T (full sampling); by default 1 for a
+            student and T for a teacher (``model.config.role``).
         sampler: "deterministic" (Eq. 3) or "stochastic" (Eq. 2) for T-step sampling.
         noise: (N, C, H', W') prior noise for the *padded* latent; drawn from ``generator`` when None.
         generator: source of the prior noise (and of the stochastic sampler's per-step noise).

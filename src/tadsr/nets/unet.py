@@ -92,7 +92,9 @@ class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int | None = None) -> None:
         super().__init__()
         out_channels = out_channels or channels
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         self.out_layers = nn.Sequential(
             normalization(out_channels),

@@ -1,0 +1,47 @@
+"""Shared tiny configurations: small enough for CPU tests, same code paths as the official networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tadsr.config import ModelConfig
+from tadsr.diffusion.schedule import ScheduleConfig
+from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQConfig
+from tadsr.nets.unet import UNetConfig
+
+# Three levels at 32/16/8 with Swin everywhere: shifted windows at 32 and 16, an unshifted 8x8 level.
+TINY_UNET = UNetConfig(image_size=32, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),
+                       num_res_blocks=(1, 1, 1), attention_resolutions=(32, 16, 8), swin_embed_dim=32,
+                       num_head_channels=16, lq_size=32)
+TINY_VQ = VQConfig(embed_dim=3, n_embed=64, z_channels=3, resolution=64, ch=32, ch_mult=(1, 2),
+                   num_res_blocks=(1, 1), attn_resolutions=(32,))
+TINY_SCHEDULE = ScheduleConfig(num_steps=5, kappa=2.0, power=0.3, min_noise_level=0.04, etas_end=0.99)
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Give every parameter deterministic non-trivial values (zero-initialised convs included)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rng() -> None:
+    """Tests that draw from the global generator get the same draws whatever ran before them."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_vq_model_config() -> ModelConfig:
+    """x2 SR with the tiny VQ (f2): LR h -> bicubic 2h -> latent h, the LR concatenated as is (lq_factor 1)."""
+    return ModelConfig(unet=TINY_UNET, first_stage=TINY_VQ, schedule=TINY_SCHEDULE, scale=2)
+
+
+@pytest.fixture
+def tiny_pixel_model_config() -> ModelConfig:
+    """x4 SR with the lossless pixel-unshuffle stage (f4, 48 latent channels): LR h -> latent h."""
+    unet = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 48, "out_channels": 48})
+    return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=TINY_SCHEDULE, scale=4)

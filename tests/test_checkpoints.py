@@ -1,0 +1,137 @@
+"""Official checkpoint forms load strictly and identically; bad files fail naming the file and key; our format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_UNET, TINY_VQ, randomize
+from tadsr.checkpoints import CheckpointError, load_official, read_state_dict
+from tadsr.config import ModelConfig
+from tadsr.model import SRModel, load_model, save_model
+from tadsr.nets.autoencoder import VQAutoencoder
+from tadsr.nets.unet import SwinUNet
+
+
+@pytest.fixture(scope="module")
+def source() -> SwinUNet:
+    return randomize(SwinUNet(TINY_UNET), seed=7).eval()
+
+
+def _out(unet: SwinUNet) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x, lq = torch.randn(1, 3, 32, 32, generator=gen), torch.randn(1, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        return unet(x, torch.tensor([3]), lq)
+
+
+FORMS = {
+    "bare": lambda sd: sd,
+    "trainer": lambda sd: {"iters_start": 300000, "log_step": {}, "state_dict": sd},
+    "ddp": lambda sd: {"module." + k: v for k, v in sd.items()},
+    "compiled": lambda sd: {"_orig_mod." + k: v for k, v in sd.items()},
+    "ddp-compiled-trainer": lambda sd: {"state_dict": {"module._orig_mod." + k: v for k, v in sd.items()}},
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_official_forms_load_strictly_and_give_identical_outputs(source: SwinUNet, form: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{form}.pth"
+    torch.save(FORMS[form](source.state_dict()), path)
+    target = SwinUNet(TINY_UNET).eval()
+    assert not torch.equal(_out(target), _out(source))
+    load_official(target, path)
+    assert torch.equal(_out(target), _out(source))
+
+
+def test_checkpoint_without_derived_buffers_loads(source: SwinUNet, tmp_path: Path) -> None:
+    sd = {k: v for k, v in source.state_dict().items() if not k.endswith(("relative_position_index", "attn_mask"))}
+    torch.save(sd, tmp_path / "slim.pth")
+    assert torch.equal(_out(load_official(SwinUNet(TINY_UNET).eval(), tmp_path / "slim.pth")), _out(source))
+
+
+def _expect_error(module: torch.nn.Module, state: dict, tmp_path: Path, *needles: str) -> str:
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_official(module, path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for needle in needles:
+        assert needle in message
+    return message
+
+
+def test_wrong_shape_names_the_key_and_both_shapes(source: SwinUNet, tmp_path: Path) -> None:
+    sd = dict(source.state_dict())
+    sd["out.2.weight"] = torch.zeros(4, 32, 3, 3)
+    _expect_error(SwinUNet(TINY_UNET), sd, tmp_path, "out.2.weight", "(4, 32, 3, 3)", "(3, 32, 3, 3)", "shape")
+
+
+def test_missing_and_unexpected_keys_are_listed(source: SwinUNet, tmp_path: Path) -> None:
+    sd = dict(source.state_dict())
+    del sd["time_embed.0.weight"]
+    sd["extra.weight"] = torch.zeros(1)
+    _expect_error(SwinUNet(TINY_UNET), sd, tmp_path, "missing", "time_embed.0.weight", "unexpected", "extra.weight")
+
+
+def test_a_unet_checkpoint_does_not_load_into_the_autoencoder(source: SwinUNet, tmp_path: Path) -> None:
+    message = _expect_error(VQAutoencoder(TINY_VQ), source.state_dict(), tmp_path, "VQAutoencoder", "missing")
+    assert "more)" in message  # long lists are cut, the line stays readable
+
+
+def test_pickled_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": os.getcwd, "cls": Path}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize(("content", "match"), [(b"", "not a readable"), (b"not a checkpoint", "not a readable")])
+def test_unreadable_files_fail_clearly(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        read_state_dict(path)
+    with pytest.raises(CheckpointError, match="no such"):
+        read_state_dict(tmp_path / "missing.pth")
+
+
+def test_non_tensor_entries_are_refused(tmp_path: Path) -> None:
+    torch.save({"w": torch.zeros(1), "step": 3}, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="'step' is a int"):
+        read_state_dict(tmp_path / "mixed.pth")
+
+
+def test_safetensors_round_trip(tiny_vq_model_config: ModelConfig, tmp_path: Path) -> None:
+    model = randomize(SRModel(tiny_vq_model_config), seed=4).eval()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_fp16_storage_halves_the_file_and_loads_in_fp32(tiny_vq_model_config: ModelConfig, tmp_path: Path) -> None:
+    model = randomize(SRModel(tiny_vq_model_config), seed=4).eval()
+    save_model(model, tmp_path / "a.safetensors")
+    save_model(model, tmp_path / "b.safetensors", dtype=torch.float16)
+    ratio = (tmp_path / "b.safetensors").stat().st_size / (tmp_path / "a.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.6
+    loaded = load_model(tmp_path / "b.safetensors")
+    weight = loaded.unet.out[2].weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, model.unet.out[2].weight.half().float())
+
+
+def test_foreign_safetensors_is_not_a_model_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a tadsr model file"):
+        load_model(tmp_path / "other.safetensors")
