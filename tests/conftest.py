@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -45,3 +47,16 @@ def tiny_pixel_model_config() -> ModelConfig:
     """x4 SR with the lossless pixel-unshuffle stage (f4, 48 latent channels): LR h -> latent h."""
     unet = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 48, "out_channels": 48})
     return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=TINY_SCHEDULE, scale=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny x4 one-step model (pixel-unshuffle first stage, random weights) saved as a tadsr file."""
+    from tadsr.model import SRModel, save_model
+
+    unet = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 48, "out_channels": 48})
+    config = ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=TINY_SCHEDULE, scale=4,
+                         role="student")
+    path = tmp_path_factory.mktemp("models") / "tiny-student.safetensors"
+    save_model(randomize(SRModel(config), seed=3, std=0.05).eval(), path)
+    return path

@@ -149,14 +149,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
+    hint = "tadsr models are .safetensors files made by `tadsr convert` (official .pth weights need converting)"
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+        raise CheckpointError(f"{path}: not a tadsr model file (unreadable as safetensors: {err}); {hint}") from err
     if meta.get("format") != FORMAT_NAME or "config" not in meta:
-        raise CheckpointError(f"{path}: not a tadsr model file (no tadsr config in its metadata); "
-                              "convert official weights with `tadsr convert`")
+        raise CheckpointError(f"{path}: not a tadsr model file (no tadsr config in its metadata); {hint}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: tadsr format version {meta.get('format_version')!r} is not supported "
                               f"(this release reads {FORMAT_VERSION})")

@@ -10,7 +10,9 @@ import torch
 
 from tadsr.checkpoints import CheckpointError, load_official
 from tadsr.config import config_to_json, model_config_from_json
-from tadsr.model import SRModel, load_model, save_model
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
+from tadsr.inference.color import COLOR_FIXES
+from tadsr.model import ModelNotFoundError, SRModel, load_model, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,6 +96,86 @@ def info(model: str) -> None:
     click.echo(config_to_json(sr.config))
     click.echo(f"unet parameters: {unet:,}\nfirst-stage parameters: {stage:,}")
     click.echo(f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}")
+
+
+@main.command()
+@click.option("-i", "--input", "input_spec", required=True,
+              help="An image file, a folder (searched recursively) or a quoted glob pattern.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (created if needed); a folder input keeps its sub-folders.")
+@click.option("--model", default=None,
+              help="A .safetensors file from `tadsr convert`, or 'student' / 'teacher' (embedded). [default: student]")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
+                   "[default: 1 for a student, T for a teacher]")
+@click.option("-s", "--outscale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Final scale: the model's native scale, then a high-quality resize. [default: native]")
+@click.option("-t", "--tile", type=click.IntRange(min=0), default=128,
+              help="Tile size in LR pixels (rounded up to the model's multiple); 0 = whole image.")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=16, help="Tile overlap in LR pixels.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Tiles per network call.")
+@click.option("--fp32", "precision", flag_value="fp32", help="Float32 compute [default on CPU].")
+@click.option("--fp16", "precision", flag_value="fp16", help="Float16 autocast [default on CUDA].")
+@click.option("--bf16", "precision", flag_value="bf16", help="Bfloat16 autocast.")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
+@click.option("--seed", type=int, default=0, help="Seed of the prior noise (the same for every image).")
+@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none",
+              help="Restore the LR's colours: wavelet (low frequencies) or adain (channel statistics).")
+@click.option("--ext", type=click.Choice(["auto", *WRITE_FORMATS]), default="auto",
+              help="Output format; auto keeps the input's when it can be written, else png.")
+@click.option("--suffix", default="", help="Appended to output file stems.")
+@click.option("--recursive/--no-recursive", default=True, help="Search folders recursively.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
+              help="Refuse inputs with more pixels (decompression-bomb guard); 0 = no limit.")
+@click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None, outscale: float | None, tile: int,
+            tile_overlap: int, batch_size: int, precision: str | None, device: str, seed: int, color_fix: str,
+            ext: str, suffix: str, recursive: bool, overwrite: bool, max_pixels: int, dry_run: bool,
+            quiet: bool) -> None:
+    """Super-resolve images: one network call per tile with a student, T calls with a teacher.
+
+    \b
+    Examples:
+      tadsr upscale -i photo.jpg -o out/
+      tadsr upscale -i photos/ -o out/ --model resshift-realsr-x4.safetensors --steps 15 --fp16
+      tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
+    """
+    from tadsr.inference.batch import check_writable, plan_jobs, run_jobs
+    from tadsr.inference.upscaler import Upscaler
+
+    try:
+        jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive)
+        model_path = resolve_model_path(model)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if not jobs:
+        _fail(f"{input_spec}: no images found")
+    if dry_run:
+        for job in jobs:
+            note = "  (exists: skip)" if job.target.exists() and not overwrite else ""
+            click.echo(f"{job.source} -> {job.target}{note}")
+        click.echo(f"{len(jobs)} image(s) with model {model_path}; nothing written (dry run)")
+        return
+    try:
+        check_writable(out_dir)
+    except OSError as err:
+        _fail(f"{out_dir}: output folder is not writable ({err.strerror or err})")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    try:
+        upscaler = Upscaler.from_pretrained(
+            model_path, device=dev, dtype=_DTYPES[precision] if precision else None, tile=tile,
+            tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
+            outscale=outscale)
+    except (CheckpointError, ModelNotFoundError, ValueError) as err:
+        _fail(str(err))
+    summary = run_jobs(upscaler, jobs, overwrite=overwrite, max_pixels=max_pixels, show_progress=not quiet,
+                       report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
+    click.echo(f"tadsr: {summary.line()}")
+    if summary.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,27 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     state = read_state_dict(path)
     load_state_dict_strict(model, state, path)
     return model.to(device=device, dtype=dtype).eval()
+
+
+EMBEDDED_NAMES = ("student", "teacher")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model file at the given path, or no embedded model of that name in this install."""
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
+    """A model file path from a path, or from an embedded name (``"student"`` — the default — or ``"teacher"``)."""
+    if name_or_path is None or str(name_or_path) in EMBEDDED_NAMES:
+        from importlib.resources import files
+
+        name = str(name_or_path or "student")
+        path = Path(str(files("tadsr") / "weights" / f"{name}.safetensors"))
+        if not path.is_file():
+            raise ModelNotFoundError(f"no embedded {name} model in this install: pass --model with a .safetensors "
+                                     "file made by `tadsr convert`")
+        return path
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such model file")
+    return path

@@ -1,0 +1,1 @@
+"""Data: image I/O (and, later, degradation kernels, pipelines and datasets)."""

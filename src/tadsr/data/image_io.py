@@ -1,0 +1,238 @@
+"""Reading and writing images for super-resolution, keeping what users care about.
+
+* 8- and 16-bit images (16-bit PNG/TIFF stay 16-bit on output; OpenCV is the reader, the only library here that
+  reads 16-bit RGB exactly), grayscale, grayscale + alpha, RGB and RGBA;
+* the EXIF orientation is applied to the pixels (and reset to 1 in the copied EXIF);
+* the ICC profile and EXIF are copied to the output where the format allows (PNG, JPEG, WebP; TIFF gets the ICC);
+* a decompression-bomb guard reads the size from the header before decoding;
+* every failure is an ``ImageError`` whose one-line message starts with the file name;
+* outputs are written to a temporary file in the target folder and renamed: never a half-written file.
+
+Pixel arrays are numpy (H, W) or (H, W, C), C in {2, 3, 4} (gray+alpha, RGB, RGBA), in RGB(A) order.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+WRITE_FORMATS = ("png", "jpg", "webp", "tif")
+DEFAULT_MAX_PIXELS = 50_000_000
+MIN_SIDE = 4
+# We bound the pixel count ourselves (read_image's max_pixels, checked before decoding), so Pillow's global
+# guard, which would refuse some images the user allowed, is switched off.
+Image.MAX_IMAGE_PIXELS = None
+ORIENTATION_TAG = 0x0112
+JPEG_QUALITY = 95
+
+
+class ImageError(ValueError):
+    """A file that cannot be read or written as an image; the message names the file and the problem."""
+
+
+@dataclass
+class ImageData:
+    """Pixels plus the metadata that should travel to the output."""
+
+    pixels: np.ndarray
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.ndim == 3 and self.pixels.shape[2] in (2, 4)
+
+    @property
+    def is_gray(self) -> bool:
+        return self.pixels.ndim == 2 or self.pixels.shape[2] == 2
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn pixels stored with EXIF ``orientation`` (1-8) upright (same result as PIL.ImageOps.exif_transpose)."""
+    swap = (1, 0) + tuple(range(2, pixels.ndim))
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(swap),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: np.rot90(a, k=2).transpose(swap),
+        8: lambda a: np.rot90(a, k=1),
+    }
+    return np.ascontiguousarray(ops[orientation](pixels)) if orientation in ops else pixels
+
+
+def _header(data: bytes) -> Image.Image | None:
+    """Pillow's lazy view of the file (size, mode, metadata, no pixels decoded); None where Pillow can't parse it."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Read an image file upright, with its ICC profile and EXIF; ImageError on anything unusable.
+
+    ``max_pixels`` (0 disables) bounds width x height, checked from the header before decoding.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not data:
+        raise ImageError(f"{path}: empty file")
+    header = _header(data)
+    icc = exif_bytes = None
+    orientation = 1
+    pil_mode = None
+    if header is not None:
+        with header:
+            width, height = header.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageError(f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                                 f"{max_pixels:,} (raise it with --max-pixels)")
+            pil_mode = header.mode
+            try:  # a full decode by Pillow is the reliable way to notice a truncated file
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    header.load()
+                    exif = header.getexif()  # PNG may keep eXIf after the pixels
+            except (OSError, SyntaxError, ValueError) as err:
+                raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
+            icc = header.info.get("icc_profile")
+            orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
+            if len(exif):
+                if orientation != 1:
+                    exif[ORIENTATION_TAG] = 1
+                exif_bytes = exif.tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    if pixels.size == 0 or min(pixels.shape[:2]) == 0:
+        raise ImageError(f"{path}: zero-size image")
+    if max_pixels and pixels.shape[0] * pixels.shape[1] > max_pixels:
+        raise ImageError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels exceeds the limit of {max_pixels:,}")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: unsupported sample type {pixels.dtype} (8- and 16-bit images only)")
+    if min(pixels.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{path}: image too small ({pixels.shape[1]}x{pixels.shape[0]}); "
+                         f"each side needs at least {MIN_SIDE} pixels")
+    pixels = _to_rgb_order(pixels, gray=pil_mode is not None and pil_mode.split(";")[0] in ("L", "LA", "I", "1"))
+    return ImageData(apply_orientation(pixels, orientation), icc_profile=icc, exif=exif_bytes)
+
+
+def _to_rgb_order(pixels: np.ndarray, gray: bool) -> np.ndarray:
+    """OpenCV's BGR(A) to RGB(A); a grayscale file decoded as BGR(A) back to gray (+alpha)."""
+    if pixels.ndim == 2:
+        return pixels
+    channels = pixels.shape[2]
+    if channels == 1:
+        return pixels[:, :, 0]
+    if gray and channels in (3, 4):
+        return pixels[:, :, 0] if channels == 3 else np.ascontiguousarray(pixels[:, :, [0, 3]])
+    if channels == 3:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
+    return pixels
+
+
+def output_format(ext: str) -> str:
+    """Normalise an extension ('.JPEG', 'tiff', ...) to one of WRITE_FORMATS, or raise ValueError."""
+    ext = ext.lower().lstrip(".")
+    ext = {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext)
+    if ext not in WRITE_FORMATS:
+        raise ValueError(f"unsupported output format {ext!r}; choose from {', '.join(WRITE_FORMATS)}")
+    return ext
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert iCCP and eXIf chunks right after IHDR (PNG spec: both before IDAT)."""
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    end_of_ihdr = 8 + 4 + 4 + 13 + 4
+    return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
+
+
+def encode_image(image: ImageData, fmt: str) -> bytes:
+    """Encode to ``fmt`` (png, jpg, webp, tif); 16-bit kept for png/tif, reduced to 8-bit otherwise."""
+    fmt = output_format(fmt)
+    pixels = image.pixels
+    if fmt == "jpg" and image.has_alpha:  # JPEG has no alpha channel
+        pixels = pixels[:, :, 0] if pixels.shape[2] == 2 else pixels[:, :, :3]
+    if pixels.dtype == np.uint16 and fmt in ("png", "tif"):
+        if pixels.ndim == 3 and pixels.shape[2] == 2:  # OpenCV writes no 16-bit gray+alpha: store as RGBA
+            pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+        bgr = pixels if pixels.ndim == 2 else cv2.cvtColor(
+            pixels, cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+        ok, buf = cv2.imencode(f".{fmt}", bgr)
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a 16-bit {fmt}")
+        data = buf.tobytes()
+        return _png_with_metadata(data, image.icc_profile, image.exif) if fmt == "png" else data
+    if pixels.dtype == np.uint16:
+        pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    pil = Image.fromarray(pixels)  # L, LA, RGB or RGBA from the shape
+    kwargs: dict = {}
+    if image.icc_profile:
+        kwargs["icc_profile"] = image.icc_profile
+    if image.exif and fmt in ("png", "jpg", "webp"):
+        kwargs["exif"] = image.exif
+    if fmt == "jpg":
+        kwargs.update(quality=JPEG_QUALITY, subsampling=0)
+    elif fmt == "webp":
+        kwargs.update(quality=JPEG_QUALITY)
+    out = io.BytesIO()
+    pil.save(out, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tif": "TIFF"}[fmt], **kwargs)
+    return out.getvalue()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write through a temporary file in the same folder, then rename: the target is never half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_image(path: str | os.PathLike, image: ImageData, fmt: str | None = None) -> None:
+    """Encode ``image`` (format from ``fmt`` or the path's extension) and write it atomically; ImageError on failure."""
+    path = Path(path)
+    try:
+        data = encode_image(image, fmt or path.suffix)
+        atomic_write_bytes(path, data)
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ImageError(f"{path}: cannot write ({reason})") from None

@@ -1,0 +1,127 @@
+"""Batch upscaling of files: plan inputs to outputs, run them one by one, report.
+
+A file that fails (unreadable, too small, too large, unwritable output...) gets one line naming it and the
+problem; the run goes on with the others. Outputs are written atomically (``image_io.write_image``).
+"""
+
+from __future__ import annotations
+
+import glob
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, output_format, read_image, write_image
+from tadsr.inference.upscaler import Upscaler
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = f", {self.seconds / self.megapixels:.2f} s per output megapixel" if self.megapixels else ""
+        return (f"{self.done} done, {self.skipped} skipped, {self.failed} failed "
+                f"in {self.seconds:.1f} s{rate}")
+
+
+def find_inputs(spec: str, recursive: bool = True) -> tuple[list[Path], Path | None]:
+    """Files named by ``spec`` (a file, a folder, or a glob), sorted, and the folder outputs are relative to.
+
+    In a folder only files with an image extension are taken; a file named directly is always tried.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return [path], None
+    if path.is_dir():
+        walker = path.rglob("*") if recursive else path.glob("*")
+        files = sorted(p for p in walker if p.is_file() and p.suffix.lower() in READ_EXTENSIONS
+                       and not p.name.startswith("."))
+        return files, path
+    if glob.has_magic(spec):
+        return sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file()), None
+    raise FileNotFoundError(f"{spec}: no such file or folder")
+
+
+def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", recursive: bool = True) -> list[Job]:
+    """Map each input to ``out_dir/<relative folder>/<stem><suffix>.<ext>``; ext 'auto' keeps writable formats."""
+    files, base = find_inputs(spec, recursive)
+    jobs = []
+    for src in files:
+        if ext == "auto":
+            try:
+                fmt = output_format(src.suffix)
+            except ValueError:
+                fmt = "png"
+        else:
+            fmt = output_format(ext)
+        rel = src.parent.relative_to(base) if base is not None else Path()
+        jobs.append(Job(src, out_dir / rel / f"{src.stem}{suffix}.{fmt}"))
+    return jobs
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there; OSError otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+             show_progress: bool = True, report: Callable[[str], None] = print) -> Summary:
+    """Upscale every job; ``report`` gets one line per failure. Returns the counts and timing."""
+    summary = Summary()
+    targets: dict[Path, Path] = {}
+    start = time.perf_counter()
+    bar = tqdm(jobs, desc="images", unit="img", disable=not show_progress)
+    for job in bar:
+        if job.target in targets:
+            summary.failed += 1
+            summary.errors.append(f"{job.source}: output {job.target} would overwrite that of {targets[job.target]}")
+            report(summary.errors[-1])
+            continue
+        targets[job.target] = job.source
+        if job.target.exists() and not overwrite:
+            summary.skipped += 1
+            continue
+        tiles = tqdm(desc="tiles", unit="tile", leave=False, disable=not show_progress)
+
+        def progress(done: int, total: int, tiles: tqdm = tiles) -> None:
+            tiles.total = total
+            tiles.update(done - tiles.n)
+
+        try:
+            image = read_image(job.source, max_pixels=max_pixels)
+            result = upscaler.upscale_image(image, progress)
+            job.target.parent.mkdir(parents=True, exist_ok=True)
+            write_image(job.target, result)
+        except ImageError as err:
+            summary.failed += 1
+            summary.errors.append(str(err))
+            report(str(err))
+        except (OSError, RuntimeError, ValueError) as err:  # keep the batch going; name the file
+            summary.failed += 1
+            summary.errors.append(f"{job.source}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            report(summary.errors[-1])
+        else:
+            summary.done += 1
+            summary.megapixels += result.pixels.shape[0] * result.pixels.shape[1] / 1e6
+        finally:
+            tiles.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
