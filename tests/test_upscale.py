@@ -30,6 +30,12 @@ def test_output_is_input_times_scale_with_the_same_layout(upscaler: Upscaler, sh
     assert out.dtype == np.uint8 and out.shape == (shape[0] * 4, shape[1] * 4, *shape[2:])
 
 
+def test_upscaler_is_exported_at_the_top_level() -> None:
+    import tadsr
+
+    assert tadsr.Upscaler is Upscaler
+
+
 def test_16bit_in_16bit_out(upscaler: Upscaler) -> None:
     out = upscaler.upscale(RNG.integers(0, 65536, (21, 30, 3), dtype=np.uint16))
     assert out.dtype == np.uint16 and out.shape == (84, 120, 3)
@@ -78,6 +84,28 @@ def test_bad_options_are_rejected(tiny_student_file: Path) -> None:
         Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=32, tile_overlap=20)
     with pytest.raises(TypeError):
         Upscaler.from_pretrained(tiny_student_file, device="cpu").upscale(np.zeros((8, 8, 3), np.float64))
+
+
+def test_cuda_out_of_memory_halves_the_tile_and_retries(tiny_student_file: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tadsr.inference.upscaler as upscaler_module
+
+    real = upscaler_module.tiled_super_resolve
+    tiles_tried = []
+
+    def flaky(model, lr, tile, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        tiles_tried.append(tile)
+        if tile > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, lr, tile=tile, **kwargs)
+
+    monkeypatch.setattr(upscaler_module, "tiled_super_resolve", flaky)
+    up = Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=128, tile_overlap=8)
+    with pytest.warns(RuntimeWarning) as record:
+        out = up.upscale(RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    assert [str(w.message) for w in record] == ["CUDA out of memory: retrying with tile 64",
+                                                "CUDA out of memory: retrying with tile 32"]
+    assert tiles_tried == [128, 64, 32] and out.shape == (160, 160, 3)
 
 
 def test_color_fixes_restore_the_reference_colours() -> None:
@@ -188,11 +216,11 @@ def test_no_partial_file_after_a_crash_in_writing(photo_folder: Path, tiny_stude
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.parametrize("case", ["missing-model", "pth-model", "wrong-architecture", "no-embedded-model",
+@pytest.mark.parametrize("case", ["missing-model", "bad-device", "pth-model", "wrong-architecture", "no-embedded-model",
                                   "unwritable-output", "missing-input"])
 def test_fatal_errors_are_one_line(case: str, photo_folder: Path, tiny_student_file: Path, tmp_path: Path) -> None:
     args = ["upscale", "-i", str(photo_folder), "-o", str(tmp_path / "out"), "-q"]
-    needle = {"missing-model": "nope.safetensors: no such model file",
+    needle = {"missing-model": "nope.safetensors: no such model file", "bad-device": "not a device",
               "pth-model": "not a tadsr model file",
               "wrong-architecture": "does not fit SRModel",
               "no-embedded-model": "no embedded student model",
@@ -200,6 +228,8 @@ def test_fatal_errors_are_one_line(case: str, photo_folder: Path, tiny_student_f
               "missing-input": "no such file or folder"}[case]
     if case == "missing-model":
         args += ["--model", str(tmp_path / "nope.safetensors")]
+    elif case == "bad-device":
+        args += ["--model", str(tiny_student_file), "--device", "tpu9"]
     elif case == "pth-model":
         torch.save({"w": torch.zeros(1)}, tmp_path / "m.pth")
         args += ["--model", str(tmp_path / "m.pth")]

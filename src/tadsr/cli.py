@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import torch
@@ -18,7 +19,7 @@ from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"tadsr: error: {message}", err=True)
     sys.exit(1)
 
@@ -162,8 +163,13 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
         check_writable(out_dir)
     except OSError as err:
         _fail(f"{out_dir}: output folder is not writable ({err.strerror or err})")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    try:
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+    except RuntimeError:
+        _fail(f"--device {device}: not a device (use cpu, cuda, cuda:N or auto)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {device}: CUDA is not available on this machine")
     try:
         upscaler = Upscaler.from_pretrained(
             model_path, device=dev, dtype=_DTYPES[precision] if precision else None, tile=tile,
