@@ -4,7 +4,7 @@ Every kernel is a float64 (k, k) tensor that sums to 1, with k odd. Random kerne
 ``torch.Generator``. Formulas (Real-ESRGAN paper, Eq. 2-4):
 
 * Gaussian: exp(-1/2 c^T S^-1 c), S = R diag(sx^2, sy^2) R^T (anisotropic), sx = sy and no rotation (isotropic);
-* generalized Gaussian: exp(-(c^T S^-1 c)^beta / 2)... written as exp(-0.5 (c^T S^-1 c)^beta);
+* generalized Gaussian: exp(-0.5 (c^T S^-1 c)^beta);
 * plateau: 1 / ((c^T S^-1 c)^beta + 1);
 * 2-D sinc (ideal circular low-pass of cutoff w_c): w_c J1(w_c r) / (2 pi r), with w_c^2 / (4 pi) at r = 0.
 """
@@ -21,11 +21,11 @@ KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau
 PAD_SIZE = 21  # kernels are zero-padded to this size so that a batch can hold kernels of any drawn size
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+def draw_uniform(gen: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * torch.rand((), generator=gen, dtype=torch.float64).item()
 
 
-def _choice(gen: torch.Generator, n: int, probs: tuple[float, ...] | None = None) -> int:
+def draw_choice(gen: torch.Generator, n: int, probs: tuple[float, ...] | None = None) -> int:
     if probs is None:
         return int(torch.randint(n, (), generator=gen).item())
     return int(torch.multinomial(torch.tensor(probs, dtype=torch.float64), 1, generator=gen).item())
@@ -112,34 +112,61 @@ class KernelConfig:
 def _beta(gen: torch.Generator, low: float, high: float) -> float:
     """Half the draws below 1 and half above (when the range allows), as Real-ESRGAN draws its shape parameter."""
     if low < 1 < high:
-        return _uniform(gen, low, 1.0) if _uniform(gen, 0, 1) < 0.5 else _uniform(gen, 1.0, high)
-    return _uniform(gen, low, high)
+        return draw_uniform(gen, low, 1.0) if draw_uniform(gen, 0, 1) < 0.5 else draw_uniform(gen, 1.0, high)
+    return draw_uniform(gen, low, high)
 
 
-def random_kernel(cfg: KernelConfig, gen: torch.Generator) -> Tensor:
-    """Draw one kernel per ``cfg`` and pad it to (PAD_SIZE, PAD_SIZE); float64, sums to 1."""
-    size = cfg.sizes[_choice(gen, len(cfg.sizes))]
-    if _uniform(gen, 0, 1) < cfg.sinc_prob:
-        cutoff = _uniform(gen, math.pi / 3, math.pi) if size < 13 else _uniform(gen, math.pi / 5, math.pi)
-        return pad_kernel(sinc_kernel(size, cutoff))
-    kind = cfg.types[_choice(gen, len(cfg.types), cfg.probs)]
-    sigma_x = _uniform(gen, *cfg.sigma)
-    if kind.endswith("iso") and not kind.endswith("aniso"):
-        sigma_y, theta = None, 0.0
-    else:
-        sigma_y, theta = _uniform(gen, *cfg.sigma), _uniform(gen, -math.pi, math.pi)
+@dataclass(frozen=True)
+class KernelParams:
+    """A drawn kernel, as numbers (JSON-able); ``build()`` makes the (PAD_SIZE, PAD_SIZE) float64 tensor.
+
+    ``kind`` is one of KERNEL_TYPES, ``"sinc"`` or ``"pulse"``; unused fields are None.
+    """
+
+    kind: str
+    size: int
+    sigma_x: float | None = None
+    sigma_y: float | None = None
+    theta: float = 0.0
+    beta: float | None = None
+    cutoff: float | None = None
+
+    def build(self) -> Tensor:
+        if self.kind == "pulse":
+            return pulse_kernel()
+        if self.kind == "sinc":
+            return pad_kernel(sinc_kernel(self.size, self.cutoff))
+        assert self.sigma_x is not None
+        if self.kind.startswith("generalized"):
+            k = generalized_gaussian_kernel(self.size, self.sigma_x, self.sigma_y, self.theta, self.beta)
+        elif self.kind.startswith("plateau"):
+            k = plateau_kernel(self.size, self.sigma_x, self.sigma_y, self.theta, self.beta)
+        else:
+            k = gaussian_kernel(self.size, self.sigma_x, self.sigma_y, self.theta)
+        return pad_kernel(k)
+
+
+def draw_kernel(cfg: KernelConfig, gen: torch.Generator) -> KernelParams:
+    """Draw one blur kernel per ``cfg`` (Real-ESRGAN's ``random_mixed_kernels`` plus its sinc branch)."""
+    size = cfg.sizes[draw_choice(gen, len(cfg.sizes))]
+    if draw_uniform(gen, 0, 1) < cfg.sinc_prob:
+        cutoff = draw_uniform(gen, math.pi / 3, math.pi) if size < 13 else draw_uniform(gen, math.pi / 5, math.pi)
+        return KernelParams("sinc", size, cutoff=cutoff)
+    kind = cfg.types[draw_choice(gen, len(cfg.types), cfg.probs)]
+    sigma_x = draw_uniform(gen, *cfg.sigma)
+    isotropic = kind in ("iso", "generalized_iso", "plateau_iso")
+    sigma_y = None if isotropic else draw_uniform(gen, *cfg.sigma)
+    theta = 0.0 if isotropic else draw_uniform(gen, -math.pi, math.pi)
+    beta = None
     if kind.startswith("generalized"):
-        kernel = generalized_gaussian_kernel(size, sigma_x, sigma_y, theta, _beta(gen, *cfg.beta_gaussian))
+        beta = _beta(gen, *cfg.beta_gaussian)
     elif kind.startswith("plateau"):
-        kernel = plateau_kernel(size, sigma_x, sigma_y, theta, _beta(gen, *cfg.beta_plateau))
-    else:
-        kernel = gaussian_kernel(size, sigma_x, sigma_y, theta)
-    return pad_kernel(kernel)
+        beta = _beta(gen, *cfg.beta_plateau)
+    return KernelParams(kind, size, sigma_x, sigma_y, theta, beta)
 
 
-def random_final_sinc(sizes: tuple[int, ...], prob: float, gen: torch.Generator) -> Tensor:
+def draw_final_sinc(sizes: tuple[int, ...], prob: float, gen: torch.Generator) -> KernelParams:
     """The last stage's kernel: a sinc with cutoff in [pi/3, pi] with probability ``prob``, else the pulse."""
-    if _uniform(gen, 0, 1) < prob:
-        size = sizes[_choice(gen, len(sizes))]
-        return pad_kernel(sinc_kernel(size, _uniform(gen, math.pi / 3, math.pi)))
-    return pulse_kernel()
+    if draw_uniform(gen, 0, 1) < prob:
+        return KernelParams("sinc", sizes[draw_choice(gen, len(sizes))], cutoff=draw_uniform(gen, math.pi / 3, math.pi))
+    return KernelParams("pulse", PAD_SIZE)
