@@ -186,6 +186,7 @@ class SwinUNet(nn.Module):
                 self.input_blocks.append(TimestepSequential(Downsample(ch)))
                 skip_channels.append(ch)
                 res //= 2
+        self.block_channels = tuple(skip_channels)  # output channels of each input block
         self.middle_block = TimestepSequential(
             ResBlock(ch, emb_dim, cfg.dropout), swin(ch, res), ResBlock(ch, emb_dim, cfg.dropout)
         )
@@ -225,6 +226,23 @@ class SwinUNet(nn.Module):
             h = block(h, emb)
             skips.append(h)
         return self.middle_block(h, emb), skips, emb
+
+    @property
+    def feature_indices(self) -> list[int]:
+        """Input blocks whose outputs the time-aware discriminator reads: each Downsample and the last block
+        (hs[3], hs[6], hs[9], hs[11] for the real-SR x4 network; reference.md §4.5)."""
+        downs = [i for i, block in enumerate(self.input_blocks) if isinstance(block[0], Downsample)]
+        return [*downs, len(self.input_blocks) - 1]
+
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of ``encoder_features``: 160, 320, 320, 640, 640 for the real-SR x4 network."""
+        return [self.block_channels[i] for i in self.feature_indices] + [self.block_channels[-1]]
+
+    def encoder_features(self, x: Tensor, t: Tensor, lq: Tensor) -> list[Tensor]:
+        """The encoder activations at ``feature_indices`` plus the middle block's output; the decoder is skipped."""
+        middle, skips, _ = self.encode(x, t, lq)
+        return [skips[i] for i in self.feature_indices] + [middle]
 
     def forward(self, x: Tensor, t: Tensor, lq: Tensor) -> Tensor:
         h, skips, emb = self.encode(x, t, lq)
