@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from tadsr.fileio import temporary_sibling
 
 DERIVED_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 FORMAT_NAME = "tadsr"
@@ -119,7 +120,7 @@ def atomic_save_file(tensors: dict[str, Tensor], path: str | os.PathLike, metada
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_sibling(path)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)

@@ -16,6 +16,7 @@ from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.model import ModelNotFoundError, SRModel, load_model, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
+from tadsr.training.config import TRAIN_PRESETS
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -219,6 +220,117 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
     click.echo(f"tadsr: {summary.written} pair(s) written to {out_dir}, {summary.failed} failed")
     if summary.failed:
         sys.exit(1)
+
+
+def _training_options(command: click.Command) -> click.Command:
+    options = [
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="YAML config (sections model/data/optim/run/distill; 'preset:' to start "
+                                        "from a preset)."),
+        click.option("--preset", type=click.Choice(TRAIN_PRESETS), default="tiny",
+                     help="realsr-x4 / faceir: the paper's settings (GPU); tiny: a CPU preset."),
+        click.option("--data", "data_path", default=None, help="HR images: a folder (recursive) or a .txt list."),
+        click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="Run folder: checkpoints/, log.jsonl, val/, final.safetensors."),
+        click.option("--steps", type=click.IntRange(min=1), default=None, help="Train up to this many steps."),
+        click.option("--seed", type=int, default=None, help="Seed (each torchrun rank adds its rank)."),
+        click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint."),
+        click.option("--device", default="auto", help="cpu, cuda or auto (torchrun: one GPU per rank)."),
+        click.option("--dry-run", is_flag=True, help="Print the resolved config and exit."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        click.argument("overrides", nargs=-1),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _resolve_training(command: str, config_path: Path | None, preset: str, data_path: str | None,
+                      steps: int | None, seed: int | None, overrides: tuple[str, ...]) -> object:
+    from tadsr.training.config import apply_overrides, load_config_file, train_config
+
+    config = load_config_file(config_path) if config_path else train_config(preset, command)  # type: ignore[arg-type]
+    extra = list(overrides)
+    if data_path is not None:
+        extra.append(f"data.path={data_path}")
+    if steps is not None:
+        extra.append(f"run.steps={steps}")
+    if seed is not None:
+        extra.append(f"run.seed={seed}")
+    return apply_overrides(config, extra)
+
+
+def _run_training(make_trainer: object, dry_run: bool, config: object) -> None:
+    import json
+
+    from tadsr.training.config import config_to_dict
+    from tadsr.training.trainer import TrainingError
+
+    if dry_run:
+        click.echo(json.dumps(config_to_dict(config), indent=1))  # type: ignore[arg-type]
+        return
+    try:
+        final = make_trainer().run()  # type: ignore[operator]
+    except (CheckpointError, TrainingError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    click.echo(f"tadsr: wrote {final}")
+
+
+def _device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+@main.command(name="train-teacher")
+@_training_options
+@click.option("--first-stage", "first_stage", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="VQ autoencoder weights (e.g. autoencoder_vq_f4.pth) for a VQ first stage.")
+def train_teacher(config_path: Path | None, preset: str, data_path: str | None, run_dir: Path, steps: int | None,
+                  seed: int | None, resume: bool, device: str, dry_run: bool, quiet: bool, overrides: tuple[str, ...],
+                  first_stage: Path | None) -> None:
+    """Train a ResShift teacher (Eq. 4) on your HR images, degraded on the fly.
+
+    \b
+    Examples:
+      tadsr train-teacher --preset tiny --data photos/ --out runs/teacher --steps 2000
+      tadsr train-teacher --preset realsr-x4 --first-stage autoencoder_vq_f4.pth --data imagenet/ --out runs/t
+      tadsr train-teacher --preset tiny --data photos/ --out runs/t run.batch_size=8 optim.lr=1e-4
+    """
+    from tadsr.training.teacher import TeacherTrainer
+
+    try:
+        config = _resolve_training("train-teacher", config_path, preset, data_path, steps, seed, overrides)
+    except (ValueError, TypeError, OSError) as err:
+        _fail(f"config: {err}")
+    _run_training(lambda: TeacherTrainer(config, run_dir, first_stage=first_stage, device=_device(device),
+                                         resume=resume, show_progress=not quiet), dry_run, config)
+
+
+@main.command()
+@_training_options
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The teacher: a tadsr .safetensors file (tadsr convert / tadsr train-teacher).")
+def distill(config_path: Path | None, preset: str, data_path: str | None, run_dir: Path, steps: int | None,
+            seed: int | None, resume: bool, device: str, dry_run: bool, quiet: bool, overrides: tuple[str, ...],
+            teacher: Path) -> None:
+    """Distil a teacher into a one-step TAD-SR student (L_distill + HSD + time-aware adversarial loss).
+
+    \b
+    Examples:
+      tadsr distill --preset tiny --teacher runs/teacher/final.safetensors --data photos/ --out runs/student
+      tadsr distill --preset realsr-x4 --teacher resshift-realsr-x4.safetensors --data imagenet/ --out runs/s
+      tadsr distill ... distill.score_distill=sds distill.discriminator=plain     # an ablation row
+      python -m torch.distributed.run --nproc_per_node 2 -m tadsr.cli distill ...   # DDP
+    """
+    from tadsr.training.distill import DistillTrainer
+
+    try:
+        config = _resolve_training("distill", config_path, preset, data_path, steps, seed, overrides)
+    except (ValueError, TypeError, OSError) as err:
+        _fail(f"config: {err}")
+    if not dry_run and not teacher.is_file():
+        _fail(f"{teacher}: no such teacher file")
+    _run_training(lambda: DistillTrainer(config, run_dir, teacher=teacher, device=_device(device), resume=resume,
+                                         show_progress=not quiet), dry_run, config)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,11 @@ class DegradedImageDataset(Dataset):
         raise RuntimeError("no readable image left in the dataset")
 
     def __getitem__(self, index: int) -> dict:
-        gen = sample_generator(self.seed, self.epoch, index)
+        return self.sample(index, self.epoch)
+
+    def sample(self, index: int, epoch: int) -> dict:
+        """The pair of file ``index`` in ``epoch``: a pure function of (seed, epoch, index)."""
+        gen = sample_generator(self.seed, epoch, index)
         path, img = self._read(index)
         gt = square_crop_resize(img, self.gt_size, gen if self.augment else None)
         if self.augment and draw_uniform(gen, 0, 1) < 0.5:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from tadsr.fileio import temporary_sibling
 
 READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 WRITE_FORMATS = ("png", "jpg", "webp", "tif")
@@ -238,7 +239,7 @@ def encode_image(image: ImageData, fmt: str) -> bytes:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write through a temporary file in the same folder, then rename: the target is never half-written."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_sibling(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

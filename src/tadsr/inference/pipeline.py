@@ -17,6 +17,7 @@ from torch import Tensor
 from tadsr.diffusion.samplers import SamplerName, sample
 from tadsr.inference.padding import crop_to, pad_to_multiple
 from tadsr.model import SRModel
+from tadsr.nets.autoencoder import FirstStage
 
 
 def upsample_lr(lr: Tensor, scale: int) -> Tensor:
@@ -28,7 +29,12 @@ def upsample_lr(lr: Tensor, scale: int) -> Tensor:
 
 def encode_lr(model: SRModel, lr: Tensor) -> Tensor:
     """z_y = E(bicubic_up(lr)): (N, 3, h, w) in [-1, 1] -> (N, C, h s / f, w s / f)."""
-    return model.first_stage.encode(upsample_lr(lr, model.config.scale))
+    return encode_upsampled(model.first_stage, lr, model.config.scale)
+
+
+def encode_upsampled(first_stage: FirstStage, lr: Tensor, scale: int) -> Tensor:
+    """``encode_lr`` for a bare first stage and scale."""
+    return first_stage.encode(upsample_lr(lr, scale))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

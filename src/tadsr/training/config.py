@@ -1,0 +1,201 @@
+"""Training configs: frozen dataclasses, presets, YAML files and ``key=value`` overrides.
+
+A ``TrainConfig`` is saved in every checkpoint. YAML and overrides map onto it strictly: an unknown key is an error.
+Presets (``train_config(name, command)``):
+
+* ``realsr-x4`` — the paper's SR x4 settings (reference.md §4.1, §1.4): Swin-UNet + VQ-f4, T=15, Real-ESRGAN
+  degradation at GT 256; distillation: batch 8, 30k steps, lambda (1, 0.02); teacher: ResShift v1 recipe, batch 64;
+* ``faceir`` — faces: VQ-f8, T=4, GFPGAN degradation at 512, lambda (0.1, 0.2), batch 7;
+* ``tiny`` — a CPU preset: a small Swin-UNet on the lossless pixel-unshuffle stage, GT 64, batch 4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tadsr.config import ModelConfig, from_dict, to_dict
+from tadsr.diffusion.schedule import ScheduleConfig
+from tadsr.nets.autoencoder import PixelUnshuffleConfig
+from tadsr.nets.unet import UNetConfig
+
+Command = Literal["distill", "train-teacher"]
+TRAIN_PRESETS = ("realsr-x4", "faceir", "tiny")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """HR images (``path``: folder or .txt list) degraded on the fly by ``degradation`` at ``gt_size``."""
+
+    path: str = ""
+    degradation: str = "realesrgan"
+    gt_size: int = 256
+    workers: int = 2
+    val_path: str = ""  # HR images for validation; empty = the first ``val_count`` training images
+    val_count: int = 4
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW for the generator (student or teacher) and the discriminator; linear warm-up of the generator only."""
+
+    lr: float = 5e-5
+    lr_d: float = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 5000
+    milestones: tuple[int, ...] = (500000,)
+    ema_rate: float = 0.999
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The TAD-SR objective L = L_distill + lambda_hsd L_hsd + lambda_adv L_adv and the ablation switches.
+
+    Quirks of the authors' code (reference.md §4.9), each off by default (the paper's method):
+    ``uniform_noise`` (rand instead of randn in the HSD and discriminator perturbations), ``double_scaling``
+    (the teacher sees x / (kappa^2 eta + 1) in HSD), ``unfrozen_teacher`` (teacher weights collect gradients).
+    """
+
+    score_distill: Literal["hsd", "sds", "none"] = "hsd"
+    discriminator: Literal["time-aware", "plain", "none"] = "time-aware"
+    lambda_hsd: float = 1.0
+    lambda_adv: float = 0.02
+    hsd_t_max: int = 3  # t' drawn from code indices [0, hsd_t_max): paper steps 1..3
+    c_dim: int = 64
+    teacher_cache: int = 0  # > 0: precompute this many (LR, HR, noise, teacher target) tuples and train on them
+    uniform_noise: bool = False
+    double_scaling: bool = False
+    unfrozen_teacher: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    steps: int = 30000
+    batch_size: int = 8
+    seed: int = 123456
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    log_every: int = 10
+    save_every: int = 2000
+    val_every: int = 2000
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def tiny_model_config() -> ModelConfig:
+    """A small x4 model for CPUs: 16x16 latent windows on the lossless pixel-unshuffle stage (48 channels)."""
+    unet = UNetConfig(image_size=16, in_channels=48, out_channels=48, model_channels=64, channel_mult=(1, 2),
+                      num_res_blocks=(1, 1), attention_resolutions=(16, 8), num_head_channels=32, swin_embed_dim=64,
+                      window_size=8, lq_size=16)
+    return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=15),
+                       scale=4)
+
+
+def train_config(name: str, command: Command = "distill") -> TrainConfig:
+    """The preset ``name`` for ``command`` (see the module docstring)."""
+    from tadsr.presets import model_config
+
+    distill = command == "distill"
+    if name == "realsr-x4":
+        return TrainConfig(
+            model=model_config("realsr-x4", role="student" if distill else "teacher"),
+            data=DataConfig(degradation="realesrgan", gt_size=256),
+            run=RunConfig(steps=30000 if distill else 300000, batch_size=8 if distill else 64),
+        )
+    if name == "faceir":
+        return TrainConfig(
+            model=model_config("faceir", role="student" if distill else "teacher"),
+            data=DataConfig(degradation="face-gfpgan", gt_size=512),
+            run=RunConfig(steps=30000 if distill else 300000, batch_size=7 if distill else 64),
+            distill=DistillConfig(lambda_hsd=0.1, lambda_adv=0.2),
+        )
+    if name == "tiny":
+        model = tiny_model_config()
+        return TrainConfig(
+            model=dataclasses.replace(model, role="student" if distill else "teacher"),
+            data=DataConfig(degradation="realesrgan", gt_size=64, workers=0, val_count=2),
+            optim=OptimConfig(lr=2e-4, lr_d=2e-4, warmup=20),
+            run=RunConfig(steps=200, batch_size=4, seed=0, log_every=5, save_every=50, val_every=100),
+        )
+    raise ValueError(f"unknown training preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    out["model"] = to_dict(config.model)
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    data = dict(data)
+    if "model" not in data:
+        raise ValueError("a training config needs a 'model' section")
+    model = from_dict(ModelConfig, data.pop("model"))
+    sections = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "distill": DistillConfig}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ValueError(f"unknown training config section(s): {', '.join(unknown)}")
+    return TrainConfig(model=model, **{k: from_dict(cls, data.get(k, {})) for k, cls in sections.items()})
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``section.key=value`` (nested: ``model.unet.model_channels=96``); values parse as JSON, else strings."""
+    data = config_to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {key!r}: no section {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}")
+        node[parts[-1]] = _parse_value(value)
+    return config_from_dict(data)
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    """A YAML (or JSON) file with the sections of TrainConfig; a ``preset`` key starts from a preset."""
+    import yaml
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections")
+    preset = data.pop("preset", None)
+    command = data.pop("command", "distill")
+    base = config_to_dict(train_config(preset, command)) if preset else {}
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = _merge(base[section], values)
+        else:
+            base[section] = values
+    return config_from_dict(base)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,95 @@
+"""Training checkpoints that resume exactly: atomic writes, a ``latest`` pointer, keep-last-N, every RNG state.
+
+A checkpoint is a ``torch.save`` of plain containers (state dicts, numbers, tensors, the config as JSON), read back
+with ``torch.load(weights_only=True)``. Files: ``RUN_DIR/checkpoints/step_{N:08d}.pt`` and
+``RUN_DIR/checkpoints/latest`` (the file name of the newest complete checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tadsr.checkpoints import CheckpointError
+from tadsr.fileio import temporary_sibling
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """The state of every random source of this process: torch (CPU, CUDA), numpy, python, the trainer's generator."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached": float(cached)},
+        "python": random.getstate(),
+        "generator": generator.get_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    generator.set_state(state["generator"])
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
+    """Write ``payload`` atomically as step_N.pt, point ``latest`` at it, delete all but the last ``keep_last``."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    fd, tmp = temporary_sibling(path)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _write_text_atomic(folder / "latest", path.name)
+    for old in sorted(folder.glob("step_*.pt"))[:-keep_last] if keep_last > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = temporary_sibling(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = checkpoint_dir(run_dir) / "latest"
+    if not pointer.is_file():
+        return None
+    path = checkpoint_dir(run_dir) / pointer.read_text().strip()
+    if not path.is_file():
+        raise CheckpointError(f"{pointer}: points at {path.name}, which does not exist")
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, refused type: all mean "not a usable checkpoint"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({first})") from err
+    if not isinstance(payload, dict) or "step" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path}: not a tadsr training checkpoint (no step/config)")
+    return payload

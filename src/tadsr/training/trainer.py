@@ -1,0 +1,243 @@
+"""The training loop shared by the teacher and the distillation trainers.
+
+A subclass builds its networks (``build``), runs one iteration (``train_step``, returning named loss terms),
+names what goes into a checkpoint (``state``/``load_state``) and what the final model is (``final_model``).
+This class owns the rest: seeds, the batch stream, resuming, logging (tqdm, JSONL, TensorBoard when installed),
+non-finite-loss stops, validation, checkpoints, torchrun and the final ``final.safetensors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from tadsr.checkpoints import CheckpointError
+from tadsr.data.datasets import DegradedImageDataset, list_images, load_rgb, square_crop_resize, to_chw_tensor
+from tadsr.data.degradation import degrade, draw_params
+from tadsr.data.degradation import preset as degradation_preset
+from tadsr.data.image_io import ImageData, write_image
+from tadsr.metrics import psnr, ssim
+from tadsr.model import SRModel, save_model
+from tadsr.training import distributed
+from tadsr.training.config import TrainConfig, config_from_dict, config_to_dict
+from tadsr.training.state import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from tadsr.training.stream import batch_stream
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss, inconsistent ranks); the message says why and where."""
+
+
+def generator_lr(optim_config: Any, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then x0.5 after each milestone (ResShift's ``adjust_lr``)."""
+    lr = optim_config.lr * min(1.0, step / max(1, optim_config.warmup))
+    return lr * 0.5 ** sum(step > m for m in optim_config.milestones)
+
+
+class Trainer:
+    command = "train"
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
+                 show_progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.rank, self.world = distributed.init()
+        if self.world > 1 and torch.cuda.is_available():
+            device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        self.device = torch.device(device)
+        self.run_dir, self.show_progress, self.log = Path(run_dir), show_progress and self.rank == 0, log
+        checkpoint = None
+        if resume:
+            path = latest_checkpoint(self.run_dir)
+            if path is None:
+                raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
+            checkpoint = load_checkpoint(path)
+            saved = config_from_dict(json.loads(checkpoint["config"]))
+            # the run length may change on resume; the rest must be the run's own config
+            config = type(config)(**{**saved.__dict__, "run": type(config.run)(**{**saved.run.__dict__,
+                                                                                 "steps": config.run.steps})})
+        self.config = config
+        run = config.run
+        if run.batch_size % self.world:
+            raise ValueError(f"batch_size {run.batch_size} must be divisible by the {self.world} processes")
+        seed = run.seed + self.rank  # per-rank seeds from one seed
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+        self.build()
+        if checkpoint is not None:
+            self.load_state(checkpoint)
+            self.step = int(checkpoint["step"])
+            restore_rng(checkpoint["rng"][self.rank], self.generator)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.amp == "fp16")
+        if checkpoint is not None and "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+
+    # --- subclass interface -------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state(self, checkpoint: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def final_model(self) -> SRModel:
+        raise NotImplementedError
+
+    def validation_output(self, lq: Tensor) -> Tensor:
+        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` with the EMA model."""
+        raise NotImplementedError
+
+    # --- shared helpers -----------------------------------------------------------------------------------
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Autocast to run.amp (bf16 / fp16) around forward passes; nothing for fp32."""
+        amp = self.config.run.amp
+        if amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+    def check_finite(self, terms: dict[str, Tensor]) -> None:
+        for name, value in terms.items():
+            if not torch.isfinite(value).all():
+                raise TrainingError(f"step {self.step + 1}: loss term {name!r} is not finite ({value.mean().item()}); "
+                                    f"stopped, the last good checkpoint is in {self.run_dir / 'checkpoints'}")
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def dataset(self) -> DegradedImageDataset:
+        data = self.config.data
+        if not data.path:
+            raise ValueError("no training data: pass --data HR_DIR (or set data.path)")
+        return DegradedImageDataset(data.path, degradation_preset(data.degradation), gt_size=data.gt_size,
+                                    seed=self.config.run.seed)
+
+    def batches(self) -> Any:
+        run = self.config.run
+        return batch_stream(self.dataset(), run.batch_size // self.world, run.seed, self.rank, self.world,
+                            self.step, self.config.data.workers)
+
+    # --- the loop -----------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Train up to ``config.run.steps`` and write ``final.safetensors``; returns its path."""
+        run = self.config.run
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=1))
+        stream = self.batches() if self.step < run.steps else iter(())
+        writer = self._tensorboard()
+        bar = tqdm(total=run.steps, initial=self.step, desc=self.command, disable=not self.show_progress)
+        try:
+            while self.step < run.steps:
+                start = time.perf_counter()
+                terms = self.train_step(next(stream))
+                self.step += 1
+                terms["sec_per_it"] = time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items() if k != "sec_per_it"})
+                if self.rank == 0 and (self.step % run.log_every == 0 or self.step == run.steps):
+                    self._log({"step": self.step, **terms}, writer)
+                if self.step % run.val_every == 0 or self.step == run.steps:
+                    self.validate(writer)
+                if self.step % run.save_every == 0 or self.step == run.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        self.check_ranks_agree()
+        final = self.run_dir / "final.safetensors"
+        if self.rank == 0:
+            save_model(self.final_model(), final)
+        distributed.barrier()
+        return final
+
+    def save(self) -> None:
+        rng = distributed.gather(capture_rng(self.generator))
+        if self.rank == 0:
+            payload = {"step": self.step, "config": json.dumps(config_to_dict(self.config)), "rng": rng,
+                       "scaler": self.scaler.state_dict(), **self.state()}
+            save_checkpoint(self.run_dir, self.step, payload, self.config.run.keep_last)
+        distributed.barrier()
+
+    def _log(self, record: dict[str, Any], writer: Any) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    writer.add_scalar(key, value, record["step"])
+
+    def _tensorboard(self) -> Any:
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def check_ranks_agree(self) -> None:
+        """Under torchrun, every rank must hold the same trained weights (DDP keeps them in sync)."""
+        if self.world == 1:
+            return
+        sums = distributed.gather(float(sum(p.double().sum() for p in self.final_model().unet.parameters())))
+        if len(set(sums)) != 1:
+            raise TrainingError(f"ranks disagree on the weights after step {self.step}: {sums}")
+
+    # --- validation ---------------------------------------------------------------------------------------
+
+    def _validation_set(self) -> tuple[Tensor, Tensor]:
+        data = self.config.data
+        files = list_images(data.val_path) if data.val_path else list_images(data.path)
+        cfg = degradation_preset("face-gfpgan" if data.degradation == "face-gfpgan" else "realesrgan-test")
+        gts, lqs = [], []
+        for i, path in enumerate(files[: data.val_count]):
+            gt = to_chw_tensor(square_crop_resize(load_rgb(path), data.gt_size, None))[None]
+            hr, lr = degrade(cfg, gt, [draw_params(cfg, torch.Generator().manual_seed(i))])
+            gts.append(hr)
+            lqs.append(lr)
+        return torch.cat(gts), torch.cat(lqs)
+
+    @torch.no_grad()
+    def validate(self, writer: Any = None) -> dict[str, float] | None:
+        """PSNR/SSIM of the EMA model on the validation set and an image grid (rank 0)."""
+        if self.rank != 0 or self.config.data.val_count <= 0 or not (self.config.data.val_path or
+                                                                      self.config.data.path):
+            return None
+        gt, lq = self._validation_set()
+        out = (self.validation_output((lq * 2 - 1).to(self.device)).float().cpu() + 1) / 2
+        out = out.clamp(0, 1)
+        metrics = {"val_psnr": float(psnr(out, gt).mean()), "val_ssim": float(ssim(out, gt).mean())}
+        self._log({"step": self.step, **metrics}, writer)
+        up = torch.nn.functional.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False)
+        rows = torch.cat([up.clamp(0, 1), out, gt], dim=3)  # per sample: bicubic | model | GT
+        grid = torch.cat(list(rows), dim=1).permute(1, 2, 0).numpy()
+        (self.run_dir / "val").mkdir(parents=True, exist_ok=True)
+        write_image(self.run_dir / "val" / f"step_{self.step:08d}.png", ImageData(np.rint(grid * 255).astype(np.uint8)))
+        return metrics
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    return module.eval().requires_grad_(False)
