@@ -188,6 +188,7 @@ class DistillTrainer(Trainer):
         for group in self.opt_g.param_groups:
             group["lr"] = generator_lr(cfg.optim, self.step + 1)
         self.optimizer_step(self.opt_g, loss)
+        self.scaler.update()
         self.ema.update(self.student)
         terms.update({k: v.detach().mean() for k, v in g_terms.items()})
         terms["loss"] = loss.detach()

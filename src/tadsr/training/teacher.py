@@ -64,6 +64,7 @@ class TeacherTrainer(Trainer):
         for group in self.opt.param_groups:
             group["lr"] = generator_lr(self.config.optim, self.step + 1)
         self.optimizer_step(self.opt, mse.mean())
+        self.scaler.update()
         self.ema.update(self.model)
         return {"mse": float(mse.detach().mean())}
 

@@ -120,10 +120,11 @@ class Trainer:
                                     f"stopped, the last good checkpoint is in {self.run_dir / 'checkpoints'}")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        """Backward and step (through the fp16 grad scaler when run.amp is fp16; call ``scaler.update()`` once
+        per iteration, after the last step)."""
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
-        self.scaler.update()
 
     def dataset(self) -> DegradedImageDataset:
         data = self.config.data

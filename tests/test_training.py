@@ -1,0 +1,206 @@
+"""Trainers: one distillation step, ablation switches, learning, exact resume after SIGKILL, torchrun, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import randomize
+from tadsr.cli import main
+from tadsr.config import ModelConfig
+from tadsr.diffusion.schedule import ScheduleConfig
+from tadsr.model import SRModel, save_model
+from tadsr.nets.autoencoder import PixelUnshuffleConfig
+from tadsr.nets.unet import UNetConfig
+from tadsr.training.config import apply_overrides, load_config_file, train_config
+from tadsr.training.distill import DistillTrainer
+from tadsr.training.trainer import TrainingError
+
+TADSR = str(Path(sys.executable).parent / "tadsr")
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    y, x = np.mgrid[0:90, 0:110] / 100.0
+    for i in range(5):
+        img = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + i)], axis=2) * 0.4 + 0.5
+        img += np.random.default_rng(i).normal(0, 0.05, img.shape)
+        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def small_model_config(role: str = "teacher") -> ModelConfig:
+    """Smaller and shorter (T=4) than the tiny preset, for fast tests; same code paths."""
+    unet = UNetConfig(image_size=16, in_channels=48, out_channels=48, model_channels=32, channel_mult=(1, 2),
+                      num_res_blocks=(1, 1), attention_resolutions=(16, 8), num_head_channels=16, swin_embed_dim=32,
+                      lq_size=16)
+    return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=4),
+                       scale=4, role=role)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_model(randomize(SRModel(small_model_config()), seed=5, std=0.05).eval(), path)
+    return path
+
+
+def tiny_config(photo_dir: Path, *overrides: str):  # noqa: ANN201
+    return apply_overrides(train_config("tiny"), [f"data.path={photo_dir}", "run.log_every=1", *overrides])
+
+
+def _trainer(photo_dir: Path, teacher_file: Path, run_dir: Path, *overrides: str) -> DistillTrainer:
+    return DistillTrainer(tiny_config(photo_dir, *overrides), run_dir, teacher=teacher_file, show_progress=False)
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_a_distillation_step_moves_student_and_discriminator_not_teacher(photo_dir: Path, teacher_file: Path,
+                                                                        tmp_path: Path) -> None:
+    trainer = _trainer(photo_dir, teacher_file, tmp_path)
+    teacher, student, disc = _params(trainer.teacher.unet), _params(trainer.student), _params(trainer.discriminator)
+    terms = trainer.train_step(next(trainer.batches()))
+    assert set(terms) == {"d_loss", "distill", "hsd", "adv", "loss"}
+    assert all(np.isfinite(v) for v in terms.values())
+    assert all(torch.equal(a, b) for a, b in zip(teacher, _params(trainer.teacher.unet), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(student, _params(trainer.student), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(disc, _params(trainer.discriminator), strict=True))
+    assert all(not p.requires_grad for p in trainer.teacher.unet.parameters())
+
+
+@pytest.mark.parametrize(("overrides", "keys"), [
+    (("distill.score_distill=sds", "distill.discriminator=plain"), {"d_loss", "distill", "sds", "adv", "loss"}),
+    (("distill.score_distill=none", "distill.discriminator=none"), {"distill", "loss"}),
+])
+def test_ablation_switches_change_the_objective(photo_dir: Path, teacher_file: Path, tmp_path: Path,
+                                                overrides: tuple[str, ...], keys: set[str]) -> None:
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, *overrides)
+    assert set(trainer.train_step(next(trainer.batches()))) == keys
+
+
+def test_tiny_distillation_lowers_the_distillation_loss(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "run.steps=16", "distill.teacher_cache=4",
+                       "optim.lr=1e-3", "optim.warmup=1", "run.val_every=1000", "run.save_every=1000")
+    final = trainer.run()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    distill = [r["distill"] for r in log if "distill" in r]
+    assert len(distill) == 16
+    assert np.mean(distill[-4:]) < 0.8 * np.mean(distill[:4])
+    assert final.is_file() and (tmp_path / "teacher_cache.pt").is_file()
+
+
+def test_non_finite_loss_stops_naming_term_and_step(photo_dir: Path, teacher_file: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tadsr.losses import DistillationLoss
+
+    monkeypatch.setattr(DistillationLoss, "__call__", lambda self, a, b: (a - b).flatten(1).mean(1) * float("nan"))
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "run.steps=3")
+    with pytest.raises(TrainingError, match=r"step 1: loss term 'distill' is not finite"):
+        trainer.run()
+    assert not (tmp_path / "final.safetensors").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TADSR, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _distill_args(photo_dir: Path, teacher_file: Path, out: Path, steps: int) -> list[str]:
+    return ["distill", "--preset", "tiny", "--teacher", str(teacher_file), "--data", str(photo_dir), "--out", str(out),
+            "--steps", str(steps), "-q", "run.save_every=2", "run.val_every=1000", "run.keep_last=10",
+            "run.log_every=1"]
+
+
+def test_sigkill_and_resume_reach_bit_identical_weights(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    steps = 8
+    done = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "a", steps))
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([TADSR, *_distill_args(photo_dir, teacher_file, tmp_path / "b", steps)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "b" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest.read_text().strip()
+    resumed = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "b", steps), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(tmp_path / "a" / "final.safetensors")), load_file(str(tmp_path / "b" / "final.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from {killed_at}"
+    ca = torch.load(tmp_path / "a" / "checkpoints" / f"step_{steps:08d}.pt", weights_only=True)
+    cb = torch.load(tmp_path / "b" / "checkpoints" / f"step_{steps:08d}.pt", weights_only=True)
+    for part in ("student", "discriminator"):
+        assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part]), part
+
+
+def test_corrupt_checkpoint_is_refused(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    assert _cli(*_distill_args(photo_dir, teacher_file, tmp_path, 2)).returncode == 0
+    ckpt = tmp_path / "checkpoints" / "step_00000002.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    result = _cli(*_distill_args(photo_dir, teacher_file, tmp_path, 4), "--resume")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1
+    assert "step_00000002.pt: not a readable training checkpoint" in lines[0]
+
+
+def test_torchrun_two_processes_agree(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
+           *_distill_args(photo_dir, teacher_file, tmp_path, 2)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "final.safetensors").is_file()  # written after the ranks' weights were checked equal
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "distill" in r] == [1, 2]  # only rank 0 logs
+
+
+def test_teacher_training_produces_a_model_upscale_accepts(photo_dir: Path, tmp_path: Path) -> None:
+    import tadsr
+
+    result = _cli("train-teacher", "--preset", "tiny", "--data", str(photo_dir), "--out", str(tmp_path), "--steps",
+                  "3", "-q", "run.val_every=3", "run.log_every=1", "model.unet.model_channels=32",
+                  "model.unet.swin_embed_dim=32")
+    assert result.returncode == 0, result.stderr
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "mse" in r] == [1, 2, 3] and "val_psnr" in log[-1]
+    assert (tmp_path / "val" / "step_00000003.png").is_file()
+    up = tadsr.Upscaler.from_pretrained(tmp_path / "final.safetensors", device="cpu", steps=1)
+    assert up.upscale(np.zeros((20, 24, 3), np.uint8)).shape == (80, 96, 3)
+
+
+def test_dry_run_prints_the_resolved_config_and_bad_overrides_fail(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["distill", "--preset", "tiny", "--teacher", "t.safetensors", "--out", str(tmp_path),
+                                  "--dry-run", "distill.lambda_hsd=0.5", "run.amp=bf16"])
+    assert result.exit_code == 0
+    config = json.loads(result.stdout)
+    assert config["distill"]["lambda_hsd"] == 0.5 and config["run"]["amp"] == "bf16"
+    bad = runner.invoke(main, ["distill", "--teacher", "t", "--out", str(tmp_path), "--dry-run", "distill.lamda=1"])
+    assert bad.exit_code == 1 and "unknown key 'lamda'" in bad.stderr
+
+
+def test_yaml_config_starts_from_a_preset(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: tiny\nrun:\n  steps: 7\ndistill:\n  discriminator: plain\n")
+    config = load_config_file(path)
+    assert config.run.steps == 7 and config.distill.discriminator == "plain" and config.run.batch_size == 4
+    path.write_text("preset: tiny\nrun:\n  stepz: 7\n")
+    with pytest.raises(ValueError, match="stepz"):
+        load_config_file(path)
