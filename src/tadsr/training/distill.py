@@ -170,8 +170,10 @@ class DistillTrainer(Trainer):
                 with torch.no_grad():
                     real = self._features(z_gt, z_y, t_dis, n_dis, lq)
                 fake = self._features(z_s, z_y, t_dis, n_dis, lq)
-                d_loss = discriminator_hinge_loss(self.discriminator_ddp(real, t_dis),
-                                                  self.discriminator_ddp([f.detach() for f in fake], t_dis)).mean()
+                # real and (detached) fake through D in one forward: one DDP forward per backward
+                both = [torch.cat([r, f.detach()]) for r, f in zip(real, fake, strict=True)]
+                d_real, d_fake = self.discriminator_ddp(both, t_dis.repeat(2)).chunk(2)
+                d_loss = discriminator_hinge_loss(d_real, d_fake).mean()
             self.check_finite({"d_loss": d_loss})
             self.optimizer_step(self.opt_d, d_loss)
             terms["d_loss"] = d_loss.detach()
