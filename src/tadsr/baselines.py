@@ -59,6 +59,15 @@ def convert_ncnn(param: str | os.PathLike, bin_path: str | os.PathLike) -> RRDBN
     if len(layers) != len(targets):
         raise CheckpointError(f"{param}: {len(layers)} convolutions, RRDBNet x4plus has {len(targets)}")
     data = bin_path.read_bytes()
+    try:
+        _fill_from_ncnn(param, bin_path, data, layers, targets)
+    except (struct.error, ValueError) as err:
+        raise CheckpointError(f"{bin_path}: truncated or damaged ({err})") from err
+    return model.eval()
+
+
+def _fill_from_ncnn(param: Path, bin_path: Path, data: bytes, layers: list[dict[str, int]],
+                    targets: list[torch.nn.Conv2d]) -> None:
     pos = 0
     with torch.no_grad():
         for layer, conv in zip(layers, targets, strict=True):
@@ -81,7 +90,6 @@ def convert_ncnn(param: str | os.PathLike, bin_path: str | os.PathLike) -> RRDBN
                 pos += 4 * layer["out"]
     if pos != len(data):
         raise CheckpointError(f"{bin_path}: {len(data) - pos} bytes left after the last convolution")
-    return model.eval()
 
 
 def ncnn_bytes(model: RRDBNet, fp16: bool = True) -> bytes:
