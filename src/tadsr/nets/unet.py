@@ -13,10 +13,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.nets.common import normalization, timestep_embedding, zero_module
+from tadsr.nets.common import Upsample, normalization, timestep_embedding, zero_module
 from tadsr.nets.swin import SwinLayer
 
 
@@ -122,17 +121,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
-
-
-class Upsample(nn.Module):
-    """Nearest x2 then 3x3 conv (key ``conv``)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 def _lq_feature_extractor(stages: int, in_channels: int) -> tuple[nn.Module, int]:
