@@ -39,7 +39,7 @@ def main() -> None:
         if not (run / "final.safetensors").exists():
             subprocess.run(["tadsr", "distill", "--preset", "tiny", "--teacher", str(args.teacher), "--data",
                             str(args.data / "train"), "--out", str(run), "--steps", str(args.steps), "-q",
-                            "data.gt_size=128", "run.batch_size=8", "data.workers=1", "distill.teacher_cache=256",
+                            "data.gt_size=64", "run.batch_size=8", "data.workers=1", "distill.teacher_cache=256",
                             f"distill.score_distill={score}", f"distill.discriminator={disc}", "optim.lr=1e-4",
                             "optim.lr_d=1e-4", "optim.warmup=50", "optim.ema_rate=0.995", "run.log_every=5",
                             "run.val_every=100000", "run.save_every=100000", "run.seed=7"], check=True)
@@ -53,7 +53,7 @@ def main() -> None:
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         curves[label] = [(r["step"], r["distill"], r.get("d_loss")) for r in log if "distill" in r]
     lines = ["<!-- written by scripts/embedded/ablation.py -->", "",
-             f"Embedded tiny teacher, {args.steps} distillation steps each (batch 8, GT 128, teacher cache of 256 "
+             f"Embedded tiny teacher, {args.steps} distillation steps each (batch 8, GT 64, teacher cache of 256 "
              "pairs, seed 7), one-step students on the validation tiles (`realesrgan-test` x4). Lower NIQE is better.",
              "", "| score distillation + discriminator | PSNR-Y | SSIM-Y | NIQE |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {v['psnr']:.3f} | {v['ssim']:.4f} | {v['niqe']:.3f} |" for k, v in results.items()]

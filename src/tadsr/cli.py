@@ -325,6 +325,51 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
     click.echo(f"tadsr: report, per-image CSV and comparison sheet in {out_dir}/")
 
 
+@main.command()
+@click.option("--models", default="embedded,realsr-x4",
+              help="Comma-separated: embedded (the shipped student's architecture), realsr-x4 (official, random "
+                   "weights).")
+@click.option("--sizes", default="64", help="LR sizes (x4 outputs), comma-separated.")
+@click.option("--dtypes", default="fp32", help="fp32, bf16, fp16 (comma-separated; fp16 needs CUDA).")
+@click.option("--batches", default="1", help="Batch sizes, comma-separated.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, help="Timed runs per measurement (median).")
+@click.option("--quick", is_flag=True, help="Embedded model only, LR 32, one repeat: a smoke run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results as JSON.")
+@click.option("--device", default="auto")
+def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, quick: bool, json_path: Path | None,
+          device: str) -> None:
+    """Time teacher-T, student-1, the first stage and Real-ESRGAN; print the speed-up and efficiency ratios."""
+    from tadsr.bench import bench_model, bench_rrdbnet, to_json
+    from tadsr.model import load_model
+
+    if quick:
+        models, sizes, dtypes, batches, repeats = "embedded", "32", "fp32", "1", 1
+    dev = torch.device(_device(device))
+    rows, yardsticks = [], {}
+    for name in models.split(","):
+        try:
+            sr = load_model(resolve_model_path("student")) if name == "embedded" else SRModel(model_config(name))
+        except (ValueError, ModelNotFoundError, CheckpointError) as err:
+            _fail(f"--models {name}: {err}")
+        for size in map(int, sizes.split(",")):
+            for dtype in dtypes.split(","):
+                for batch in map(int, batches.split(",")):
+                    key = (size, dtype, batch)
+                    if key not in yardsticks:
+                        yardsticks[key] = bench_rrdbnet(size, batch, dtype, dev, repeats)
+                        rows.append(yardsticks[key])
+                    row = bench_model(sr, name, size, batch, dtype, dev, repeats)
+                    row["efficiency_vs_realesrgan"] = row["student_gflops_per_s"] / yardsticks[key]["gflops_per_s"]
+                    rows.append(row)
+    for row in rows:
+        click.echo("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    text = to_json(rows, dev)
+    if json_path is not None:
+        json_path.write_text(text)
+        click.echo(f"tadsr: wrote {json_path}")
+
+
 def _training_options(command: click.Command) -> click.Command:
     options = [
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),

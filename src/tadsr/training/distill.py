@@ -9,6 +9,7 @@ features (gradients flow through the frozen teacher's activations to the student
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,7 @@ class DistillTrainer(Trainer):
         cfg = self.config
         teacher = load_model(self.teacher_path, device=self.device)
         # the student is the teacher's architecture; the run's config records it
-        self.config = type(cfg)(**{**cfg.__dict__, "model": type(teacher.config)(
-            **{**teacher.config.__dict__, "role": "student"})})
+        self.config = dataclasses.replace(cfg, model=dataclasses.replace(teacher.config, role="student"))
         self.teacher = teacher
         self.schedule = teacher.schedule
         frozen(teacher.first_stage)

@@ -9,6 +9,7 @@ non-finite-loss stops, validation, checkpoints, torchrun and the final ``final.s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -62,8 +63,7 @@ class Trainer:
             checkpoint = load_checkpoint(path)
             saved = config_from_dict(json.loads(checkpoint["config"]))
             # the run length may change on resume; the rest must be the run's own config
-            config = type(config)(**{**saved.__dict__, "run": type(config.run)(**{**saved.run.__dict__,
-                                                                                 "steps": config.run.steps})})
+            config = dataclasses.replace(saved, run=dataclasses.replace(saved.run, steps=config.run.steps))
         self.config = config
         run = config.run
         if run.batch_size % self.world:
