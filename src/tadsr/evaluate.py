@@ -104,6 +104,7 @@ class MetricSet:
 class ModelResult:
     label: str
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    set_values: dict[str, float] = field(default_factory=dict)  # set-level metrics (FID)
     seconds: list[float] = field(default_factory=list)
     peak_mib: float = 0.0
 
@@ -150,7 +151,7 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, header: str) -> None:
-    names = [m for m in metrics.names]
+    names = list(metrics.names)
     with open(out_dir / "per_image.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "name", *names])
@@ -164,6 +165,9 @@ def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, 
         for m in names:
             if m in metrics.unavailable:
                 cells.append("not available")
+                continue
+            if m in result.set_values:
+                cells.append(f"{result.set_values[m]:.4f}")
                 continue
             values = [v[m] for v in result.rows.values() if m in v and math.isfinite(v[m])]
             cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "—")
@@ -230,6 +234,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
             result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
             if name in shown:
                 preds.append(pred)
+        result.set_values = metrics.set_level(pred_dir, gt_dir)
         results.append(result)
         sheet.append(("pred", preds))
     else:
@@ -254,6 +259,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
                 if name in shown:
                     outs.append(pred)
             result.peak_mib = _peak_mib(dev)
+            result.set_values = metrics.set_level(folder, gt_dir)
             results.append(result)
             sheet.append((label, outs))
     if gt_dir is not None:
