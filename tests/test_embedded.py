@@ -1,0 +1,70 @@
+"""The embedded teacher/student: load offline, upscale, `tadsr demo --quick`, and the model card's table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tadsr
+from tadsr.cli import main
+from tadsr.model import load_model, resolve_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_models_load_offline_and_upscale() -> None:
+    for name, role, steps in (("student", "student", 1), ("teacher", "teacher", 15)):
+        model = load_model(resolve_model_path(name))
+        assert model.config.role == role and model.config.schedule.num_steps == 15
+        image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+        out = tadsr.Upscaler.from_pretrained(name, device="cpu", steps=steps, tile=0).upscale(image)
+        assert out.shape == (148, 212, 3) and out.dtype == np.uint8
+        assert 10 < out.mean() < 245  # an image, not a blank
+
+
+def test_embedded_weights_fit_the_size_budget() -> None:
+    files = [resolve_model_path(n) for n in ("student", "teacher")]
+    assert sum(f.stat().st_size for f in files) <= 25_000_000
+
+
+def test_default_model_of_upscale_is_the_embedded_student(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 24, 3), 128, np.uint8)).save(tmp_path / "x.png")
+    result = CliRunner().invoke(main, ["upscale", "-i", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "o" / "x.png").is_file()
+
+
+def test_demo_quick_writes_its_report(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--quick", "-o", str(tmp_path / "demo"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    report = (tmp_path / "demo" / "report.md").read_text()
+    for label in ("| bicubic |", "| teacher:15 |", "| student:1 |"):
+        assert label in report
+    assert (tmp_path / "demo" / "per_image.csv").read_text().startswith("model,name,psnr,ssim,niqe")
+    assert (tmp_path / "demo" / "sheet.png").is_file()
+
+
+def test_model_card_table_is_the_scripts_output() -> None:
+    """docs/embedded-metrics.md must be written by scripts/embedded/evaluate.py in its format, and the model card
+    must show that same table."""
+    metrics = (ROOT / "docs" / "embedded-metrics.md").read_text()
+    assert metrics.startswith("<!-- written by scripts/embedded/evaluate.py")
+    header = next(line for line in metrics.splitlines() if line.startswith("| model |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["model", "psnr", "ssim", "niqe", "s / image",
+                                                                 "peak MiB"]
+    rows = [line for line in metrics.splitlines() if re.match(r"\| (bicubic|realesrgan|teacher:15|student:1) \|", line)]
+    assert [r.split("|")[1].strip() for r in rows] == ["bicubic", "realesrgan", "teacher:15", "student:1"]
+    assert "| target | measured | bound | met |" in metrics
+    card = (ROOT / "docs" / "model-card.md").read_text()
+    assert all(row in card for row in rows)
+
+
+@pytest.mark.parametrize("name", ["ablation.md", "ablation-losses.png"])
+def test_ablation_outputs_are_committed(name: str) -> None:
+    assert (ROOT / "docs" / name).is_file()
