@@ -68,3 +68,13 @@ def test_model_card_table_is_the_scripts_output() -> None:
 @pytest.mark.parametrize("name", ["ablation.md", "ablation-losses.png"])
 def test_ablation_outputs_are_committed(name: str) -> None:
     assert (ROOT / "docs" / name).is_file()
+
+
+def test_an_install_without_embedded_weights_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.resources
+
+    from tadsr.model import ModelNotFoundError
+
+    monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
+    with pytest.raises(ModelNotFoundError, match="no embedded student model in this install"):
+        resolve_model_path(None)

@@ -216,14 +216,13 @@ def test_no_partial_file_after_a_crash_in_writing(photo_folder: Path, tiny_stude
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.parametrize("case", ["missing-model", "bad-device", "pth-model", "wrong-architecture", "no-embedded-model",
+@pytest.mark.parametrize("case", ["missing-model", "bad-device", "pth-model", "wrong-architecture",
                                   "unwritable-output", "missing-input"])
 def test_fatal_errors_are_one_line(case: str, photo_folder: Path, tiny_student_file: Path, tmp_path: Path) -> None:
     args = ["upscale", "-i", str(photo_folder), "-o", str(tmp_path / "out"), "-q"]
     needle = {"missing-model": "nope.safetensors: no such model file", "bad-device": "not a device",
               "pth-model": "not a tadsr model file",
               "wrong-architecture": "does not fit SRModel",
-              "no-embedded-model": "no embedded student model",
               "unwritable-output": "not writable",
               "missing-input": "no such file or folder"}[case]
     if case == "missing-model":
