@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tadsr.data.datasets import list_images
-from tadsr.data.image_io import ImageData, read_image, write_image
+from tadsr.data.datasets import list_images, load_rgb, pair_by_name
+from tadsr.data.image_io import ImageData, to_uint8, write_image
 from tadsr.metrics.full_reference import prepare, psnr, ssim
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
@@ -30,24 +30,8 @@ PYIQA_METRICS = ("clipiqa", "musiq", "maniqa", "fid")
 
 
 def load_float(path: Path) -> np.ndarray:
-    """(H, W, 3) float64 RGB in [0, 1] from an 8- or 16-bit image (gray replicated, alpha dropped)."""
-    pixels = read_image(path, max_pixels=0).pixels
-    img = pixels.astype(np.float64) / (65535.0 if pixels.dtype == np.uint16 else 255.0)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.shape[2] in (1, 2):
-        img = np.repeat(img[:, :, :1], 3, axis=2)
-    return img[:, :, :3]
-
-
-def pair_by_name(first: Path, second: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
-    """Files of two folders paired by relative path without extension: (pairs, only in first, only in second)."""
-    def keyed(folder: Path) -> dict[str, Path]:
-        return {p.relative_to(folder).with_suffix("").as_posix(): p for p in list_images(folder)}
-
-    a, b = keyed(first), keyed(second)
-    pairs = [(name, a[name], b[name]) for name in sorted(a.keys() & b.keys())]
-    return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+    """(H, W, 3) float64 RGB in [0, 1] from an 8- or 16-bit image (gray replicated, alpha dropped), no size limit."""
+    return load_rgb(path, max_pixels=0, dtype=np.float64)
 
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
@@ -146,10 +130,6 @@ def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None,
     return label, run_model
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.rint(img.clip(0, 1) * 255).astype(np.uint8)
-
-
 def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, header: str) -> None:
     names = list(metrics.names)
     with open(out_dir / "per_image.csv", "w", newline="") as f:
@@ -195,7 +175,7 @@ def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 12
             c = min(crop, h, w)
             top, left = (h - c) // 2, (w - c) // 2
             cell = img[top:top + c, left:left + c]
-            cells.append(cv2.resize(_to_uint8(cell), (crop, crop), interpolation=cv2.INTER_NEAREST))
+            cells.append(cv2.resize(to_uint8(cell), (crop, crop), interpolation=cv2.INTER_NEAREST))
         column = np.concatenate(cells, axis=0)
         head = np.full((label_h, crop, 3), 255, np.uint8)
         cv2.putText(head, label[:18], (3, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
@@ -254,7 +234,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
                     torch.cuda.synchronize(dev)
                 result.seconds.append(time.perf_counter() - start)
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                write_image(folder / f"{name}.png", ImageData(_to_uint8(pred)))
+                write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
                 result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
                 if name in shown:
                     outs.append(pred)

@@ -42,11 +42,22 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     return [Path(p) for p in source]
 
 
-def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1] of any readable image (gray replicated, alpha dropped, 16-bit kept)."""
+def pair_by_name(first: Path, second: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """Images of two folders paired by relative path without extension (never by sorted order):
+    (pairs, names only in ``first``, names only in ``second``)."""
+    def keyed(folder: Path) -> dict[str, Path]:
+        return {p.relative_to(folder).with_suffix("").as_posix(): p for p in list_images(folder)}
+
+    a, b = keyed(first), keyed(second)
+    pairs = [(name, a[name], b[name]) for name in sorted(a.keys() & b.keys())]
+    return pairs, sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+
+
+def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, dtype: type = np.float32) -> np.ndarray:
+    """(H, W, 3) RGB in [0, 1] of any readable image (gray replicated, alpha dropped, 16-bit kept), as ``dtype``."""
     pixels = read_image(path, max_pixels=max_pixels).pixels
     peak = 65535.0 if pixels.dtype == np.uint16 else 255.0
-    img = pixels.astype(np.float32) / peak
+    img = pixels.astype(dtype) / peak
     if img.ndim == 2 or img.shape[2] == 2:
         img = np.repeat(img[:, :, :1] if img.ndim == 3 else img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
@@ -138,17 +149,12 @@ class PairedImageDataset(Dataset):
     def __init__(self, lq_dir: str | os.PathLike, gt_dir: str | os.PathLike, scale: int = 4,
                  gt_size: int | None = None, seed: int = 0) -> None:
         lq_dir, gt_dir = Path(lq_dir), Path(gt_dir)
-
-        def keyed(folder: Path) -> dict[str, Path]:
-            return {str(p.relative_to(folder).with_suffix("")): p for p in list_images(folder)}
-
-        lq, gt = keyed(lq_dir), keyed(gt_dir)
-        for folder, only in ((lq_dir, sorted(lq.keys() - gt.keys())), (gt_dir, sorted(gt.keys() - lq.keys()))):
+        self.pairs, only_lq, only_gt = pair_by_name(lq_dir, gt_dir)
+        for folder, only in ((lq_dir, only_lq), (gt_dir, only_gt)):
             if only:
                 shown = ", ".join(only[:5]) + (f", ... ({len(only) - 5} more)" if len(only) > 5 else "")
                 warnings.warn(f"{folder}: {len(only)} file(s) without a partner: {shown}", RuntimeWarning,
                               stacklevel=2)
-        self.pairs = [(name, lq[name], gt[name]) for name in sorted(lq.keys() & gt.keys())]
         if not self.pairs:
             raise FileNotFoundError(f"{lq_dir} and {gt_dir}: no file names in common")
         self.scale, self.gt_size, self.seed = scale, gt_size, seed

@@ -179,6 +179,11 @@ def _to_rgb_order(pixels: np.ndarray, gray: bool) -> np.ndarray:
     return pixels
 
 
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] -> uint8, clipped and rounded to nearest."""
+    return np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
 def output_format(ext: str) -> str:
     """Normalise an extension ('.JPEG', 'tiff', ...) to one of WRITE_FORMATS, or raise ValueError."""
     ext = ext.lower().lstrip(".")

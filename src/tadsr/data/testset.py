@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from tadsr.data.datasets import list_images, load_rgb, sample_generator, square_crop_resize, to_chw_tensor
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params, params_to_dict
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, atomic_write_bytes, write_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, atomic_write_bytes, to_uint8, write_image
 
 
 @dataclass
@@ -26,10 +25,6 @@ class BuildSummary:
     written: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.rint(x.clip(0, 1) * 255).astype(np.uint8)
 
 
 def build_test_set(hr_dir: Path, out_dir: Path, config: DegradationConfig, preset_name: str, seed: int = 0,
@@ -54,7 +49,7 @@ def build_test_set(hr_dir: Path, out_dir: Path, config: DegradationConfig, prese
             for sub, img in (("gt", hr), ("lq", lr)):
                 target = out_dir / sub / rel.with_suffix(".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                write_image(target, ImageData(_to_uint8(img[0].permute(1, 2, 0).numpy())))
+                write_image(target, ImageData(to_uint8(img[0].permute(1, 2, 0).numpy())))
         except ImageError as err:
             summary.failed += 1
             summary.errors.append(str(err))

@@ -26,7 +26,7 @@ from tadsr.checkpoints import CheckpointError
 from tadsr.data.datasets import DegradedImageDataset, list_images, load_rgb, square_crop_resize, to_chw_tensor
 from tadsr.data.degradation import degrade, draw_params
 from tadsr.data.degradation import preset as degradation_preset
-from tadsr.data.image_io import ImageData, write_image
+from tadsr.data.image_io import ImageData, to_uint8, write_image
 from tadsr.metrics import psnr, ssim
 from tadsr.model import SRModel, save_model
 from tadsr.training import distributed
@@ -236,7 +236,7 @@ class Trainer:
         rows = torch.cat([up.clamp(0, 1), out, gt], dim=3)  # per sample: bicubic | model | GT
         grid = torch.cat(list(rows), dim=1).permute(1, 2, 0).numpy()
         (self.run_dir / "val").mkdir(parents=True, exist_ok=True)
-        write_image(self.run_dir / "val" / f"step_{self.step:08d}.png", ImageData(np.rint(grid * 255).astype(np.uint8)))
+        write_image(self.run_dir / "val" / f"step_{self.step:08d}.png", ImageData(to_uint8(grid)))
         return metrics
 
 
