@@ -13,7 +13,6 @@ Our own format is one safetensors file: tensors under ``unet.`` and ``first_stag
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -162,14 +161,3 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: tadsr format version {meta.get('format_version')!r} is not supported "
                               f"(this release reads {FORMAT_VERSION})")
     return meta
-
-
-def split_prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The entries of ``state`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def config_json(config: object) -> str:
-    from dataclasses import asdict
-
-    return json.dumps(asdict(config), sort_keys=True)

@@ -117,12 +117,16 @@ class DistillTrainer(Trainer):
         assert self.cache is not None
         n, per_rank = len(self.cache["lq"]), self.config.run.batch_size // self.world
         step = self.step
+        perms: dict[int, list[int]] = {}
         while True:
             first = (step * self.world + self.rank) * per_rank
             idx = []
             for p in range(first, first + per_rank):
                 epoch, k = divmod(p, n)
-                idx.append(epoch_permutation(n, self.config.run.seed, epoch)[k])
+                if epoch not in perms:  # one permutation per epoch, not per sample
+                    perms = {e: v for e, v in perms.items() if e >= epoch - 1}
+                    perms[epoch] = epoch_permutation(n, self.config.run.seed, epoch)
+                idx.append(perms[epoch][k])
             yield {key: value[idx] for key, value in self.cache.items()}
             step += 1
 

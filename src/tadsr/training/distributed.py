@@ -22,10 +22,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -38,8 +34,3 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def cleanup() -> None:
-    if is_distributed():
-        dist.destroy_process_group()

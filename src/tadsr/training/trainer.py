@@ -13,7 +13,6 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,12 @@ class Trainer:
     command = "train"
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
-                 show_progress: bool = True, log: Callable[[str], None] = print) -> None:
+                 show_progress: bool = True) -> None:
         self.rank, self.world = distributed.init()
         if self.world > 1 and torch.cuda.is_available():
             device = torch.device("cuda", self.rank % torch.cuda.device_count())
         self.device = torch.device(device)
-        self.run_dir, self.show_progress, self.log = Path(run_dir), show_progress and self.rank == 0, log
+        self.run_dir, self.show_progress = Path(run_dir), show_progress and self.rank == 0
         checkpoint = None
         if resume:
             path = latest_checkpoint(self.run_dir)
