@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_UNET, randomize
+from conftest import TINY_UNET, TINY_VQ, randomize
 from tadsr import presets
+from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.nets.common import timestep_embedding
 from tadsr.nets.swin import SwinBlock, SwinLayer, shifted_window_mask, window_partition, window_reverse
 from tadsr.nets.unet import SwinUNet, UNetConfig
@@ -216,3 +217,43 @@ def test_bad_unet_config_is_rejected() -> None:
         UNetConfig(lq_size=96)
     with pytest.raises(ValueError, match="one entry per"):
         UNetConfig(num_res_blocks=(2, 2))
+
+
+def test_residual_unet_starts_as_bicubic_and_learns_only_the_residual() -> None:
+    from tadsr.config import ModelConfig
+    from tadsr.inference.pipeline import super_resolve, upsample_lr
+    from tadsr.model import SRModel
+    from tadsr.nets.autoencoder import PixelUnshuffleConfig
+    from tadsr.nets.unet import lq_latent
+
+    unet_cfg = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 48, "out_channels": 48, "residual_scale": 4})
+    config = ModelConfig(unet=unet_cfg, first_stage=PixelUnshuffleConfig(factor=4),
+                         schedule=ScheduleConfig(num_steps=4), scale=4)
+    model = SRModel(config).eval()
+    assert not model.unet.out[2].weight.any()
+    lr = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1  # no padding needed
+    bicubic = upsample_lr(lr, 4).clamp(-1, 1)
+    for steps in (1, 4):
+        out = super_resolve(model, lr, steps=steps, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(out, bicubic, atol=0, rtol=0)
+    # after training the output is the network's residual plus z_y
+    randomize(model, seed=2, std=0.05)
+    x = torch.randn(1, 48, 32, 32, generator=torch.Generator().manual_seed(3))
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([2])
+    residual = model.unet(x, t, lq) - lq_latent(lq, 4)
+    object.__setattr__(model.unet.config, "residual_scale", 0)  # the same weights without the residual
+    torch.testing.assert_close(model.unet(x, t, lq), residual, atol=1e-5, rtol=1e-5)
+
+
+def test_residual_scale_must_match_the_first_stage() -> None:
+    from tadsr.config import ModelConfig
+    from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQConfig
+
+    with pytest.raises(ValueError, match="residual_scale=4 needs"):
+        UNetConfig(**{**TINY_UNET.__dict__, "residual_scale": 4})  # 3 output channels, not 48
+    unet_cfg = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 12, "out_channels": 12, "residual_scale": 2})
+    ModelConfig(unet=unet_cfg, first_stage=PixelUnshuffleConfig(factor=2), schedule=ScheduleConfig(), scale=2)
+    vq = VQConfig(**{**TINY_VQ.__dict__, "embed_dim": 12, "z_channels": 12})
+    with pytest.raises(ValueError, match="needs a pixel-unshuffle first stage"):
+        ModelConfig(unet=unet_cfg, first_stage=vq, schedule=ScheduleConfig(), scale=2)

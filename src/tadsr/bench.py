@@ -8,25 +8,38 @@ synchronised on CUDA. FLOPs are counted with ``torch.utils.flop_counter.FlopCoun
 
 * speed-up of student-1 over teacher-T, against the ideal (T U + E + D) / (U + E + D);
 * hardware efficiency: achieved FLOP/s of the student-1 pipeline / that of RRDBNet, same device and dtype.
+
+LR sizes above the tile size run tiled (``tiled_super_resolve``, as ``tadsr upscale`` does): one timed run of
+the first ``max_tiles`` tiles after a one-tile warm-up, the whole-image time estimated as time x tiles / timed
+tiles (``est``), and the peak memory of that run. Memory does not grow with the number of tiles (the output
+accumulators are allocated before the first tile), so the peak of the first tiles is the peak of the whole run.
+
+Peak memory is per measurement: CUDA's max allocated, or on CPU the process's peak resident set (VmHWM, reset
+before each measurement through /proc/self/clear_refs; the process high-water mark where that is unavailable).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import platform
+import re
 import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tadsr.baselines import bicubic_upscale
 from tadsr.diffusion.schedule import scale_input
+from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import encode_lr, super_resolve
+from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.model import SRModel
 from tadsr.nets.rrdbnet import RRDBNet
 
@@ -61,24 +74,48 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
-def _peak_mib(device: torch.device) -> float:
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement (CUDA allocator stats, or the process's VmHWM on Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory since ``reset_peak_memory``: CUDA max allocated, or CPU peak resident set size (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        if found:
+            return int(found.group(1)) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak MiB) of ``fn``."""
+    reset_peak_memory(device)
+    seconds = median_seconds(fn, device, repeats)
+    return seconds, peak_memory_mib(device)
+
+
+def _lr_batch(batch: int, size: int, device: torch.device) -> torch.Tensor:
+    return (torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
 
 
 @torch.inference_mode()
 def bench_model(model: SRModel, name: str, lr_size: int, batch: int, dtype: str, device: torch.device,
                 repeats: int) -> dict[str, Any]:
-    """One row: U, E, D, student-1, teacher-T latency (s), FLOPs and the two ratios."""
+    """One untiled row: U, E, D, student-1, teacher-T latency (s), throughput, FLOPs, peak memory, the ratios."""
     model = model.to(device).eval()
     dt = DTYPES[dtype]
-    gen = torch.Generator().manual_seed(0)
-    lr = (torch.rand(batch, 3, lr_size, lr_size, generator=gen) * 2 - 1).to(device)
+    lr = _lr_batch(batch, lr_size, device)
     num_steps = model.config.schedule.num_steps
     with _autocast(device, dt):
         z_y = encode_lr(model, lr)
-    noise = torch.randn(z_y.shape, generator=gen).to(device)
+    noise = torch.randn(z_y.shape, generator=torch.Generator().manual_seed(1)).to(device)
     t = torch.full((batch,), num_steps - 1, dtype=torch.long, device=device)
     x = scale_input(model.schedule, z_y + noise, t)
 
@@ -98,41 +135,198 @@ def bench_model(model: SRModel, name: str, lr_size: int, batch: int, dtype: str,
         auto = None if dt == torch.float32 else dt
         return lambda: super_resolve(model, lr, steps=steps, noise=noise, autocast_dtype=auto)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     u, e, d = (median_seconds(f, device, repeats) for f in (unet, encode, decode))
-    student = median_seconds(run(1), device, repeats)
-    teacher = median_seconds(run(num_steps), device, repeats)
-    peak = _peak_mib(device)
+    student, student_peak = _measure(run(1), device, repeats)
+    teacher, teacher_peak = _measure(run(num_steps), device, repeats)
     flops = count_flops(run(1))
     ideal = (num_steps * u + e + d) / (u + e + d)
-    return {"model": name, "lr": lr_size, "batch": batch, "dtype": dtype, "U_s": u, "E_s": e, "D_s": d,
-            "student_1_s": student, f"teacher_{num_steps}_s": teacher, "speedup": teacher / student,
-            "ideal_speedup": ideal, "speedup_vs_ideal": (teacher / student) / ideal, "student_gflop": flops / 1e9,
-            "student_gflops_per_s": flops / student / 1e9, "peak_mib": peak}
+    return {"model": name, "lr": lr_size, "out": lr_size * model.config.scale, "batch": batch, "dtype": dtype,
+            "tiles": 0, "U_s": u, "E_s": e, "D_s": d, "student_1_s": student, f"teacher_{num_steps}_s": teacher,
+            "student_images_per_s": batch / student, "speedup": teacher / student, "ideal_speedup": ideal,
+            "speedup_vs_ideal": (teacher / student) / ideal, "student_gflop": flops / 1e9,
+            "student_gflops_per_s": flops / student / 1e9, "student_peak_mib": student_peak,
+            "teacher_peak_mib": teacher_peak}
+
+
+class _EnoughTiles(Exception):
+    pass
+
+
+def time_tiles(model: SRModel, lr: torch.Tensor, steps: int, tile: int, overlap: int, tile_batch: int,
+               dtype: torch.dtype, device: torch.device, max_tiles: int) -> dict[str, Any]:
+    """Time ``tiled_super_resolve`` over its first ``max_tiles`` tiles (all when 0); estimate the whole image."""
+    done = {"tiles": 0, "total": 0}
+
+    def progress(tiles: int, total: int) -> None:
+        done.update(tiles=tiles, total=total)
+        _sync(device)
+        if max_tiles and tiles >= max_tiles and tiles < total:
+            raise _EnoughTiles
+
+    auto = None if dtype == torch.float32 else dtype
+    run = dict(tile=tile, overlap=overlap, steps=steps, autocast_dtype=auto, batch_size=tile_batch)
+    # warm-up: one tile's worth of work at the tile size
+    tiled_super_resolve(model, lr[..., :tile, :tile], **run)
+    _sync(device)
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    with contextlib.suppress(_EnoughTiles):
+        tiled_super_resolve(model, lr, progress=progress, **run)
+    seconds = time.perf_counter() - start
+    return {"tiles_timed": done["tiles"], "tiles_total": done["total"], "seconds": seconds,
+            "est_seconds": seconds * done["total"] / done["tiles"], "peak_mib": peak_memory_mib(device)}
 
 
 @torch.inference_mode()
-def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, repeats: int) -> dict[str, Any]:
-    net = RRDBNet().to(device).eval()
-    x = torch.rand(batch, 3, lr_size, lr_size, generator=torch.Generator().manual_seed(0)).to(device)
+def bench_tiled(model: SRModel, name: str, lr_size: int, dtype: str, device: torch.device, tile: int,
+                overlap: int, tile_batch: int, max_tiles: int) -> dict[str, Any]:
+    """One tiled row (an lr_size^2 image, ``tile``-pixel LR tiles): student-1 and teacher-T time and peak memory."""
+    model = model.to(device).eval()
+    dt = DTYPES[dtype]
+    lr = _lr_batch(1, lr_size, device)
+    num_steps = model.config.schedule.num_steps
+    student = time_tiles(model, lr, 1, tile, overlap, tile_batch, dt, device, max_tiles)
+    teacher = time_tiles(model, lr, num_steps, tile, overlap, tile_batch, dt, device, max_tiles)
+    return {"model": name, "lr": lr_size, "out": lr_size * model.config.scale, "batch": 1, "dtype": dtype,
+            "tiles": student["tiles_total"], "tile": tile, "overlap": overlap, "tile_batch": tile_batch,
+            "tiles_timed": student["tiles_timed"], "student_1_s": student["est_seconds"],
+            f"teacher_{num_steps}_s": teacher["est_seconds"],
+            "estimated": student["tiles_timed"] < student["tiles_total"],
+            "student_s_per_mp": student["est_seconds"] / (lr_size * model.config.scale) ** 2 * 1e6,
+            "speedup": teacher["est_seconds"] / student["est_seconds"], "student_peak_mib": student["peak_mib"],
+            "teacher_peak_mib": teacher["peak_mib"]}
+
+
+@torch.inference_mode()
+def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, repeats: int,
+                  channels_last: bool = False, compile: bool = False) -> dict[str, Any]:
+    """Real-ESRGAN x4plus (RRDBNet, random weights) on a batch of lr_size^2 images: time, FLOP/s, peak memory.
+
+    ``channels_last`` and ``compile`` give it the same treatment as the SR model (``prepare_for_inference``).
+    """
+    net: Any = RRDBNet().to(device).eval()
+    x = _lr_batch(batch, lr_size, device).add(1).div(2)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile:
+        net = torch.compile(net)
     dt = DTYPES[dtype]
 
     def run() -> Any:
         with _autocast(device, dt):
             return net(x)
 
-    seconds = median_seconds(run, device, repeats)
+    seconds, peak = _measure(run, device, repeats)
     flops = count_flops(run)
-    return {"model": "realesrgan-x4plus", "lr": lr_size, "batch": batch, "dtype": dtype, "seconds": seconds,
-            "gflop": flops / 1e9, "gflops_per_s": flops / seconds / 1e9, "bicubic_s": median_seconds(
-                lambda: bicubic_upscale((x * 1).clamp(0, 1)), device, repeats)}
+    return {"model": "realesrgan-x4plus", "lr": lr_size, "out": lr_size * 4, "batch": batch, "dtype": dtype,
+            "tiles": 0, "seconds": seconds, "images_per_s": batch / seconds, "gflop": flops / 1e9,
+            "gflops_per_s": flops / seconds / 1e9, "peak_mib": peak}
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}
+def environment(device: torch.device, **settings: Any) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"device": name, "device_type": device.type, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), **settings}
 
 
-def to_json(rows: list[dict[str, Any]], device: torch.device) -> str:
-    return json.dumps({"environment": environment(device), "rows": rows}, indent=1)
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        if found:
+            return found.group(1).strip()
+    return platform.processor() or "cpu"
+
+
+def to_json(rows: list[dict[str, Any]], device: torch.device, **settings: Any) -> str:
+    return json.dumps({"environment": environment(device, **settings), "rows": rows}, indent=1)
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool):
+        return "est." if value else ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the rows: one line per model, size, dtype and batch."""
+    head = ["model", "LR→HR", "dtype", "batch", "tiles", "U s", "E s", "D s", "student-1 s", "teacher-T s",
+            "img/s", "speed-up", "% of ideal", "GFLOP/s", "eff. vs RRDB", "peak MiB (1 / T)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        teacher = next((v for k, v in r.items() if k.startswith("teacher_") and k.endswith("_s")), None)
+        est = " (est.)" if r.get("estimated") else ""
+        if r["model"] == "realesrgan-x4plus":
+            cells = [r["model"], f"{r['lr']}→{r['out']}", r["dtype"], r["batch"], "", "", "", "",
+                     _cell(r["seconds"]), "", _cell(r["images_per_s"]), "", "", _cell(r["gflops_per_s"]), "1",
+                     f"{r['peak_mib']:.0f}"]
+        else:
+            ratio = r.get("speedup_vs_ideal")
+            eff = r.get("efficiency_vs_realesrgan")
+            cells = [r["model"], f"{r['lr']}→{r['out']}", r["dtype"], r["batch"], r["tiles"] or "",
+                     _cell(r.get("U_s", "")), _cell(r.get("E_s", "")), _cell(r.get("D_s", "")),
+                     _cell(r["student_1_s"]) + est, _cell(teacher) + est,
+                     _cell(r.get("student_images_per_s", "")), _cell(r["speedup"]) + "×",
+                     f"{100 * ratio:.1f}" if ratio is not None else "",
+                     _cell(r.get("student_gflops_per_s", "")), f"{eff:.2f}" if eff is not None else "",
+                     f"{r['student_peak_mib']:.0f} / {r['teacher_peak_mib']:.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What ``run_bench`` measures. Sizes above ``tile`` run tiled (batch 1, ``tile_batch`` tiles per call)."""
+
+    models: tuple[str, ...] = ("embedded", "realsr-x4")
+    sizes: tuple[int, ...] = (64,)
+    dtypes: tuple[str, ...] = ("fp32",)
+    batches: tuple[int, ...] = (1,)
+    repeats: int = 3
+    tile: int = 64
+    overlap: int = 16
+    tile_batch: int = 1
+    max_tiles: int = 4
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.dtypes) - set(DTYPES))
+        if unknown:
+            raise ValueError(f"unknown dtype(s) {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
+        if min(self.sizes) < 1 or min(self.batches) < 1 or self.repeats < 1 or self.tile < 1:
+            raise ValueError("sizes, batches, repeats and tile must be positive")
+
+
+def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: torch.device,
+              log: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+    """All rows of ``settings``: Real-ESRGAN yardsticks, then each model's untiled and tiled rows.
+
+    ``load(name)`` builds a model by name. A dtype the device cannot run is skipped with a ``log`` line.
+    """
+    rows: list[dict[str, Any]] = []
+    yardsticks: dict[tuple[int, str, int], dict[str, Any]] = {}
+    fast = dict(channels_last=settings.channels_last, compile=settings.compile)
+    for name in settings.models:
+        model = prepare_for_inference(load(name).to(device), **fast)
+        for size, dtype in itertools.product(settings.sizes, settings.dtypes):
+            try:
+                if size > settings.tile:
+                    log(f"{name} {size}->{size * model.config.scale} {dtype} tiled")
+                    rows.append(bench_tiled(model, name, size, dtype, device, settings.tile, settings.overlap,
+                                            settings.tile_batch, settings.max_tiles))
+                    continue
+                for batch in settings.batches:
+                    key = (size, dtype, batch)
+                    if key not in yardsticks:
+                        log(f"realesrgan-x4plus {size} {dtype} batch {batch}")
+                        yardsticks[key] = bench_rrdbnet(size, batch, dtype, device, settings.repeats, **fast)
+                        rows.append(yardsticks[key])
+                    log(f"{name} {size}->{size * model.config.scale} {dtype} batch {batch}")
+                    row = bench_model(model, name, size, batch, dtype, device, settings.repeats)
+                    row["efficiency_vs_realesrgan"] = row["student_gflops_per_s"] / yardsticks[key]["gflops_per_s"]
+                    rows.append(row)
+            except RuntimeError as err:  # e.g. a dtype this device's kernels lack
+                log(f"skipped {name} {size} {dtype}: {str(err).splitlines()[0]}")
+    return rows

@@ -144,6 +144,9 @@ def info(model: str) -> None:
 @click.option("--fp32", "precision", flag_value="fp32", help="Float32 compute [default on CPU].")
 @click.option("--fp16", "precision", flag_value="fp16", help="Float16 autocast [default on CUDA].")
 @click.option("--bf16", "precision", flag_value="bf16", help="Bfloat16 autocast.")
+@click.option("--channels-last", is_flag=True, help="NHWC weights and activations (often faster convolutions).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the networks (the first tile of each size compiles first).")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", type=int, default=0, help="Seed of the prior noise (the same for every image).")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none",
@@ -158,7 +161,8 @@ def info(model: str) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None, outscale: float | None, tile: int,
-            tile_overlap: int, batch_size: int, precision: str | None, device: str, seed: int, color_fix: str,
+            tile_overlap: int, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
+            device: str, seed: int, color_fix: str,
             ext: str, suffix: str, recursive: bool, overwrite: bool, max_pixels: int, dry_run: bool,
             quiet: bool) -> None:
     """Super-resolve images: one network call per tile with a student, T calls with a teacher.
@@ -200,7 +204,7 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
         upscaler = Upscaler.from_pretrained(
             model_path, device=dev, dtype=_DTYPES[precision] if precision else None, tile=tile,
             tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
-            outscale=outscale)
+            outscale=outscale, channels_last=channels_last, compile=compile_)
     except (CheckpointError, ModelNotFoundError, ValueError) as err:
         _fail(str(err))
     summary = run_jobs(upscaler, jobs, overwrite=overwrite, max_pixels=max_pixels, show_progress=not quiet,
@@ -329,44 +333,50 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
 @click.option("--models", default="embedded,realsr-x4",
               help="Comma-separated: embedded (the shipped student's architecture), realsr-x4 (official, random "
                    "weights).")
-@click.option("--sizes", default="64", help="LR sizes (x4 outputs), comma-separated.")
-@click.option("--dtypes", default="fp32", help="fp32, bf16, fp16 (comma-separated; fp16 needs CUDA).")
-@click.option("--batches", default="1", help="Batch sizes, comma-separated.")
+@click.option("--sizes", default="64", help="LR sizes (x4 outputs), comma-separated; above --tile they run tiled.")
+@click.option("--dtypes", default="fp32", help="fp32, bf16, fp16 (comma-separated; autocast).")
+@click.option("--batches", default="1", help="Batch sizes for the untiled sizes, comma-separated.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, help="Timed runs per measurement (median).")
-@click.option("--quick", is_flag=True, help="Embedded model only, LR 32, one repeat: a smoke run.")
+@click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="LR tile size.")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=16, show_default=True)
+@click.option("--tile-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tiles per network call.")
+@click.option("--max-tiles", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Time only the first N tiles of a tiled image and estimate the whole (0 = all tiles).")
+@click.option("--channels-last", is_flag=True, help="NHWC weights and activations.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet, encoder and decoder.")
+@click.option("--quick", is_flag=True, help="Embedded model only, LR 32 and 64 (tiled at 32), one repeat: a smoke run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results as JSON.")
 @click.option("--device", default="auto")
-def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, quick: bool, json_path: Path | None,
+def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile: int, tile_overlap: int,
+          tile_batch: int, max_tiles: int, channels_last: bool, compile_: bool, quick: bool, json_path: Path | None,
           device: str) -> None:
     """Time teacher-T, student-1, the first stage and Real-ESRGAN; print the speed-up and efficiency ratios."""
-    from tadsr.bench import bench_model, bench_rrdbnet, to_json
-    from tadsr.model import load_model
+    from tadsr.bench import BenchSettings, format_table, run_bench, to_json
 
     if quick:
-        models, sizes, dtypes, batches, repeats = "embedded", "32", "fp32", "1", 1
+        models, sizes, batches, repeats, tile, tile_overlap, max_tiles = "embedded", "32,64", "1", 1, 32, 8, 2
+    try:
+        settings = BenchSettings(
+            models=tuple(models.split(",")), sizes=tuple(map(int, sizes.split(","))),
+            dtypes=tuple(dtypes.split(",")), batches=tuple(map(int, batches.split(","))), repeats=repeats,
+            tile=tile, overlap=tile_overlap, tile_batch=tile_batch, max_tiles=max_tiles,
+            channels_last=channels_last, compile=compile_)
+    except ValueError as err:
+        _fail(f"bench: {err}")
     dev = torch.device(_device(device))
-    rows, yardsticks = [], {}
-    for name in models.split(","):
+
+    def load(name: str) -> SRModel:
         try:
-            sr = load_model(resolve_model_path("student")) if name == "embedded" else SRModel(model_config(name))
+            return load_model(resolve_model_path("student")) if name == "embedded" else SRModel(model_config(name))
         except (ValueError, ModelNotFoundError, CheckpointError) as err:
             _fail(f"--models {name}: {err}")
-        for size in map(int, sizes.split(",")):
-            for dtype in dtypes.split(","):
-                for batch in map(int, batches.split(",")):
-                    key = (size, dtype, batch)
-                    if key not in yardsticks:
-                        yardsticks[key] = bench_rrdbnet(size, batch, dtype, dev, repeats)
-                        rows.append(yardsticks[key])
-                    row = bench_model(sr, name, size, batch, dtype, dev, repeats)
-                    row["efficiency_vs_realesrgan"] = row["student_gflops_per_s"] / yardsticks[key]["gflops_per_s"]
-                    rows.append(row)
-    for row in rows:
-        click.echo("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    text = to_json(rows, dev)
+
+    rows = run_bench(settings, load, dev, log=lambda line: click.echo(f"tadsr: bench: {line}", err=True))
+    click.echo(format_table(rows))
     if json_path is not None:
-        json_path.write_text(text)
+        json_path.write_text(to_json(rows, dev, channels_last=channels_last, compile=compile_))
         click.echo(f"tadsr: wrote {json_path}")
 
 

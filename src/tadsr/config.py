@@ -46,6 +46,10 @@ class ModelConfig:
         if self.first_stage.factor != self.scale * self.unet.lq_factor:
             raise ValueError(f"first-stage factor {self.first_stage.factor} must equal scale {self.scale} x "
                              f"UNet lq_factor {self.unet.lq_factor} (the LR condition is lq_factor x the latent)")
+        if self.unet.residual_scale and (not isinstance(self.first_stage, PixelUnshuffleConfig)
+                                         or self.unet.residual_scale != self.scale):
+            raise ValueError(f"UNet residual_scale {self.unet.residual_scale} needs a pixel-unshuffle first stage "
+                             f"and must equal the scale ({self.scale})")
 
     @property
     def lr_multiple(self) -> int:

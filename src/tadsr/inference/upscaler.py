@@ -20,6 +20,7 @@ from PIL import Image
 
 from tadsr.data.image_io import ImageData
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
+from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import upsample_lr
 from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.model import SRModel, load_model, resolve_model_path
@@ -29,7 +30,10 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Ope
 
 @dataclass(frozen=True)
 class UpscaleOptions:
-    """How images are upscaled. ``tile``/``tile_overlap`` are LR pixels (tile 0 = whole image at once)."""
+    """How images are upscaled. ``tile``/``tile_overlap`` are LR pixels (tile 0 = whole image at once).
+
+    ``channels_last`` and ``compile`` are the opt-in speed-ups of ``inference.fast.prepare_for_inference``.
+    """
 
     tile: int = 128
     tile_overlap: int = 16
@@ -38,6 +42,8 @@ class UpscaleOptions:
     color_fix: ColorFix = "none"
     batch_size: int = 1
     outscale: float | None = None
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1:
@@ -66,6 +72,7 @@ class Upscaler:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model = model.to(self.device).eval()
         self.options = UpscaleOptions(**options)
+        prepare_for_inference(self.model, channels_last=self.options.channels_last, compile=self.options.compile)
         num_steps = model.config.schedule.num_steps
         if self.options.steps is not None and self.options.steps not in (1, num_steps):
             raise ValueError(f"steps must be 1 or {num_steps} (the schedule's T) for this model, "

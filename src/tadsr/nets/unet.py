@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tadsr.nets.common import Upsample, normalization, timestep_embedding, zero_module
@@ -27,6 +28,12 @@ class UNetConfig:
     reference.md §3.1b); other sizes that are multiples of ``size_multiple`` run too. ``lq_size`` is the LR
     condition's size at that latent size: equal to ``image_size`` means plain concatenation, larger means a
     feature extractor with log2(lq_size / image_size) stride-2 stages.
+
+    ``residual_scale`` is 0 for the official network, whose output is x0-hat itself. r > 0 (our small embedded
+    models, a choice of ours, not the paper's) makes the network predict x0-hat - z_y instead, where
+    z_y = pixel_unshuffle(bicubic_up(lq, r), r) is the latent of a pixel-unshuffle first stage: the output is added
+    to it and the last conv starts at zero, so an untrained network returns the bicubic image and training only
+    has to learn the residual. The diffusion math (Eqs. 1-4) is unchanged; only f_theta is re-parametrised.
     """
 
     image_size: int = 64
@@ -44,8 +51,14 @@ class UNetConfig:
     mlp_ratio: float = 4.0
     lq_size: int = 64
     lq_channels: int = 3
+    residual_scale: int = 0
 
     def __post_init__(self) -> None:
+        if self.residual_scale:
+            r = self.residual_scale
+            if self.lq_size != self.image_size or self.out_channels != self.lq_channels * r * r:
+                raise ValueError(f"residual_scale={r} needs lq_size == image_size and out_channels == "
+                                 f"lq_channels x {r}^2 (the pixel-unshuffle latent of the x{r} bicubic image)")
         if len(self.num_res_blocks) != len(self.channel_mult):
             raise ValueError("num_res_blocks needs one entry per channel_mult level")
         if self.swin_embed_dim % self.num_head_channels:
@@ -67,6 +80,16 @@ class UNetConfig:
     def lq_factor(self) -> int:
         """lq_size / image_size: how much larger the LR condition is than the latent."""
         return self.lq_size // self.image_size
+
+
+def lq_latent(lq: Tensor, scale: int) -> Tensor:
+    """z_y of the pixel-unshuffle first stage: pixel_unshuffle(bicubic_up(lq, scale), scale).
+
+    lq: (N, C, h, w) -> (N, C scale^2, h, w). The same ops as ``inference.pipeline.encode_upsampled`` (F.interpolate
+    bicubic, align_corners False, no antialias; reference.md §1.5), so the residual re-parametrisation is exact.
+    """
+    up = F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False)
+    return F.pixel_unshuffle(up, scale)
 
 
 class TimestepBlock(nn.Module):
@@ -190,6 +213,8 @@ class SwinUNet(nn.Module):
                     res *= 2
                 self.output_blocks.append(TimestepSequential(*layers))
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        if cfg.residual_scale:
+            zero_module(self.out[-1])
 
     def _check(self, x: Tensor, t: Tensor, lq: Tensor) -> None:
         cfg = self.config
@@ -236,4 +261,7 @@ class SwinUNet(nn.Module):
         h, skips, emb = self.encode(x, t, lq)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        out = self.out(h).to(x.dtype)
+        if self.config.residual_scale:
+            out = out + lq_latent(lq, self.config.residual_scale).to(x.dtype)
+        return out
