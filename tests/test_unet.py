@@ -257,3 +257,22 @@ def test_residual_scale_must_match_the_first_stage() -> None:
     vq = VQConfig(**{**TINY_VQ.__dict__, "embed_dim": 12, "z_channels": 12})
     with pytest.raises(ValueError, match="needs a pixel-unshuffle first stage"):
         ModelConfig(unet=unet_cfg, first_stage=vq, schedule=ScheduleConfig(), scale=2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1x1_equals_the_convolution_it_replaces(channels_last: bool, bias: bool) -> None:
+    from tadsr.nets.common import Conv1x1
+
+    conv = Conv1x1(24, 40, bias=bias)
+    x = torch.randn(3, 24, 5, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    got = conv(xin)
+    want = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert set(conv.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
+    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
+    (grad_want,) = torch.autograd.grad(want.square().sum(), x)
+    torch.testing.assert_close(grad_got, grad_want, atol=1e-4, rtol=1e-5)

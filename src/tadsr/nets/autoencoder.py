@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.nets.common import GroupNorm32, Upsample
+from tadsr.nets.common import Conv1x1, GroupNorm32, Upsample
 
 
 def _norm(channels: int) -> GroupNorm32:
@@ -60,7 +60,7 @@ class ResnetBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+            self.nin_shortcut = Conv1x1(cin, cout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -74,10 +74,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = Conv1x1(channels, channels)
+        self.k = Conv1x1(channels, channels)
+        self.v = Conv1x1(channels, channels)
+        self.proj_out = Conv1x1(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -221,8 +221,8 @@ class VQAutoencoder(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quantize = VectorQuantizer(config.n_embed, config.embed_dim)
-        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.quant_conv = Conv1x1(config.z_channels, config.embed_dim)
+        self.post_quant_conv = Conv1x1(config.embed_dim, config.z_channels)
 
     @property
     def factor(self) -> int:

@@ -54,3 +54,27 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` (same parameters, same state-dict keys) computed as one matrix product.
+
+    On CPU, PyTorch sends fp32 1x1 convolutions to its slow im2col path (``_slow_conv2d_forward``, 16% of the real-SR
+    x4 UNet's time); a batched GEMM gives the same sums in about half the time. NHWC (channels_last) inputs use
+    ``F.linear`` on the channel-last view, with no copy. (N, C_in, H, W) -> (N, C_out, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        weight = self.weight.view(self.out_channels, self.in_channels)
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+        n, c, h, w = x.shape
+        flat = x.reshape(n, c, h * w)
+        if self.bias is None:
+            out = torch.matmul(weight, flat)
+        else:
+            out = torch.baddbmm(self.bias.view(1, -1, 1), weight.expand(n, -1, -1), flat)
+        return out.view(n, self.out_channels, h, w)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.nets.common import normalization
+from tadsr.nets.common import Conv1x1, normalization
 
 MASK_VALUE = -100.0
 
@@ -96,9 +96,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc1 = Conv1x1(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2 = Conv1x1(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -151,7 +151,7 @@ class _Proj(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(cin, cout, 1)
+        self.proj = Conv1x1(cin, cout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.nets.common import Upsample, normalization, timestep_embedding, zero_module
+from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, zero_module
 from tadsr.nets.swin import SwinLayer
 
 
@@ -124,7 +124,7 @@ class ResBlock(TimestepBlock):
             nn.Dropout(dropout),
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if out_channels == channels else Conv1x1(channels, out_channels)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.in_layers(x)
