@@ -10,8 +10,8 @@ synchronised on CUDA. FLOPs are counted with ``torch.utils.flop_counter.FlopCoun
 * hardware efficiency: achieved FLOP/s of the student-1 pipeline / that of RRDBNet, same device and dtype.
 
 LR sizes above the tile size run tiled (``tiled_super_resolve``, as ``tadsr upscale`` does): one timed run of
-the first ``max_tiles`` tiles after a one-tile warm-up, the whole-image time estimated as time x tiles / timed
-tiles (``est``), and the peak memory of that run. Memory does not grow with the number of tiles (the output
+the first ``max_tiles`` tiles after a one-tile warm-up, the whole-image time estimated from it (``est``, see
+``time_tiles``), and the peak memory of that run. Memory does not grow with the number of tiles (the output
 accumulators are allocated before the first tile), so the peak of the first tiles is the peak of the whole run.
 
 Peak memory is per measurement: CUDA's max allocated, or on CPU the process's peak resident set (VmHWM, reset
@@ -154,13 +154,21 @@ class _EnoughTiles(Exception):
 
 def time_tiles(model: SRModel, lr: torch.Tensor, steps: int, tile: int, overlap: int, tile_batch: int,
                dtype: torch.dtype, device: torch.device, max_tiles: int) -> dict[str, Any]:
-    """Time ``tiled_super_resolve`` over its first ``max_tiles`` tiles (all when 0); estimate the whole image."""
-    done = {"tiles": 0, "total": 0}
+    """Time ``tiled_super_resolve`` over its first ``max_tiles`` tiles (all when 0); estimate the whole image.
 
-    def progress(tiles: int, total: int) -> None:
-        done.update(tiles=tiles, total=total)
+    The estimate counts the one-off work (the image's noise draw, the accumulators, the first batch) once: it is
+    the time to the first batch plus the steady per-tile rate of the later timed batches times the tiles left.
+    With a single timed batch it falls back to time x tiles / timed tiles (an over-estimate).
+    """
+    marks: list[tuple[int, float]] = []  # (tiles done, seconds since start) after each batch
+    total = 0
+
+    def progress(tiles: int, all_tiles: int) -> None:
+        nonlocal total
         _sync(device)
-        if max_tiles and tiles >= max_tiles and tiles < total:
+        marks.append((tiles, time.perf_counter() - start))
+        total = all_tiles
+        if max_tiles and tiles >= max_tiles and tiles < all_tiles:
             raise _EnoughTiles
 
     auto = None if dtype == torch.float32 else dtype
@@ -173,8 +181,16 @@ def time_tiles(model: SRModel, lr: torch.Tensor, steps: int, tile: int, overlap:
     with contextlib.suppress(_EnoughTiles):
         tiled_super_resolve(model, lr, progress=progress, **run)
     seconds = time.perf_counter() - start
-    return {"tiles_timed": done["tiles"], "tiles_total": done["total"], "seconds": seconds,
-            "est_seconds": seconds * done["total"] / done["tiles"], "peak_mib": peak_memory_mib(device)}
+    done = marks[-1][0]
+    if done >= total:
+        estimate = seconds
+    elif len(marks) >= 2:
+        (first_tiles, first_s), (last_tiles, last_s) = marks[0], marks[-1]
+        estimate = first_s + (last_s - first_s) / (last_tiles - first_tiles) * (total - first_tiles)
+    else:
+        estimate = seconds * total / done
+    return {"tiles_timed": done, "tiles_total": total, "seconds": seconds, "est_seconds": estimate,
+            "peak_mib": peak_memory_mib(device)}
 
 
 @torch.inference_mode()
