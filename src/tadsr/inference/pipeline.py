@@ -11,20 +11,13 @@ import contextlib
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tadsr.diffusion.samplers import SamplerName, sample
 from tadsr.inference.padding import crop_to, pad_to_multiple
 from tadsr.model import SRModel
 from tadsr.nets.autoencoder import FirstStage
-
-
-def upsample_lr(lr: Tensor, scale: int) -> Tensor:
-    """Bicubic x scale with ``F.interpolate`` (align_corners False, no antialias), as ResShift (reference.md §1.5)."""
-    if scale == 1:
-        return lr
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+from tadsr.nets.common import upsample_lr
 
 
 def encode_lr(model: SRModel, lr: Tensor) -> Tensor:

@@ -45,6 +45,16 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def upsample_lr(lr: Tensor, scale: int) -> Tensor:
+    """Bicubic x scale with ``F.interpolate`` (align_corners False, no antialias), as ResShift (reference.md §1.5).
+
+    The one definition of the LR upsampling: the pipeline's z_y and the residual UNet's ``lq_latent`` share it.
+    """
+    if scale == 1:
+        return lr
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
 class Upsample(nn.Module):
     """Nearest x2 then a 3x3 conv (key ``conv``): the upsampler of both the UNet and the VQ decoder."""
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, zero_module
+from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, upsample_lr, zero_module
 from tadsr.nets.swin import SwinLayer
 
 
@@ -85,11 +85,10 @@ class UNetConfig:
 def lq_latent(lq: Tensor, scale: int) -> Tensor:
     """z_y of the pixel-unshuffle first stage: pixel_unshuffle(bicubic_up(lq, scale), scale).
 
-    lq: (N, C, h, w) -> (N, C scale^2, h, w). The same ops as ``inference.pipeline.encode_upsampled`` (F.interpolate
-    bicubic, align_corners False, no antialias; reference.md §1.5), so the residual re-parametrisation is exact.
+    lq: (N, C, h, w) -> (N, C scale^2, h, w). The same ``upsample_lr`` as ``inference.pipeline.encode_upsampled``,
+    so the residual re-parametrisation is exact.
     """
-    up = F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False)
-    return F.pixel_unshuffle(up, scale)
+    return F.pixel_unshuffle(upsample_lr(lq, scale), scale)
 
 
 class TimestepBlock(nn.Module):
