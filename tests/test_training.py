@@ -21,7 +21,7 @@ from conftest import randomize
 from tadsr.cli import main
 from tadsr.config import ModelConfig
 from tadsr.diffusion.schedule import ScheduleConfig
-from tadsr.model import SRModel, save_model
+from tadsr.model import SRModel, load_model, save_model
 from tadsr.nets.autoencoder import PixelUnshuffleConfig
 from tadsr.nets.unet import UNetConfig
 from tadsr.training.config import apply_overrides, load_config_file, train_config
@@ -102,6 +102,30 @@ def test_tiny_distillation_lowers_the_distillation_loss(photo_dir: Path, teacher
     assert len(distill) == 16
     assert np.mean(distill[-4:]) < 0.8 * np.mean(distill[:4])
     assert final.is_file() and (tmp_path / "teacher_cache.pt").is_file()
+
+
+def test_teacher_cache_is_reused_only_for_its_own_teacher(photo_dir: Path, teacher_file: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    build = DistillTrainer._teacher_target
+    monkeypatch.setattr(DistillTrainer, "_teacher_target", lambda self, *a: calls.append(1) or build(self, *a))
+    run_dir = tmp_path / "run"
+    first = _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=4")
+    first._load_or_build_cache()
+    built = len(calls)
+    assert built > 0
+    again = _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=4")._load_or_build_cache()
+    assert len(calls) == built and set(again) == {"lq", "gt", "z_y", "z_gt", "noise", "z_tch"}
+    _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=8")._load_or_build_cache()
+    assert len(calls) > built  # another cache size: rebuilt
+    other = tmp_path / "other_teacher.safetensors"
+    model = load_model(teacher_file)
+    with torch.no_grad():
+        next(model.unet.parameters()).add_(1.0)
+    save_model(model, other)
+    count = len(calls)
+    _trainer(photo_dir, other, run_dir, "distill.teacher_cache=8")._load_or_build_cache()
+    assert len(calls) > count  # another teacher: rebuilt, not the stale targets
 
 
 def test_non_finite_loss_stops_naming_term_and_step(photo_dir: Path, teacher_file: Path, tmp_path: Path,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +87,28 @@ class DistillTrainer(Trainer):
     def _cache_path(self) -> Path:
         return self.run_dir / "teacher_cache.pt"
 
+    def _cache_key(self) -> str:
+        """What the cache's contents depend on: the teacher file's bytes and the data settings that draw the pairs.
+
+        A cache left in the run folder by another teacher or other settings is rebuilt, never reused.
+        """
+        digest = hashlib.sha256()
+        with open(self.teacher_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        data, run = self.config.data, self.config.run
+        return json.dumps({"teacher_sha256": digest.hexdigest(), "size": self.config.distill.teacher_cache,
+                           "data": str(Path(data.path).resolve()), "degradation": data.degradation,
+                           "gt_size": data.gt_size, "seed": run.seed, "batch_size": run.batch_size}, sort_keys=True)
+
     @torch.no_grad()
     def _load_or_build_cache(self) -> dict[str, Tensor]:
         """(lq, gt, z_y, z_gt, noise, z_tch) for ``teacher_cache`` fixed pairs: T teacher calls each, once."""
-        path = self._cache_path()
+        path, cache_key = self._cache_path(), self._cache_key()
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            cache = torch.load(path, map_location="cpu", weights_only=True)
+            if cache.pop("key", None) == cache_key:
+                return cache
         size = self.config.distill.teacher_cache
         data = self.dataset()
         items = [data.sample(i % len(data), i // len(data)) for i in range(size)]
@@ -109,7 +127,7 @@ class DistillTrainer(Trainer):
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            torch.save(cache, tmp)
+            torch.save({**cache, "key": cache_key}, tmp)
             tmp.replace(path)
         return cache
 
