@@ -11,15 +11,11 @@ measure() {  # measure NAME MODEL:STEPS...
     tadsr evaluate --lr "$WORK/valset/lq" --gt "$WORK/valset/gt" --models "$(IFS=,; echo "$*")" \
         --metrics psnr,ssim,niqe --y-channel -o "$WORK/experiments/$name" -q
 }
-DISTILL=(data.gt_size=64 data.val_path="$WORK/data/val" data.val_count=3 run.batch_size=8 data.workers=1
-         distill.teacher_cache=512 optim.lr=1e-4 optim.lr_d=1e-4 optim.warmup=50 optim.ema_rate=0.995
-         run.save_every=200 run.val_every=400 run.log_every=10 -q)
+source "$(cd "$(dirname "$0")" && pwd)/recipe.sh"
 
 # 1. a bigger teacher: channel multipliers (1, 3) instead of (1, 2) (5.8 M parameters, 11.5 MB in fp16), same recipe
 tadsr train-teacher --preset tiny --data "$WORK/data/train" --out "$WORK/teacher-wide" --steps 2400 \
-    model.unet.channel_mult=[1,3] data.gt_size=128 data.val_path="$WORK/data/val" data.val_count=3 \
-    run.batch_size=8 data.workers=1 optim.lr=3e-4 optim.warmup=100 optim.ema_rate=0.995 run.save_every=200 \
-    run.val_every=400 run.log_every=20 -q
+    "${TEACHER_ARGS[@]}" model.unet.channel_mult=[1,3]
 measure teacher-wide "$TEACHER:1" "$TEACHER:15" "$WORK/teacher-wide/final.safetensors:1" \
     "$WORK/teacher-wide/final.safetensors:15"
 
@@ -27,7 +23,7 @@ measure teacher-wide "$TEACHER:1" "$TEACHER:15" "$WORK/teacher-wide/final.safete
 [ -d "$WORK/student-long" ] || cp -r "$WORK/student" "$WORK/student-long"
 for steps in 1200 1600 2000 2400; do
     tadsr distill --preset tiny --teacher "$TEACHER" --data "$WORK/data/train" --out "$WORK/student-long" \
-        --steps "$steps" --resume "${DISTILL[@]}"
+        --steps "$steps" --resume "${DISTILL_ARGS[@]}"
     cp "$WORK/student-long/final.safetensors" "$WORK/student-long-$steps.safetensors"
 done
 measure student-long "$WORK"/student-long-{1200,1600,2000,2400}.safetensors:1
@@ -37,6 +33,6 @@ for exp in "adv01 distill.lambda_adv=0.1" "hsd2 distill.lambda_hsd=2.0"; do
     read -r name override <<< "$exp"
     mkdir -p "$WORK/student-$name" && cp "$WORK/student/teacher_cache.pt" "$WORK/student-$name/"
     tadsr distill --preset tiny --teacher "$TEACHER" --data "$WORK/data/train" --out "$WORK/student-$name" \
-        --steps 800 "${DISTILL[@]}" "$override"
+        --steps 800 "${DISTILL_ARGS[@]}" "$override"
 done
 measure loss-weights "$WORK/student/final.safetensors:1" "$WORK"/student-{adv01,hsd2}/final.safetensors:1
