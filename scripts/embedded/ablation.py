@@ -1,7 +1,8 @@
 """A small-scale reproduction of the paper's ablation (Table V): SDS+GAN, SDS+t-GAN, HSD+GAN, HSD+t-GAN.
 
-Same teacher, same data, same budget (steps, batch, teacher cache) for the four students; each is measured
-one-step on the validation set that evaluate.py builds (WORK/valset), with `tadsr evaluate` (PSNR-Y, NIQE).
+Same teacher, same data (the recipe's native-resolution crops), same budget (steps, batch, one shared teacher cache)
+for the four students; each is measured one-step on the validation set that evaluate.py builds (WORK/valset), with
+`tadsr evaluate` (PSNR-Y, NIQE) and evaluate.py's detail figures (chroma PSNR, detail above the LR's Nyquist).
 Writes docs/ablation.md (the table) and docs/ablation-losses.png (the loss curves), whatever the outcome.
 
 Usage: python scripts/embedded/ablation.py DATA_DIR WORK_DIR TEACHER.safetensors [--steps 200]
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from evaluate import detail_figures  # noqa: E402  (this folder's evaluate.py)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ROWS = {"SDS + GAN": ("sds", "plain"), "SDS + t-GAN": ("sds", "time-aware"),
@@ -34,11 +37,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     results, curves = {}, {}
+    cache = None
     for label, (score, disc) in ROWS.items():
         run = args.work / "ablation" / label.replace(" + ", "_").replace("-", "")
+        if cache is not None and not (run / cache.name).exists():  # the same pairs and targets for every row
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.copy(cache, run / cache.name)
         if not (run / "final.safetensors").exists():
             subprocess.run(["tadsr", "distill", "--preset", "tiny", "--teacher", str(args.teacher), "--data",
-                            str(args.data / "train"), "--out", str(run), "--steps", str(args.steps), "-q",
+                            str(args.data / "train.txt"), "--out", str(run), "--steps", str(args.steps), "-q",
+                            "data.crop=native", "data.degradation=realesrgan-mild", "data.gray_prob=0.1",
+                            f"data.cache_dir={args.work / 'photo-cache'}",
                             "data.gt_size=64", "run.batch_size=8", "data.workers=1", "distill.teacher_cache=256",
                             f"distill.score_distill={score}", f"distill.discriminator={disc}", "optim.lr=1e-4",
                             "optim.lr_d=1e-4", "optim.warmup=50", "optim.ema_rate=0.995", "run.log_every=5",
@@ -48,15 +57,20 @@ def main() -> None:
                         str(args.work / "valset" / "gt"), "--models", f"{run / 'final.safetensors'}:1",
                         "--metrics", "psnr,ssim,niqe", "--y-channel", "-o", str(report), "-q"], check=True,
                        stdout=subprocess.DEVNULL)
+        cache = run / "teacher_cache.pt"
         rows = list(csv.DictReader(open(report / "per_image.csv")))
         results[label] = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("psnr", "ssim", "niqe")}
+        results[label].update(detail_figures(report, args.work / "valset" / "gt", rows[0]["model"]))
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         curves[label] = [(r["step"], r["distill"], r.get("d_loss")) for r in log if "distill" in r]
     lines = ["<!-- written by scripts/embedded/ablation.py -->", "",
-             f"Embedded tiny teacher, {args.steps} distillation steps each (batch 8, GT 64, teacher cache of 256 "
-             "pairs, seed 7), one-step students on the validation tiles (`realesrgan-test` x4). Lower NIQE is better.",
-             "", "| score distillation + discriminator | PSNR-Y | SSIM-Y | NIQE |", "|---|---:|---:|---:|"]
-    lines += [f"| {k} | {v['psnr']:.3f} | {v['ssim']:.4f} | {v['niqe']:.3f} |" for k, v in results.items()]
+             f"Embedded tiny teacher, {args.steps} distillation steps each (batch 8, GT 64, one teacher cache of 256 "
+             "pairs, seed 7), one-step students on the validation crops (`realesrgan-test` x4, 64 -> 256). Detail: "
+             "energy above the LR's Nyquist / the GT's (median); lower NIQE is better.",
+             "", "| score distillation + discriminator | PSNR-Y | SSIM-Y | chroma PSNR | detail | NIQE |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {k} | {v['psnr']:.3f} | {v['ssim']:.4f} | {v['chroma']:.2f} | {v['detail']:.3f} | {v['niqe']:.3f} |"
+              for k, v in results.items()]
     (DOCS / "ablation.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for label, points in curves.items():

@@ -19,6 +19,7 @@ the CPU in both cases.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -323,11 +324,12 @@ def degrade(cfg: DegradationConfig, hr: Tensor, params: list[DegradationParams])
 
 # --- presets ------------------------------------------------------------------------------------------------
 
-PRESETS = ("realesrgan", "realesrgan-test", "bicubic", "face-gfpgan")
+PRESETS = ("realesrgan", "realesrgan-test", "realesrgan-mild", "bicubic", "face-gfpgan")
 
 
 def preset(name: str) -> DegradationConfig:
     """Named degradations: ``realesrgan`` (training, reference.md §4.7), ``realesrgan-test`` (ImageNet-Test, §6),
+    ``realesrgan-mild`` (ours: the test family with margins, for small models),
     ``bicubic`` (plain x4), ``face-gfpgan`` (faces, 512x512, scale 1)."""
     if name == "realesrgan":
         return RealESRGANConfig(
@@ -343,6 +345,18 @@ def preset(name: str) -> DegradationConfig:
                                poisson_scale_range=(0.05, 0.3), jpeg_range=(70.0, 95.0)),
             stage2=StageConfig(kernel=kernel, jpeg_range=(80.0, 100.0)),
             second_order_prob=0.0, final_sinc_prob=0.2, final_sinc_sizes=(3, 5, 7, 9, 11))
+    if name == "realesrgan-mild":
+        # ours: the test family above with margins (blur, noise and JPEG a bit stronger, a second order at 20%),
+        # for small models that cannot afford the full training range (the embedded pair, docs/model-card.md)
+        kernel = KernelConfig(sizes=(3, 5, 7, 9, 11, 13, 15), types=("iso", "aniso"), probs=(0.6, 0.4),
+                              sigma=(0.2, 1.5))
+        return RealESRGANConfig(
+            stage1=StageConfig(kernel=kernel, resize_range=(0.3, 1.5), noise_range=(1.0, 20.0),
+                               poisson_scale_range=(0.05, 0.5), jpeg_range=(60.0, 95.0)),
+            stage2=StageConfig(kernel=dataclasses.replace(kernel, sigma=(0.2, 1.0)), blur_prob=0.5,
+                               resize_range=(0.5, 1.2), noise_range=(1.0, 10.0), poisson_scale_range=(0.05, 0.3),
+                               jpeg_range=(70.0, 100.0)),
+            second_order_prob=0.2, final_sinc_prob=0.3, final_sinc_sizes=(3, 5, 7, 9, 11, 13))
     if name == "bicubic":
         return BicubicConfig()
     if name == "face-gfpgan":

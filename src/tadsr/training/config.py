@@ -28,7 +28,13 @@ TRAIN_PRESETS = ("realsr-x4", "faceir", "tiny")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """HR images (``path``: folder or .txt list) degraded on the fly by ``degradation`` at ``gt_size``."""
+    """HR images (``path``: folder or .txt list) degraded on the fly by ``degradation`` at ``gt_size``.
+
+    ``crop``: ``"resize"`` takes a square of side min(H, W) resized to ``gt_size`` (ResShift's, for photos near
+    the GT size); ``"native"`` cuts multi-scale crops at the photo's native resolution (``tadsr.data.photos``:
+    downscale by s ~ U[``scale_range``], crop, 8 flips/rotations, a gray copy with ``gray_prob``), decoding each
+    photo once into ``cache_dir`` (empty: ``RUN_DIR/photo-cache``).
+    """
 
     path: str = ""
     degradation: str = "realesrgan"
@@ -36,6 +42,10 @@ class DataConfig:
     workers: int = 2
     val_path: str = ""  # HR images for validation; empty = the first ``val_count`` training images
     val_count: int = 4
+    crop: Literal["resize", "native"] = "resize"
+    scale_range: tuple[float, float] = (0.25, 1.0)
+    gray_prob: float = 0.0
+    cache_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,15 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """Teacher training (Eq. 4). ``t_last_prob``: the share of samples trained at t = T-1, the rest uniform over
+    0..T-1 (0 = ResShift's uniform t). The one-step student starts from, and runs at, t = T-1, where the teacher's
+    x0-hat is its posterior-mean estimate from the LR image alone; uniform t gives that step 1/T of the training."""
+
+    t_last_prob: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     steps: int = 30000
     batch_size: int = 8
@@ -91,6 +110,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
 
 def tiny_model_config() -> ModelConfig:
@@ -146,7 +166,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     if "model" not in data:
         raise ValueError("a training config needs a 'model' section")
     model = from_dict(ModelConfig, data.pop("model"))
-    sections = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "distill": DistillConfig}
+    sections = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "distill": DistillConfig,
+                "teacher": TeacherConfig}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ValueError(f"unknown training config section(s): {', '.join(unknown)}")

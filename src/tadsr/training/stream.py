@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tadsr.data.datasets import DegradedImageDataset, sample_generator
+from tadsr.data.photos import PhotoCropDataset
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
@@ -24,7 +25,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
 class PositionDataset(Dataset):
     """Stream position -> sample of the underlying dataset (``DegradedImageDataset.sample``)."""
 
-    def __init__(self, base: DegradedImageDataset, seed: int) -> None:
+    def __init__(self, base: DegradedImageDataset | PhotoCropDataset, seed: int) -> None:
         self.base, self.seed = base, seed
         self._perms: dict[int, list[int]] = {}
 
@@ -53,8 +54,8 @@ class StreamBatchSampler(Sampler[list[int]]):
             step += 1
 
 
-def batch_stream(dataset: DegradedImageDataset, batch_size: int, seed: int, rank: int, world_size: int,
-                 start_step: int, workers: int) -> Iterator[dict[str, Any]]:
+def batch_stream(dataset: DegradedImageDataset | PhotoCropDataset, batch_size: int, seed: int, rank: int,
+                 world_size: int, start_step: int, workers: int) -> Iterator[dict[str, Any]]:
     loader = DataLoader(PositionDataset(dataset, seed), num_workers=workers,
                         batch_sampler=StreamBatchSampler(batch_size, rank, world_size, start_step),
                         persistent_workers=False)

@@ -24,6 +24,14 @@ from tadsr.training.ema import EMA
 from tadsr.training.trainer import Trainer, frozen, generator_lr
 
 
+def draw_timesteps(num_steps: int, n: int, last_prob: float, generator: torch.Generator) -> Tensor:
+    """(n,) int64 code indices: T-1 with probability ``last_prob``, else uniform over 0..T-1 (Eq. 4's t ~ U)."""
+    t = torch.randint(0, num_steps, (n,), generator=generator)
+    if last_prob > 0:
+        t = torch.where(torch.rand(n, generator=generator) < last_prob, num_steps - 1, t)
+    return t
+
+
 class TeacherTrainer(Trainer):
     command = "train-teacher"
 
@@ -54,7 +62,7 @@ class TeacherTrainer(Trainer):
             z_0 = self.first_stage.encode(gt).float()
             z_y = encode_upsampled(self.first_stage, lq, self.config.model.scale).float()
         n = z_0.shape[0]
-        t = torch.randint(0, self.schedule.num_steps, (n,), generator=self.generator).to(self.device)
+        t = draw_timesteps(self.schedule.num_steps, n, self.config.teacher.t_last_prob, self.generator).to(self.device)
         noise = torch.randn(z_0.shape, generator=self.generator).to(z_0)
         z_t = q_sample(self.schedule, z_0, z_y, t, noise)
         with self.forward_context():

@@ -26,6 +26,7 @@ from tadsr.data.datasets import DegradedImageDataset, list_images, load_rgb, squ
 from tadsr.data.degradation import degrade, draw_params
 from tadsr.data.degradation import preset as degradation_preset
 from tadsr.data.image_io import ImageData, to_uint8, write_image
+from tadsr.data.photos import PhotoCropDataset
 from tadsr.metrics import psnr, ssim
 from tadsr.model import SRModel, save_model
 from tadsr.training import distributed
@@ -125,12 +126,16 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
 
-    def dataset(self) -> DegradedImageDataset:
+    def dataset(self) -> DegradedImageDataset | PhotoCropDataset:
         data = self.config.data
         if not data.path:
             raise ValueError("no training data: pass --data HR_DIR (or set data.path)")
-        return DegradedImageDataset(data.path, degradation_preset(data.degradation), gt_size=data.gt_size,
+        degradation = degradation_preset(data.degradation)
+        if data.crop == "native":
+            return PhotoCropDataset(data.path, degradation, data.cache_dir or self.run_dir / "photo-cache",
+                                    gt_size=data.gt_size, scale_range=data.scale_range, gray_prob=data.gray_prob,
                                     seed=self.config.run.seed)
+        return DegradedImageDataset(data.path, degradation, gt_size=data.gt_size, seed=self.config.run.seed)
 
     def batches(self) -> Any:
         run = self.config.run
@@ -214,7 +219,11 @@ class Trainer:
         cfg = degradation_preset("face-gfpgan" if data.degradation == "face-gfpgan" else "realesrgan-test")
         gts, lqs = [], []
         for i, path in enumerate(files[: data.val_count]):
-            gt = to_chw_tensor(square_crop_resize(load_rgb(path), data.gt_size, None))[None]
+            img = load_rgb(path)
+            if data.crop == "native":  # the centre at native resolution, as training sees photos
+                top, left = max(0, (img.shape[0] - data.gt_size) // 2), max(0, (img.shape[1] - data.gt_size) // 2)
+                img = img[top:top + data.gt_size, left:left + data.gt_size]
+            gt = to_chw_tensor(square_crop_resize(img, data.gt_size, None))[None]
             hr, lr = degrade(cfg, gt, [draw_params(cfg, torch.Generator().manual_seed(i))])
             gts.append(hr)
             lqs.append(lr)

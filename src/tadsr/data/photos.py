@@ -1,0 +1,185 @@
+"""Training crops cut from photos at their native resolution (multi-scale), each photo decoded once.
+
+Large photos (4-16 MP) carry their fine texture only at full resolution: a crop of the whole photo resized to the
+GT size is a thumbnail, 25-100x downscaled, with none of it. Here a sample is a random square of side
+``gt_size / s`` of the native photo (``s ~ U[scale_range]``, default [0.25, 1]) area-resized to ``gt_size``, which
+is the same as downscaling the whole photo by ``s`` and cropping (the DIV2K-style multi-scale augmentation of
+EDSR and Real-ESRGAN), then one of the 8 flips/90-degree rotations and, with ``gray_prob``, a gray copy
+(R = G = B, BT.601 luma), then the degradation. Every draw comes from the sample's own generator, seeded from
+(seed, epoch, index), so a sample does not depend on the worker that makes it.
+
+Decoding a 16 MP JPEG costs about as much as a training step, so ``PhotoCache`` decodes each photo once into an
+``.npy`` file (8- or 16-bit, (H, W, 3)) and maps it back read-only: a crop reads only its own pages, and data
+workers share them through the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tadsr.data.datasets import list_images, sample_generator, to_chw_tensor
+from tadsr.data.degradation import DegradationConfig, degrade, draw_params
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, read_image
+from tadsr.data.kernels import draw_uniform
+from tadsr.fileio import temporary_sibling
+
+
+class PhotoCache:
+    """Decoded photos as ``.npy`` files in ``folder`` (one decode per photo, ever), read back memory-mapped.
+
+    A file's entry is keyed by its resolved path, size and modification time, so an edited photo is decoded again.
+    """
+
+    def __init__(self, folder: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.folder, self.max_pixels = Path(folder), max_pixels
+        self.decodes = 0  # photos decoded by this process (the rest came from the cache)
+        self._open: dict[Path, np.ndarray] = {}
+
+    def entry(self, path: Path) -> Path:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
+        return self.folder / f"{path.stem[:40]}-{hashlib.sha256(key).hexdigest()[:16]}.npy"
+
+    def get(self, path: str | os.PathLike) -> np.ndarray:
+        """(H, W, 3) uint8 or uint16 RGB of ``path`` (gray replicated, alpha dropped); ImageError if unreadable."""
+        path = Path(path)
+        if path in self._open:
+            return self._open[path]
+        try:
+            entry = self.entry(path)
+        except OSError as err:
+            raise ImageError(f"{path}: {err.strerror or err}") from err
+        if not entry.is_file():
+            self._write(entry, self._decode(path))
+        img = np.load(entry, mmap_mode="r")
+        self._open[path] = img
+        return img
+
+    def _decode(self, path: Path) -> np.ndarray:
+        pixels = read_image(path, max_pixels=self.max_pixels).pixels
+        self.decodes += 1
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        if pixels.shape[2] < 3:  # gray or gray + alpha
+            pixels = np.repeat(pixels[:, :, :1], 3, axis=2)
+        return np.ascontiguousarray(pixels[:, :, :3])
+
+    def _write(self, entry: Path, img: np.ndarray) -> None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temporary_sibling(entry)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, img)
+            os.replace(tmp, entry)  # atomic: a concurrent reader sees no half-written entry
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def draw_crop(height: int, width: int, gt_size: int, scale_range: tuple[float, float],
+              gen: torch.Generator) -> tuple[int, int, int]:
+    """(top, left, side) of a square whose area-resize to ``gt_size`` equals the photo downscaled by
+    s ~ U[scale_range] and cropped; side = round(gt_size / s), at most the photo's short side."""
+    s = draw_uniform(gen, *scale_range)
+    side = min(round(gt_size / s), height, width)
+    top = int(torch.randint(height - side + 1, (), generator=gen))
+    left = int(torch.randint(width - side + 1, (), generator=gen))
+    return top, left, side
+
+
+def crop_to_float(img: np.ndarray, top: int, left: int, side: int, gt_size: int) -> np.ndarray:
+    """The square (top, left, side) of ``img`` as float32 in [0, 1], area-resized to ``gt_size`` (bicubic when a
+    photo smaller than ``gt_size`` must be enlarged)."""
+    peak = 65535.0 if img.dtype == np.uint16 else 255.0
+    crop = np.asarray(img[top:top + side, left:left + side], dtype=np.float32) / peak
+    if side == gt_size:
+        return np.ascontiguousarray(crop)
+    interp = cv2.INTER_AREA if side > gt_size else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(crop, (gt_size, gt_size), interpolation=interp), 0, 1)
+
+
+def dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 symmetries of the square: ``k % 4`` quarter turns, mirrored when ``k >= 4``. (H, W, C)."""
+    out = np.rot90(img, k % 4)
+    return out[:, ::-1] if k >= 4 else out
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> the same shape with R = G = B = the BT.601 luma 0.299 R + 0.587 G + 0.114 B."""
+    y = img @ np.array([0.299, 0.587, 0.114], dtype=img.dtype)
+    return np.repeat(y[:, :, None], 3, axis=2)
+
+
+class PhotoCropDataset(Dataset):
+    """Photos -> (gt, lq) pairs: native-resolution multi-scale crops (module docstring), degraded on the fly.
+
+    Samples are dicts ``{"gt": (3, S, S), "lq": (3, S / scale, S / scale), "name": str}`` in [-1, 1]. Index k of
+    an epoch uses photo ``k % len(files)``; each epoch draws new crops. An unreadable photo is reported once (a
+    warning naming it) and replaced by the next readable one.
+    """
+
+    def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], degradation: DegradationConfig,
+                 cache_dir: str | os.PathLike, gt_size: int = 256, scale_range: tuple[float, float] = (0.25, 1.0),
+                 gray_prob: float = 0.0, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.files = list_images(source)
+        if not self.files:
+            raise FileNotFoundError(f"{source}: no images found")
+        if gt_size % degradation.scale:
+            raise ValueError(f"gt_size {gt_size} must be a multiple of the scale {degradation.scale}")
+        lo, hi = scale_range
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale_range {scale_range}: need 0 < low <= high <= 1")
+        if not 0 <= gray_prob <= 1:
+            raise ValueError(f"gray_prob {gray_prob}: need a probability in [0, 1]")
+        self.degradation, self.gt_size, self.seed = degradation, gt_size, seed
+        self.scale_range, self.gray_prob = (float(lo), float(hi)), gray_prob
+        self.cache = PhotoCache(cache_dir, max_pixels)
+        self.epoch = 0
+        self.bad_files: set[Path] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.sample(index, self.epoch)
+
+    def _read(self, index: int) -> tuple[Path, np.ndarray]:
+        for k in range(len(self.files)):
+            path = self.files[(index + k) % len(self.files)]
+            if path in self.bad_files:
+                continue
+            try:
+                return path, self.cache.get(path)
+            except ImageError as err:
+                self.bad_files.add(path)
+                warnings.warn(f"{err}; skipped", RuntimeWarning, stacklevel=3)
+        raise RuntimeError("no readable image left in the dataset")
+
+    def gt_crop(self, index: int, epoch: int, gen: torch.Generator) -> tuple[Path, np.ndarray]:
+        """The augmented GT crop (S, S, 3) float32 in [0, 1] of sample ``index``, drawing from ``gen``."""
+        path, img = self._read(index % len(self.files))
+        top, left, side = draw_crop(img.shape[0], img.shape[1], self.gt_size, self.scale_range, gen)
+        gt = dihedral(crop_to_float(img, top, left, side, self.gt_size), int(torch.randint(8, (), generator=gen)))
+        if self.gray_prob > 0 and draw_uniform(gen, 0, 1) < self.gray_prob:
+            gt = to_gray(gt)
+        return path, np.ascontiguousarray(gt)
+
+    def sample(self, index: int, epoch: int) -> dict:
+        """The pair of ``index`` in ``epoch``: a pure function of (seed, epoch, index)."""
+        gen = sample_generator(self.seed, epoch, index)
+        path, gt = self.gt_crop(index, epoch, gen)
+        params = draw_params(self.degradation, gen)
+        hr, lr = degrade(self.degradation, to_chw_tensor(gt)[None], [params])
+        return {"gt": hr[0] * 2 - 1, "lq": lr[0] * 2 - 1, "name": path.stem}

@@ -1,0 +1,61 @@
+"""Artefact-sensitive figures for SR outputs: false colour and detail beyond what the LR image holds.
+
+NIQE and gradient energy reward noise and sharpening; these figures stand beside PSNR-Y so that neither can pass
+for detail (the embedded models' targets, docs/model-card.md). Images are (H, W, 3) float RGB in [0, 255].
+
+* ``chroma_mse``: the mean squared error of Cb and Cr together (BT.601 'ycbcr', as ``rgb_to_y``); pool it over a
+  set and convert once (``mse_to_psnr``), so that gray photos (zero chroma error) do not dominate a mean of dBs;
+* ``false_colour``: mean |channel - mean of the channels| of an output whose ground truth has R = G = B;
+* ``high_band_energy``: spectral energy of the Y channel (mean removed, 2-D Hann window) above the LR's Nyquist
+  frequency, radial frequency in (1 / (2 scale), 1/2] cycles per HR pixel. Divided by the ground truth's it says
+  how much of the GT's fine detail the output has (bicubic about 0.02, an unsharp mask about 0.1; noise counts
+  too, so read it with PSNR-Y and the colour figures).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ycbcr(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) RGB in [0, 255] -> Y in [16, 235], Cb and Cr in [16, 240] (BT.601 'ycbcr', float64)."""
+    r, g, b = (img[..., k].astype(np.float64) / 255 for k in range(3))
+    return (16 + 65.481 * r + 128.553 * g + 24.966 * b,
+            128 - 37.797 * r - 74.203 * g + 112.0 * b,
+            128 + 112.0 * r - 93.786 * g - 18.214 * b)
+
+
+def chroma_mse(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean of the Cb and Cr squared errors, in 8-bit levels squared."""
+    _, pcb, pcr = ycbcr(pred)
+    _, gcb, gcr = ycbcr(gt)
+    return float((np.mean((pcb - gcb) ** 2) + np.mean((pcr - gcr) ** 2)) / 2)
+
+
+def mse_to_psnr(mse: float, peak: float = 255.0) -> float:
+    return float(10 * np.log10(peak**2 / max(mse, 1e-10)))
+
+
+def is_gray(img: np.ndarray, tolerance: float = 1.0) -> bool:
+    """True when every pixel has R = G = B (within ``tolerance`` levels)."""
+    return bool(np.abs(img - img.mean(2, keepdims=True)).max() < tolerance)
+
+
+def false_colour(pred: np.ndarray) -> float:
+    """Mean |channel - channel mean| of ``pred``: the colour an output adds to a gray photo, in levels of 255."""
+    pred = pred.astype(np.float64)
+    return float(np.abs(pred - pred.mean(2, keepdims=True)).mean())
+
+
+def high_band_energy(img: np.ndarray, scale: int) -> float:
+    """Spectral energy of the Y channel above the LR's Nyquist frequency (module docstring)."""
+    y = ycbcr(img)[0]
+    h, w = y.shape
+    radius = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2)
+    spectrum = np.abs(np.fft.fft2((y - y.mean()) * np.outer(np.hanning(h), np.hanning(w)))) ** 2
+    return float(spectrum[(radius > 1 / (2 * scale)) & (radius <= 0.5)].sum())
+
+
+def detail_ratio(pred: np.ndarray, gt: np.ndarray, scale: int) -> float:
+    """``high_band_energy`` of the output over the ground truth's."""
+    return high_band_energy(pred, scale) / max(high_band_energy(gt, scale), 1e-12)
