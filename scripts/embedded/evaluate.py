@@ -7,7 +7,7 @@ SSIM-Y, NIQE, seconds per image) and, from its saved outputs, `tadsr.metrics.det
 set, colour added to the gray crops, median detail above the LR's Nyquist / the GT's).
 
 Usage: python scripts/embedded/evaluate.py DATA_DIR WORK_DIR [--teacher T] [--student S] [--doc FILE]
-       [--sheet FILE] [--title TEXT]
+       [--sheet FILE] [--title TEXT] [--reuse-baselines]
 Without --doc the table is printed only; the shipped pair's is docs/embedded-metrics.md (the model card's table).
 """
 
@@ -41,13 +41,12 @@ def degrade(hr: Path, out: Path) -> None:
                     "--gt-size", "256", "-q"], check=True)
 
 
-def run_models(valset: Path, report: Path, models: list[str], metrics: str) -> list[dict[str, str]]:
+def run_models(valset: Path, report: Path, models: list[str], metrics: str) -> None:
     if report.exists():
         shutil.rmtree(report)
     subprocess.run(["tadsr", "evaluate", "--lr", str(valset / "lq"), "--gt", str(valset / "gt"), "--models",
                     ",".join(models), "--metrics", metrics, "--y-channel", "-o", str(report), "-q"], check=True,
                    stdout=subprocess.DEVNULL)
-    return list(csv.DictReader(open(report / "per_image.csv")))
 
 
 def seconds_per_image(report: Path) -> dict[str, float]:
@@ -73,21 +72,24 @@ def detail_figures(report: Path, gt_dir: Path, label: str) -> dict[str, float]:
             "detail": float(np.median(detail))}
 
 
-def comparison_sheet(report: Path, valset: Path, labels: list[str], path: Path, crop: int = 128) -> None:
-    """Rows: a few validation crops; columns: each model's centred crop, then the GT's; labels on top."""
+def comparison_sheet(reports: dict[str, Path], valset: Path, path: Path, crop: int = 96) -> None:
+    """Rows: a few validation crops; columns: each model's centred crop (``reports``: label -> its report folder),
+    then the GT's, enlarged 2x without interpolation; labels on top."""
+    labels = [*reports, "GT"]
     rows = []
     for name in SHEET_NAMES:
         tiles = []
-        for label in [*labels, "GT"]:
-            src = valset / "gt" if label == "GT" else report / "outputs" / label.replace(":", "_")
+        for label in labels:
+            src = valset / "gt" if label == "GT" else reports[label] / "outputs" / label.replace(":", "_")
             img = cv2.imread(str(src / f"{name}.png"), cv2.IMREAD_COLOR)
             top, left = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
             tiles.append(cv2.resize(img[top:top + crop, left:left + crop], (2 * crop, 2 * crop),
                                     interpolation=cv2.INTER_NEAREST))
         rows.append(np.concatenate(tiles, 1))
     head = np.full((24, rows[0].shape[1], 3), 255, np.uint8)
-    for k, label in enumerate([*labels, "GT"]):
-        cv2.putText(head, label, (k * 2 * crop + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for k, label in enumerate(labels):
+        cv2.putText(head, label[-30:], (k * 2 * crop + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.concatenate([head, *rows], 0))
 
@@ -101,23 +103,29 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, help="write the table and the targets here")
     parser.add_argument("--sheet", type=Path, help="write a comparison sheet (PNG) here")
     parser.add_argument("--title", default="the embedded pair")
+    parser.add_argument("--reuse-baselines", action="store_true",
+                        help="keep WORK_DIR's bicubic / Real-ESRGAN results from an earlier run (same validation set)")
     args = parser.parse_args()
     valset, grayset = args.work / "valset", args.work / "valset-gray"
     degrade(args.data / "val-hr", valset)
     degrade(args.data / "val-hr-gray", grayset)
-    models = ["bicubic", *(["realesrgan"] if packaged_ncnn_files() else []), f"{args.teacher}:15",
-              f"{args.student}:1"]
-    report, gray_report = args.work / "val-report", args.work / "val-report-gray"
-    rows = run_models(valset, report, models, "psnr,ssim,niqe")
-    run_models(grayset, gray_report, models, "psnr")
-    labels = list(dict.fromkeys(r["model"] for r in rows))
-    seconds = seconds_per_image(report)
+    baselines = ["bicubic", *(["realesrgan"] if packaged_ncnn_files() else [])]
+    models = [f"{args.teacher}:15", f"{args.student}:1"]
     fig = {}
-    for label in labels:
-        mean = {k: float(np.mean([float(r[k]) for r in rows if r["model"] == label])) for k in ("psnr", "ssim", "niqe")}
-        colour = detail_figures(report, valset / "gt", label)
-        colour["gray"] = detail_figures(gray_report, grayset / "gt", label)["gray"]
-        fig[label] = {**mean, **colour, "sec": seconds[label]}
+    for kind, names in (("baselines", baselines), ("models", models)):
+        report, gray_report = args.work / f"val-{kind}", args.work / f"val-{kind}-gray"
+        if kind == "models" or not args.reuse_baselines or not (gray_report / "report.md").is_file():
+            run_models(valset, report, names, "psnr,ssim,niqe")
+            run_models(grayset, gray_report, names, "psnr")
+        rows = list(csv.DictReader(open(report / "per_image.csv")))
+        seconds = seconds_per_image(report)
+        for label in dict.fromkeys(r["model"] for r in rows):
+            mean = {k: float(np.mean([float(r[k]) for r in rows if r["model"] == label]))
+                    for k in ("psnr", "ssim", "niqe")}
+            colour = detail_figures(report, valset / "gt", label)
+            colour["gray"] = detail_figures(gray_report, grayset / "gt", label)["gray"]
+            fig[label] = {**mean, **colour, "sec": seconds[label], "report": report}
+    labels = list(fig)
     n = len(list((valset / "gt").glob("*.png")))
     lines = [MARK, "", f"Validation ({args.title}): {n} native-resolution 256x256 crops of the held-out photos, "
              "`realesrgan-test` x4 (64 -> 256), seed 0; PSNR-Y/SSIM-Y, chroma PSNR (Cb and Cr, MSE pooled over "
@@ -147,7 +155,7 @@ def main() -> None:
     if args.doc:
         args.doc.write_text(text)
     if args.sheet:
-        comparison_sheet(report, valset, labels, args.sheet)
+        comparison_sheet({label: f["report"] for label, f in fig.items()}, valset, args.sheet)
     print(text)
 
 

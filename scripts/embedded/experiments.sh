@@ -1,38 +1,55 @@
 #!/usr/bin/env bash
-# The levers tried on the embedded pair beyond scripts/embedded/train.sh (docs/model-card.md, "What else we tried"):
-# a bigger teacher within the 25 MB budget, a longer student (resumed in pieces), and heavier HSD / adversarial
-# weights. Each is measured on the validation tiles that evaluate.py builds (WORK/valset).
-# Usage: scripts/embedded/experiments.sh WORK_DIR     (WORK_DIR as given to train.sh, after it; about 2 h on 2 cores)
+# What the model card's "Experiments" table measured besides train.sh, on the validation split that evaluate.py
+# builds (run train.sh first; WORK_DIR as given to it). Comparison sheets go to docs/experiments/.
+# Usage: scripts/embedded/experiments.sh WORK_DIR
 set -euo pipefail
 WORK=${1:?usage: experiments.sh WORK_DIR}
-TEACHER="$WORK/teacher/final.safetensors"
-measure() {  # measure NAME MODEL:STEPS...
-    local name=$1; shift
-    tadsr evaluate --lr "$WORK/valset/lq" --gt "$WORK/valset/gt" --models "$(IFS=,; echo "$*")" \
-        --metrics psnr,ssim,niqe --y-channel -o "$WORK/experiments/$name" -q
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+source "$HERE/recipe.sh"
+measure() {  # measure OUT MODEL:STEPS -- on the colour and the gray validation crops
+    for set in valset valset-gray; do
+        tadsr evaluate --lr "$WORK/$set/lq" --gt "$WORK/$set/gt" --models "$2" --metrics psnr,ssim,niqe \
+            --y-channel -o "$1-$set" -q > /dev/null
+    done
 }
-source "$(cd "$(dirname "$0")" && pwd)/recipe.sh"
 
-# 1. a bigger teacher: channel multipliers (1, 3) instead of (1, 2) (5.8 M parameters, 11.5 MB in fp16), same recipe
-tadsr train-teacher --preset tiny --data "$WORK/data/train" --out "$WORK/teacher-wide" --steps 2400 \
-    "${TEACHER_ARGS[@]}" model.unet.channel_mult=[1,3]
-measure teacher-wide "$TEACHER:1" "$TEACHER:15" "$WORK/teacher-wide/final.safetensors:1" \
-    "$WORK/teacher-wide/final.safetensors:15"
-
-# 2. a longer student: train.sh's 800-step run resumed to 1200, 1600, 2000 and 2400 steps
-[ -d "$WORK/student-long" ] || cp -r "$WORK/student" "$WORK/student-long"
-for steps in 1200 1600 2000 2400; do
-    tadsr distill --preset tiny --teacher "$TEACHER" --data "$WORK/data/train" --out "$WORK/student-long" \
-        --steps "$steps" --resume "${DISTILL_ARGS[@]}"
-    cp "$WORK/student-long/final.safetensors" "$WORK/student-long-$steps.safetensors"
+# 1. before: the previous embedded student (thumbnail data, heavy realesrgan degradation) from git history, and the
+#    previous teacher's per-timestep diagnostic (docs/experiments/previous-teacher-diagnostic.md)
+mkdir -p "$WORK/previous"
+for name in teacher student; do
+    git -C "$ROOT" show "7c4f80e:src/tadsr/weights/$name.safetensors" > "$WORK/previous/$name.safetensors"
 done
-measure student-long "$WORK"/student-long-{1200,1600,2000,2400}.safetensors:1
+measure "$WORK/previous/report" "$WORK/previous/student.safetensors:1"
+python "$HERE/diagnose.py" "$WORK/previous/teacher.safetensors" "$WORK/data" "$WORK" \
+    --doc "$ROOT/docs/experiments/previous-teacher-diagnostic.md" --title "the previous teacher"
 
-# 3. heavier loss weights, 800 steps each from the same teacher cache (train.sh: lambda_hsd 1, lambda_adv 0.02)
-for exp in "adv01 distill.lambda_adv=0.1" "hsd2 distill.lambda_hsd=2.0"; do
-    read -r name override <<< "$exp"
-    mkdir -p "$WORK/student-$name" && cp "$WORK/student/teacher_cache.pt" "$WORK/student-$name/"
-    tadsr distill --preset tiny --teacher "$TEACHER" --data "$WORK/data/train" --out "$WORK/student-$name" \
-        --steps 800 "${DISTILL_ARGS[@]}" "$override"
-done
-measure loss-weights "$WORK/student/final.safetensors:1" "$WORK"/student-{adv01,hsd2}/final.safetensors:1
+# 2. the student's HSD weight doubled (lambda_hsd 2), from the same teacher cache
+mkdir -p "$WORK/student-hsd2" && cp "$WORK/student/teacher_cache.pt" "$WORK/student-hsd2/"
+tadsr distill --preset tiny --teacher "$WORK/teacher/final.safetensors" --data "$WORK/data/train.txt" \
+    --out "$WORK/student-hsd2" --steps "$STUDENT_STEPS" "${DISTILL_ARGS[@]}" distill.lambda_hsd=2.0
+measure "$WORK/student-hsd2/report" "$WORK/student-hsd2/final.safetensors:1"
+measure "$WORK/student/report" "$WORK/student/final.safetensors:1"
+
+# 3. the figures of each run (the model card's table) and the before/after sheet
+cd "$HERE" && python - "$WORK" "$ROOT" <<'PY'
+import csv, sys
+from pathlib import Path
+import numpy as np
+from evaluate import comparison_sheet, detail_figures
+work, root = Path(sys.argv[1]), Path(sys.argv[2])
+runs = {"previous student": work / "previous/report", "student": work / "student/report",
+        "student, lambda_hsd 2": work / "student-hsd2/report"}
+for name, report in runs.items():
+    colour, gray = Path(f"{report}-valset"), Path(f"{report}-valset-gray")
+    rows = list(csv.DictReader(open(colour / "per_image.csv")))
+    label = rows[0]["model"]
+    mean = {k: np.mean([float(r[k]) for r in rows]) for k in ("psnr", "niqe")}
+    fig = detail_figures(colour, work / "valset/gt", label)
+    fig["gray"] = detail_figures(gray, work / "valset-gray/gt", label)["gray"]
+    print(f"| {name} | {mean['psnr']:.2f} | {fig['chroma']:.2f} | {fig['gray']:.2f} | {fig['detail']:.3f} | "
+          f"{mean['niqe']:.2f} |")
+comparison_sheet({"bicubic": work / "val-baselines", "student:1": work / "previous/report-valset",
+                  "final:1": work / "student/report-valset"}, work / "valset",
+                 root / "docs/experiments/previous-vs-new-student.png")
+PY
