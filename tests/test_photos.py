@@ -140,6 +140,13 @@ def test_trainer_config_selects_native_crops_and_old_configs_still_load() -> Non
     assert loaded.data.crop == "resize" and loaded.teacher.t_last_prob == 0.0
 
 
+@pytest.mark.parametrize("override, message", [("data.crop=thumbnail", "data.crop"),
+                                               ("teacher.t_last_prob=1.5", "t_last_prob")])
+def test_bad_data_and_teacher_settings_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(train_config("tiny", "train-teacher"), [override])
+
+
 def test_teacher_timesteps_put_the_asked_share_at_the_last_step() -> None:
     uniform = draw_timesteps(15, 20000, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal(uniform, torch.randint(0, 15, (20000,), generator=torch.Generator().manual_seed(0)))

@@ -47,6 +47,10 @@ class DataConfig:
     gray_prob: float = 0.0
     cache_dir: str = ""
 
+    def __post_init__(self) -> None:
+        if self.crop not in ("resize", "native"):
+            raise ValueError(f"data.crop {self.crop!r}: choose 'resize' or 'native'")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -89,6 +93,10 @@ class TeacherConfig:
     x0-hat is its posterior-mean estimate from the LR image alone; uniform t gives that step 1/T of the training."""
 
     t_last_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t_last_prob <= 1:
+            raise ValueError(f"teacher.t_last_prob {self.t_last_prob}: need a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
