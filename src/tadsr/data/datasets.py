@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -81,6 +81,22 @@ def square_crop_resize(img: np.ndarray, size: int, gen: torch.Generator | None) 
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_CUBIC)
 
 
+def first_readable(files: list[Path], index: int, bad_files: set[Path],
+                   read: Callable[[Path], np.ndarray]) -> tuple[Path, np.ndarray]:
+    """``read`` of file ``index``, or of the next readable one: a file that fails is added to ``bad_files`` and
+    reported once (a warning naming it)."""
+    for k in range(len(files)):
+        path = files[(index + k) % len(files)]
+        if path in bad_files:
+            continue
+        try:
+            return path, read(path)
+        except ImageError as err:
+            bad_files.add(path)
+            warnings.warn(f"{err}; skipped", RuntimeWarning, stacklevel=4)
+    raise RuntimeError("no readable image left in the dataset")
+
+
 def to_chw_tensor(img: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
@@ -113,16 +129,7 @@ class DegradedImageDataset(Dataset):
         return len(self.files)
 
     def _read(self, index: int) -> tuple[Path, np.ndarray]:
-        for k in range(len(self.files)):
-            path = self.files[(index + k) % len(self.files)]
-            if path in self.bad_files:
-                continue
-            try:
-                return path, load_rgb(path, self.max_pixels)
-            except ImageError as err:
-                self.bad_files.add(path)
-                warnings.warn(f"{err}; skipped", RuntimeWarning, stacklevel=3)
-        raise RuntimeError("no readable image left in the dataset")
+        return first_readable(self.files, index, self.bad_files, lambda path: load_rgb(path, self.max_pixels))
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, self.epoch)

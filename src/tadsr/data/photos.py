@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tadsr.data.datasets import list_images, sample_generator, to_chw_tensor
+from tadsr.data.datasets import first_readable, list_images, sample_generator, to_chw_tensor
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, read_image
 from tadsr.data.kernels import draw_uniform
@@ -155,21 +154,9 @@ class PhotoCropDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, self.epoch)
 
-    def _read(self, index: int) -> tuple[Path, np.ndarray]:
-        for k in range(len(self.files)):
-            path = self.files[(index + k) % len(self.files)]
-            if path in self.bad_files:
-                continue
-            try:
-                return path, self.cache.get(path)
-            except ImageError as err:
-                self.bad_files.add(path)
-                warnings.warn(f"{err}; skipped", RuntimeWarning, stacklevel=3)
-        raise RuntimeError("no readable image left in the dataset")
-
     def gt_crop(self, index: int, epoch: int, gen: torch.Generator) -> tuple[Path, np.ndarray]:
         """The augmented GT crop (S, S, 3) float32 in [0, 1] of sample ``index``, drawing from ``gen``."""
-        path, img = self._read(index % len(self.files))
+        path, img = first_readable(self.files, index % len(self.files), self.bad_files, self.cache.get)
         top, left, side = draw_crop(img.shape[0], img.shape[1], self.gt_size, self.scale_range, gen)
         gt = dihedral(crop_to_float(img, top, left, side, self.gt_size), int(torch.randint(8, (), generator=gen)))
         if self.gray_prob > 0 and draw_uniform(gen, 0, 1) < self.gray_prob:
