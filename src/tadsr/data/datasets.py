@@ -101,23 +101,18 @@ def to_chw_tensor(img: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
-class DegradedImageDataset(Dataset):
-    """HR images -> (gt, lq) pairs made on the fly by a degradation pipeline.
-
-    ``source``: a folder (recursive), a .txt list of paths, or a list of paths. GT: a square crop of side
-    min(H, W) resized to ``gt_size`` (random crop and horizontal flip when ``augment``), then degraded.
-    An unreadable file is reported once (a warning naming it) and replaced by the next readable one.
-    """
+class EpochDataset(Dataset):
+    """Images degraded on the fly, one sample per file and epoch; subclasses define ``sample(index, epoch)``, a pure
+    function of (seed, epoch, index). Holds the file list, the current epoch and the files found unreadable."""
 
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], degradation: DegradationConfig,
-                 gt_size: int = 256, seed: int = 0, augment: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 gt_size: int) -> None:
         self.files = list_images(source)
         if not self.files:
             raise FileNotFoundError(f"{source}: no images found")
         if gt_size % degradation.scale:
             raise ValueError(f"gt_size {gt_size} must be a multiple of the scale {degradation.scale}")
-        self.degradation, self.gt_size, self.seed = degradation, gt_size, seed
-        self.augment, self.max_pixels = augment, max_pixels
+        self.degradation, self.gt_size = degradation, gt_size
         self.epoch = 0
         self.bad_files: set[Path] = set()
 
@@ -128,11 +123,28 @@ class DegradedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _read(self, index: int) -> tuple[Path, np.ndarray]:
-        return first_readable(self.files, index, self.bad_files, lambda path: load_rgb(path, self.max_pixels))
-
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, self.epoch)
+
+    def sample(self, index: int, epoch: int) -> dict:
+        raise NotImplementedError
+
+
+class DegradedImageDataset(EpochDataset):
+    """HR images -> (gt, lq) pairs made on the fly by a degradation pipeline.
+
+    ``source``: a folder (recursive), a .txt list of paths, or a list of paths. GT: a square crop of side
+    min(H, W) resized to ``gt_size`` (random crop and horizontal flip when ``augment``), then degraded.
+    An unreadable file is reported once (a warning naming it) and replaced by the next readable one.
+    """
+
+    def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], degradation: DegradationConfig,
+                 gt_size: int = 256, seed: int = 0, augment: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(source, degradation, gt_size)
+        self.seed, self.augment, self.max_pixels = seed, augment, max_pixels
+
+    def _read(self, index: int) -> tuple[Path, np.ndarray]:
+        return first_readable(self.files, index, self.bad_files, lambda path: load_rgb(path, self.max_pixels))
 
     def sample(self, index: int, epoch: int) -> dict:
         """The pair of file ``index`` in ``epoch``: a pure function of (seed, epoch, index)."""

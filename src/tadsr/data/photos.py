@@ -23,9 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from tadsr.data.datasets import first_readable, list_images, sample_generator, to_chw_tensor
+from tadsr.data.datasets import EpochDataset, first_readable, sample_generator, to_chw_tensor
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, read_image
 from tadsr.data.kernels import draw_uniform
@@ -118,7 +117,7 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     return np.repeat(y[:, :, None], 3, axis=2)
 
 
-class PhotoCropDataset(Dataset):
+class PhotoCropDataset(EpochDataset):
     """Photos -> (gt, lq) pairs: native-resolution multi-scale crops (module docstring), degraded on the fly.
 
     Samples are dicts ``{"gt": (3, S, S), "lq": (3, S / scale, S / scale), "name": str}`` in [-1, 1]. Index k of
@@ -129,30 +128,14 @@ class PhotoCropDataset(Dataset):
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], degradation: DegradationConfig,
                  cache_dir: str | os.PathLike, gt_size: int = 256, scale_range: tuple[float, float] = (0.25, 1.0),
                  gray_prob: float = 0.0, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.files = list_images(source)
-        if not self.files:
-            raise FileNotFoundError(f"{source}: no images found")
-        if gt_size % degradation.scale:
-            raise ValueError(f"gt_size {gt_size} must be a multiple of the scale {degradation.scale}")
+        super().__init__(source, degradation, gt_size)
         lo, hi = scale_range
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"scale_range {scale_range}: need 0 < low <= high <= 1")
         if not 0 <= gray_prob <= 1:
             raise ValueError(f"gray_prob {gray_prob}: need a probability in [0, 1]")
-        self.degradation, self.gt_size, self.seed = degradation, gt_size, seed
-        self.scale_range, self.gray_prob = (float(lo), float(hi)), gray_prob
+        self.seed, self.scale_range, self.gray_prob = seed, (float(lo), float(hi)), gray_prob
         self.cache = PhotoCache(cache_dir, max_pixels)
-        self.epoch = 0
-        self.bad_files: set[Path] = set()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.sample(index, self.epoch)
 
     def gt_crop(self, index: int, epoch: int, gen: torch.Generator) -> tuple[Path, np.ndarray]:
         """The augmented GT crop (S, S, 3) float32 in [0, 1] of sample ``index``, drawing from ``gen``."""

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tadsr.data.datasets import DegradedImageDataset, sample_generator
-from tadsr.data.photos import PhotoCropDataset
+from tadsr.data.datasets import EpochDataset, sample_generator
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
@@ -23,9 +22,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
 
 
 class PositionDataset(Dataset):
-    """Stream position -> sample of the underlying dataset (``DegradedImageDataset.sample``)."""
+    """Stream position -> sample of the underlying dataset (``EpochDataset.sample``)."""
 
-    def __init__(self, base: DegradedImageDataset | PhotoCropDataset, seed: int) -> None:
+    def __init__(self, base: EpochDataset, seed: int) -> None:
         self.base, self.seed = base, seed
         self._perms: dict[int, list[int]] = {}
 
@@ -54,7 +53,7 @@ class StreamBatchSampler(Sampler[list[int]]):
             step += 1
 
 
-def batch_stream(dataset: DegradedImageDataset | PhotoCropDataset, batch_size: int, seed: int, rank: int,
+def batch_stream(dataset: EpochDataset, batch_size: int, seed: int, rank: int,
                  world_size: int, start_step: int, workers: int) -> Iterator[dict[str, Any]]:
     loader = DataLoader(PositionDataset(dataset, seed), num_workers=workers,
                         batch_sampler=StreamBatchSampler(batch_size, rank, world_size, start_step),

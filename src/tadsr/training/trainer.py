@@ -22,7 +22,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tadsr.checkpoints import CheckpointError
-from tadsr.data.datasets import DegradedImageDataset, list_images, load_rgb, square_crop_resize, to_chw_tensor
+from tadsr.data.datasets import (
+    DegradedImageDataset,
+    EpochDataset,
+    list_images,
+    load_rgb,
+    square_crop_resize,
+    to_chw_tensor,
+)
 from tadsr.data.degradation import degrade, draw_params
 from tadsr.data.degradation import preset as degradation_preset
 from tadsr.data.image_io import ImageData, to_uint8, write_image
@@ -126,7 +133,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
 
-    def dataset(self) -> DegradedImageDataset | PhotoCropDataset:
+    def dataset(self) -> EpochDataset:
         data = self.config.data
         if not data.path:
             raise ValueError("no training data: pass --data HR_DIR (or set data.path)")
