@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 
 import torch
 
+from tadsr.devices import peak_memory_mib, reset_peak_memory, resolve_device, synchronize
 from tadsr.presets import build_unet
 
 
@@ -25,35 +25,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     gen = torch.Generator().manual_seed(0)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_before = peak_memory_mib(device)
     unet = build_unet("realsr-x4").to(device).eval()
     x = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
     lq = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
     t = torch.full((args.batch,), 14, dtype=torch.int64, device=device)
     times = []
+    reset_peak_memory(device)
     with torch.inference_mode():
         for i in range(args.repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
             unet(x, t, lq)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             if i:
                 times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        peak_name = "cuda_max_allocated_mib"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak_name = "cpu_max_rss_mib"
+    peak = peak_memory_mib(device)
+    peak_name = "cuda_max_allocated_mib" if device.type == "cuda" else "cpu_max_rss_mib"
     print(json.dumps({
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "size": args.size, "batch": args.batch,
         "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-        peak_name: round(peak, 1), "rss_before_build_mib": round(rss_before / 1024, 1),
+        peak_name: round(peak, 1), "peak_before_build_mib": round(peak_before, 1),
     }))
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+
+from tadsr.devices import peak_memory_mib, reset_peak_memory, synchronize
 
 
 def run_one(size: int, tile: int, steps: int, device: str) -> dict:
@@ -29,14 +30,13 @@ def run_one(size: int, tile: int, steps: int, device: str) -> dict:
     upscaler = Upscaler(model, device=device, tile=tile, tile_overlap=16, steps=steps)
     image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     tiles = []
+    reset_peak_memory(upscaler.device)
     start = time.perf_counter()
     out = upscaler.upscale_image(ImageData(image), progress=lambda done, total: tiles.append(total))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronize(upscaler.device)
     seconds = time.perf_counter() - start
     megapixels = out.pixels.shape[0] * out.pixels.shape[1] / 1e6
-    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    peak = peak_memory_mib(upscaler.device)
     return {"lr": size, "tile": tile, "steps": steps, "tiles": tiles[-1], "seconds": round(seconds, 1),
             "s_per_mp": round(seconds / megapixels, 1), "peak_mib": round(peak), "device": device,
             "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -135,3 +135,46 @@ def test_foreign_safetensors_is_not_a_model_file(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not a tadsr model file"):
         load_model(tmp_path / "other.safetensors")
+
+
+def test_a_format_1_model_file_still_loads_with_its_residual_setting(tmp_path: Path,
+                                                                     tiny_pixel_model_config: ModelConfig) -> None:
+    """tadsr 0.1 wrote format 1: the residual re-parametrisation as ``unet.residual_scale`` in the UNet config."""
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+
+    from tadsr.checkpoints import FORMAT_VERSION, atomic_save_file, export_tensors
+    from tadsr.config import to_dict
+
+    config = dataclasses.replace(tiny_pixel_model_config, predict_residual=True)
+    model = randomize(SRModel(config), seed=4)
+    old = to_dict(config)
+    del old["predict_residual"]
+    old["unet"]["residual_scale"] = 4
+    path = tmp_path / "old.safetensors"
+    atomic_save_file(export_tensors(model.unet, "unet."), path,
+                     {"format": "tadsr", "format_version": "1", "config": json.dumps(old)})
+    loaded = load_model(path)
+    assert loaded.config == config
+    assert all(torch.equal(a, b) for a, b in zip(model.unet.state_dict().values(),
+                                                 loaded.unet.state_dict().values(), strict=True))
+    save_model(loaded, tmp_path / "new.safetensors")  # written back in today's format
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format_version"] == FORMAT_VERSION == "2" and json.loads(meta["config"])["predict_residual"]
+
+
+def test_a_model_file_of_an_unknown_format_version_names_it(tmp_path: Path, tiny_student_file: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from tadsr.checkpoints import atomic_save_file
+
+    with safe_open(str(tiny_student_file), framework="pt") as f:
+        meta = f.metadata()
+    path = tmp_path / "future.safetensors"
+    atomic_save_file(load_file(str(tiny_student_file)), path, {**meta, "format_version": "9"})
+    with pytest.raises(CheckpointError, match="future.safetensors: tadsr format version '9' is not supported"):
+        load_model(path)

@@ -93,11 +93,6 @@ def test_shipped_student_adds_no_colour_to_a_gray_photo() -> None:
     assert false_colour(out.astype(np.float64)) <= 1.5
 
 
-@pytest.mark.parametrize("name", ["ablation.md", "ablation-losses.png"])
-def test_ablation_outputs_are_committed(name: str) -> None:
-    assert (ROOT / "docs" / name).is_file()
-
-
 def test_an_install_without_embedded_weights_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.resources
 

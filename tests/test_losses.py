@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_UNET, randomize
+from tadsr.diffusion.denoiser import ResShiftDenoiser
 from tadsr.diffusion.schedule import Schedule, ScheduleConfig
 from tadsr.losses import (
     DistillationLoss,
@@ -29,7 +30,11 @@ def _latents(seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def affine_teacher(x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """A network: x is the scaled input z_t / sqrt(kappa^2 eta_t + 1)."""
     return 0.7 * x + 0.1 * lq
+
+
+TEACHER = ResShiftDenoiser(affine_teacher, SCHEDULE)  # the denoiser the losses call
 
 
 def test_distillation_loss_by_hand() -> None:
@@ -46,7 +51,7 @@ def test_hinge_losses_by_hand() -> None:
 
 def test_hsd_is_zero_when_the_student_equals_the_teacher() -> None:
     z, z_y, lq = _latents()
-    loss = ScoreDistillationLoss(SCHEDULE, "hsd")(affine_teacher, z, z.clone(), z_y, lq, _gen())
+    loss = ScoreDistillationLoss(SCHEDULE, "hsd")(TEACHER, z, z.clone(), z_y, lq, _gen())
     assert torch.equal(loss, torch.zeros(2, dtype=loss.dtype))
 
 
@@ -54,20 +59,21 @@ def test_hsd_gradient_is_lambda_g_over_chw() -> None:
     z_s, z_tch, z_y = _latents(1)
     lq = torch.randn_like(z_s)
     hsd = ScoreDistillationLoss(SCHEDULE, "hsd")
-    g, _ = hsd.direction(affine_teacher, z_s, z_tch, z_y, lq, _gen(5))
+    g, _ = hsd.direction(TEACHER, z_s, z_tch, z_y, lq, _gen(5))
     z = z_s.clone().requires_grad_(True)
     lam = 0.3
-    (lam * hsd(affine_teacher, z, z_tch, z_y, lq, _gen(5))).sum().backward()
+    (lam * hsd(TEACHER, z, z_tch, z_y, lq, _gen(5))).sum().backward()
     torch.testing.assert_close(z.grad, lam * g / (3 * 4 * 4))
 
 
 def test_hsd_direction_matches_its_closed_form() -> None:
-    """With shared noise, g = (1 - eta)/(kappa sqrt(eta)) [(z_s - z_tch) - (x0(x_s) - x0(x_tch))] (reference §4.4)."""
+    """With shared noise, g = (1 - eta)/(kappa sqrt(eta)) [(z_s - z_tch) - (x0(x_s) - x0(x_tch))]
+    (docs/implementation-notes.md §4.4)."""
     z_s, z_tch, z_y = _latents(2)
     lq = torch.randn_like(z_s)
     hsd = ScoreDistillationLoss(SCHEDULE, "hsd")
     gen = _gen(3)
-    g, t = hsd.direction(affine_teacher, z_s, z_tch, z_y, lq, gen)
+    g, t = hsd.direction(TEACHER, z_s, z_tch, z_y, lq, gen)
     gen = _gen(3)
     t_again = torch.randint(0, 3, (2,), generator=gen)
     noise = torch.randn(z_s.shape, generator=gen).to(z_s)
@@ -85,7 +91,7 @@ def test_hsd_direction_matches_its_closed_form() -> None:
 
 def test_sds_vanishes_for_a_teacher_that_recovers_the_student() -> None:
     z_s, z_y, lq = _latents(4)
-    oracle = lambda x, t, lq: z_s  # noqa: E731 - predicts exactly the clean latent
+    oracle = lambda z_t, t, lq, z_y: z_s  # noqa: E731 - predicts exactly the clean latent
     g, _ = ScoreDistillationLoss(SCHEDULE, "sds").direction(oracle, z_s, None, z_y, lq, _gen())
     torch.testing.assert_close(g, torch.zeros_like(g))
 
@@ -101,7 +107,7 @@ def test_quirk_flags_change_noise_and_scaling() -> None:
     for double in (False, True):
         seen.clear()
         ScoreDistillationLoss(SCHEDULE, "sds", t_range=(2, 3), double_scaling=double).direction(
-            recording, z_s, None, z_y, z_y, _gen(1))
+            ResShiftDenoiser(recording, SCHEDULE), z_s, None, z_y, z_y, _gen(1))
         gen = _gen(1)
         torch.randint(2, 3, (2,), generator=gen)
         noise = torch.randn(z_s.shape, generator=gen).to(z_s)
@@ -112,7 +118,7 @@ def test_quirk_flags_change_noise_and_scaling() -> None:
     for kind in ("uniform", "gaussian"):  # recover the added noise n from what the teacher sees (z_y = z_s)
         seen.clear()
         ScoreDistillationLoss(SCHEDULE, "sds", t_range=(2, 3), noise=kind).direction(
-            recording, z_s, None, z_s, z_s, _gen(2))
+            ResShiftDenoiser(recording, SCHEDULE), z_s, None, z_s, z_s, _gen(2))
         eta = SCHEDULE.eta[2].item()
         n = (seen[0] * (4 * eta + 1) ** 0.5 - z_s) / (2 * eta**0.5)
         assert ((n >= -1e-9) & (n < 1 + 1e-9)).all() == (kind == "uniform")

@@ -1,4 +1,4 @@
-"""Schedule values against reference.md §1.1/§2.1, and the closed forms of Eq. 1-3."""
+"""Schedule values against docs/implementation-notes.md §1.1/§2.1, and the closed forms of Eq. 1-3."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch
 from tadsr.diffusion import schedule as S
 from tadsr.presets import build_schedule
 
-# reference.md §1.1, T=15 table (4 decimals as printed there).
+# docs/implementation-notes.md §1.1, T=15 table (4 decimals as printed there).
 SQRT_ETA_15 = [0.0200, 0.1172, 0.1763, 0.2336, 0.2916, 0.3510, 0.4124, 0.4759, 0.5417, 0.6099, 0.6807, 0.7540,
                0.8300, 0.9086, 0.9900]
 ETA_15 = [0.0004, 0.01373, 0.03108, 0.05458, 0.08502, 0.1232, 0.1700, 0.2264, 0.2934, 0.3720, 0.4633, 0.5685,
           0.6888, 0.8256, 0.9801]
 INPUT_STD_15 = [1.0008, 1.0271, 1.0603, 1.1038, 1.1576, 1.2218, 1.2962, 1.3805, 1.4743, 1.5773, 1.6891, 1.8094,
                 1.9379, 2.0742, 2.2182]
-# reference.md §2.1, deterministic-sampler coefficients for T=15.
+# docs/implementation-notes.md §2.1, deterministic-sampler coefficients for T=15.
 M_15 = [0, 0.1707, 0.6646, 0.7546, 0.8013, 0.8307, 0.8512, 0.8666, 0.8785, 0.8881, 0.8961, 0.9027, 0.9085, 0.9134,
         0.9178]
 K_15 = [1, 0.8312, 0.3424, 0.2555, 0.2123, 0.1867, 0.1703, 0.1596, 0.1528, 0.1488, 0.1471, 0.1472, 0.1488, 0.1518,
@@ -79,7 +79,7 @@ def test_posterior_is_the_bayes_posterior_of_the_forward_chain() -> None:
 
 
 def test_deterministic_step_is_ddim_with_zero_variance() -> None:
-    """x_{t-1} = x0 + eta_{t-1}(y - x0) + m_t (x_t - x0 - eta_t (y - x0))  (reference.md §2.1)."""
+    """x_{t-1} = x0 + eta_{t-1}(y - x0) + m_t (x_t - x0 - eta_t (y - x0))  (docs/implementation-notes.md §2.1)."""
     from tadsr.diffusion.samplers import deterministic_step
 
     s = build_schedule("realsr-x4-v1")

@@ -83,6 +83,30 @@ def test_a_distillation_step_moves_student_and_discriminator_not_teacher(photo_d
     assert all(not p.requires_grad for p in trainer.teacher.unet.parameters())
 
 
+def test_the_discriminator_is_frozen_during_the_generator_step(photo_dir: Path, teacher_file: Path,
+                                                               tmp_path: Path) -> None:
+    """D trains in its own step; in the G step its weights take no gradient (it still passes one to the student)."""
+    trainer = _trainer(photo_dir, teacher_file, tmp_path)
+    seen: list[set[bool]] = []
+    trainer.discriminator.register_forward_pre_hook(
+        lambda module, args: seen.append({p.requires_grad for p in module.parameters()}))
+    grads_after_d: list[torch.Tensor] = []
+    step_d = trainer.optimizer_step
+
+    def record(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        step_d(optimizer, loss)
+        if optimizer is trainer.opt_d:
+            grads_after_d.extend(p.grad.clone() for p in trainer.discriminator.parameters())
+
+    trainer.optimizer_step = record
+    trainer.train_step(next(trainer.batches()))
+    assert seen == [{True}, {False}]  # the D step, then the G step
+    assert any(g.abs().sum() > 0 for g in grads_after_d)
+    # the G step left D's gradients as the D step made them, and D is trainable again afterwards
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads_after_d, trainer.discriminator.parameters(), strict=True))
+    assert all(p.requires_grad for p in trainer.discriminator.parameters())
+
+
 @pytest.mark.parametrize(("overrides", "keys"), [
     (("distill.score_distill=sds", "distill.discriminator=plain"), {"d_loss", "distill", "sds", "adv", "loss"}),
     (("distill.score_distill=none", "distill.discriminator=none"), {"distill", "loss"}),
@@ -163,6 +187,9 @@ def test_sigkill_and_resume_reach_bit_identical_weights(photo_dir: Path, teacher
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = latest.read_text().strip()
+    # the kill landed mid-run: the process died of it, before its last checkpoint and its final model
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    assert killed_at < f"step_{steps:08d}.pt" and not (tmp_path / "b" / "final.safetensors").exists()
     resumed = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "b", steps), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_file(str(tmp_path / "a" / "final.safetensors")), load_file(str(tmp_path / "b" / "final.safetensors"))
@@ -212,12 +239,22 @@ def test_teacher_training_produces_a_model_upscale_accepts(photo_dir: Path, tmp_
 def test_dry_run_prints_the_resolved_config_and_bad_overrides_fail(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["distill", "--preset", "tiny", "--teacher", "t.safetensors", "--out", str(tmp_path),
-                                  "--dry-run", "distill.lambda_hsd=0.5", "run.amp=bf16"])
+                                  "--dry-run", "distill.lambda_score=0.5", "run.amp=bf16"])
     assert result.exit_code == 0
     config = json.loads(result.stdout)
-    assert config["distill"]["lambda_hsd"] == 0.5 and config["run"]["amp"] == "bf16"
+    assert config["distill"]["lambda_score"] == 0.5 and config["run"]["amp"] == "bf16"
     bad = runner.invoke(main, ["distill", "--teacher", "t", "--out", str(tmp_path), "--dry-run", "distill.lamda=1"])
     assert bad.exit_code == 1 and "unknown key 'lamda'" in bad.stderr
+
+
+def test_the_old_name_lambda_hsd_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    with pytest.warns(FutureWarning, match="distill.lambda_hsd is now distill.lambda_score"):
+        config = apply_overrides(train_config("tiny"), ["distill.lambda_hsd=0.5"])
+    assert config.distill.lambda_score == 0.5
+    path = tmp_path / "old.yaml"
+    path.write_text("preset: tiny\ndistill:\n  lambda_hsd: 2.0\n")
+    with pytest.warns(FutureWarning, match="lambda_hsd"):
+        assert load_config_file(path).distill.lambda_score == 2.0
 
 
 def test_yaml_config_starts_from_a_preset(tmp_path: Path) -> None:

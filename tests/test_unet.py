@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_UNET, TINY_VQ, randomize
+from conftest import TINY_UNET, randomize
 from tadsr import presets
 from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.nets.common import timestep_embedding
@@ -68,8 +68,8 @@ def test_face_unet_has_the_lq_feature_extractor() -> None:
 
 
 def _official_mask_procedure(h: int, w: int, win: int, shift: int) -> np.ndarray:
-    """The official construction as described in reference.md §3.1b, step by step: a region map filled along H only,
-    partitioned into windows, and read back with rows and columns swapped."""
+    """The official construction as described in docs/implementation-notes.md §3.1b, step by step: a region map
+    filled along H only, partitioned into windows, and read back with rows and columns swapped."""
     img = np.zeros((h, w))
     for cnt, sl in enumerate((slice(0, -win), slice(-win, -shift), slice(-shift, None))):
         img[sl, :] = cnt
@@ -219,44 +219,31 @@ def test_bad_unet_config_is_rejected() -> None:
         UNetConfig(num_res_blocks=(2, 2))
 
 
-def test_residual_unet_starts_as_bicubic_and_learns_only_the_residual() -> None:
+def test_residual_model_starts_as_bicubic_and_adds_z_y_to_the_network() -> None:
     from tadsr.config import ModelConfig
+    from tadsr.diffusion.schedule import scale_input
     from tadsr.inference.pipeline import super_resolve, upsample_lr
     from tadsr.model import SRModel
     from tadsr.nets.autoencoder import PixelUnshuffleConfig
-    from tadsr.nets.unet import lq_latent
 
-    unet_cfg = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 48, "out_channels": 48, "residual_scale": 4})
+    unet_cfg = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 48, "out_channels": 48})
     config = ModelConfig(unet=unet_cfg, first_stage=PixelUnshuffleConfig(factor=4),
-                         schedule=ScheduleConfig(num_steps=4), scale=4)
+                         schedule=ScheduleConfig(num_steps=4), scale=4, predict_residual=True)
     model = SRModel(config).eval()
-    assert not model.unet.out[2].weight.any()
+    assert not model.unet.out[2].weight.any() and not model.unet.out[2].bias.any()
     lr = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1  # no padding needed
     bicubic = upsample_lr(lr, 4).clamp(-1, 1)
     for steps in (1, 4):
         out = super_resolve(model, lr, steps=steps, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(out, bicubic, atol=0, rtol=0)
-    # after training the output is the network's residual plus z_y
+    # trained: x0-hat is the network's output plus z_y; the network itself knows nothing of z_y
     randomize(model, seed=2, std=0.05)
-    x = torch.randn(1, 48, 32, 32, generator=torch.Generator().manual_seed(3))
+    z_t = torch.randn(1, 48, 32, 32, generator=torch.Generator().manual_seed(3))
     lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    t = torch.tensor([2])
-    residual = model.unet(x, t, lq) - lq_latent(lq, 4)
-    object.__setattr__(model.unet.config, "residual_scale", 0)  # the same weights without the residual
-    torch.testing.assert_close(model.unet(x, t, lq), residual, atol=1e-5, rtol=1e-5)
-
-
-def test_residual_scale_must_match_the_first_stage() -> None:
-    from tadsr.config import ModelConfig
-    from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQConfig
-
-    with pytest.raises(ValueError, match="residual_scale=4 needs"):
-        UNetConfig(**{**TINY_UNET.__dict__, "residual_scale": 4})  # 3 output channels, not 48
-    unet_cfg = UNetConfig(**{**TINY_UNET.__dict__, "in_channels": 12, "out_channels": 12, "residual_scale": 2})
-    ModelConfig(unet=unet_cfg, first_stage=PixelUnshuffleConfig(factor=2), schedule=ScheduleConfig(), scale=2)
-    vq = VQConfig(**{**TINY_VQ.__dict__, "embed_dim": 12, "z_channels": 12})
-    with pytest.raises(ValueError, match="needs a pixel-unshuffle first stage"):
-        ModelConfig(unet=unet_cfg, first_stage=vq, schedule=ScheduleConfig(), scale=2)
+    z_y, t = model.first_stage.encode(upsample_lr(lq, 4)), torch.tensor([2])
+    with torch.no_grad():
+        net = model.unet(scale_input(model.schedule, z_t, t), t, lq)
+        torch.testing.assert_close(model.denoiser(z_t, t, lq, z_y), net + z_y)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -21,7 +21,7 @@ import torch
 from tadsr.data.datasets import list_images, load_rgb, to_chw_tensor
 from tadsr.data.degradation import preset
 from tadsr.data.photos import PhotoCropDataset
-from tadsr.diffusion.samplers import predict_x0, sample
+from tadsr.diffusion.samplers import sample
 from tadsr.diffusion.schedule import q_sample
 from tadsr.inference.pipeline import encode_lr
 from tadsr.metrics import psnr
@@ -41,7 +41,7 @@ def psnr_y(pred: torch.Tensor, gt: torch.Tensor) -> float:
 @torch.no_grad()
 def per_timestep(model: SRModel, lq: torch.Tensor, gt: torch.Tensor, batch: int = 8) -> dict[str, list[float]]:
     """PSNR-Y of x0-hat at each t, of bicubic, and of the T-step sample, on pairs (lq, gt) in [-1, 1]."""
-    schedule, unet, stage = model.schedule, model.unet, model.first_stage
+    schedule, denoiser, stage = model.schedule, model.denoiser, model.first_stage
     gen = torch.Generator().manual_seed(0)
     x0 = [[] for _ in range(schedule.num_steps)]
     bicubic, sampled = [], []
@@ -50,11 +50,11 @@ def per_timestep(model: SRModel, lq: torch.Tensor, gt: torch.Tensor, batch: int 
         z_y, z_0 = encode_lr(model, y), stage.encode(x)
         noise = torch.randn(z_y.shape, generator=gen)
         bicubic.append(stage.decode(z_y))
-        sampled.append(stage.decode(sample(unet, schedule, z_y, y, noise, sampler="deterministic")))
+        sampled.append(stage.decode(sample(denoiser, schedule, z_y, y, noise, sampler="deterministic")))
         for t in range(schedule.num_steps):
             steps = torch.full((len(y),), t, dtype=torch.int64)
             z_t = q_sample(schedule, z_0, z_y, steps, noise)
-            x0[t].append(stage.decode(predict_x0(unet, schedule, z_t, steps, y)))
+            x0[t].append(stage.decode(denoiser(z_t, steps, y, z_y)))
     return {"x0": [psnr_y(torch.cat(p), gt) for p in x0], "bicubic": [psnr_y(torch.cat(bicubic), gt)],
             "sample": [psnr_y(torch.cat(sampled), gt)]}
 

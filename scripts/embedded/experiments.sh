@@ -27,7 +27,7 @@ python "$HERE/diagnose.py" "$WORK/previous/teacher.safetensors" "$WORK/data" "$W
 # 2. the student's HSD weight doubled (lambda_hsd 2), from the same teacher cache
 mkdir -p "$WORK/student-hsd2" && cp "$WORK/student/teacher_cache.pt" "$WORK/student-hsd2/"
 tadsr distill --preset tiny --teacher "$WORK/teacher/final.safetensors" --data "$WORK/data/train.txt" \
-    --out "$WORK/student-hsd2" --steps "$STUDENT_STEPS" "${DISTILL_ARGS[@]}" distill.lambda_hsd=2.0
+    --out "$WORK/student-hsd2" --steps "$STUDENT_STEPS" "${DISTILL_ARGS[@]}" distill.lambda_score=2.0
 measure "$WORK/student-hsd2/report" "$WORK/student-hsd2/final.safetensors:1"
 measure "$WORK/student/report" "$WORK/student/final.safetensors:1"
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tadsr.checkpoints import CheckpointError, atomic_save_file, load_state_dict_strict, read_state_dict
+from tadsr.nets.common import upsample_lr
 from tadsr.nets.rrdbnet import RRDBNet
 
 FP16_TAG = 0x01306B47
@@ -31,7 +31,7 @@ RRDB_FORMAT = "tadsr-rrdbnet"
 
 def bicubic_upscale(lr: Tensor, scale: int = 4) -> Tensor:
     """The bicubic baseline: (N, 3, h, w) in [0, 1] -> (N, 3, h s, w s), clamped."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    return upsample_lr(lr, scale).clamp(0, 1)
 
 
 def _ncnn_convolutions(param: Path) -> list[dict[str, int]]:

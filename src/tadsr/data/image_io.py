@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tadsr.fileio import temporary_sibling
+from tadsr.errors import ConfigError, TadsrError
+from tadsr.fileio import atomic_write_bytes
 
 READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 WRITE_FORMATS = ("png", "jpg", "webp", "tif")
@@ -38,7 +39,7 @@ ORIENTATION_TAG = 0x0112
 JPEG_QUALITY = 95
 
 
-class ImageError(ValueError):
+class ImageError(TadsrError, ValueError):
     """A file that cannot be read or written as an image; the message names the file and the problem."""
 
 
@@ -189,7 +190,7 @@ def output_format(ext: str) -> str:
     ext = ext.lower().lstrip(".")
     ext = {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext)
     if ext not in WRITE_FORMATS:
-        raise ValueError(f"unsupported output format {ext!r}; choose from {', '.join(WRITE_FORMATS)}")
+        raise ConfigError(f"unsupported output format {ext!r}; choose from {', '.join(WRITE_FORMATS)}")
     return ext
 
 
@@ -239,19 +240,6 @@ def encode_image(image: ImageData, fmt: str) -> bytes:
     out = io.BytesIO()
     pil.save(out, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tif": "TIFF"}[fmt], **kwargs)
     return out.getvalue()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename: the target is never half-written."""
-    path = Path(path)
-    fd, tmp = temporary_sibling(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_image(path: str | os.PathLike, image: ImageData, fmt: str | None = None) -> None:

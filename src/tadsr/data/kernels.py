@@ -1,4 +1,4 @@
-"""Blur kernels of the Real-ESRGAN degradation model (Wang et al. 2021, §3.1; reference.md §4.7).
+"""Blur kernels of the Real-ESRGAN degradation model (Wang et al. 2021, §3.1; docs/implementation-notes.md §4.7).
 
 Every kernel is a float64 (k, k) tensor that sums to 1, with k odd. Random kernels are drawn with an explicit
 ``torch.Generator``. Formulas (Real-ESRGAN paper, Eq. 2-4):
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from tadsr.errors import ConfigError
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 PAD_SIZE = 21  # kernels are zero-padded to this size so that a batch can hold kernels of any drawn size
@@ -104,9 +106,9 @@ class KernelConfig:
 
     def __post_init__(self) -> None:
         if any(s % 2 == 0 or s > PAD_SIZE for s in self.sizes):
-            raise ValueError(f"kernel sizes must be odd and <= {PAD_SIZE}, got {self.sizes}")
+            raise ConfigError(f"kernel sizes must be odd and <= {PAD_SIZE}, got {self.sizes}")
         if len(self.types) != len(self.probs) or any(t not in KERNEL_TYPES for t in self.types):
-            raise ValueError(f"types must be from {KERNEL_TYPES}, one probability each")
+            raise ConfigError(f"types must be from {KERNEL_TYPES}, one probability each")
 
 
 def _beta(gen: torch.Generator, low: float, high: float) -> float:

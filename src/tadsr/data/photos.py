@@ -28,7 +28,8 @@ from tadsr.data.datasets import EpochDataset, first_readable, sample_generator, 
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, read_image
 from tadsr.data.kernels import draw_uniform
-from tadsr.fileio import temporary_sibling
+from tadsr.errors import ConfigError
+from tadsr.fileio import atomic_write
 
 
 class PhotoCache:
@@ -73,14 +74,11 @@ class PhotoCache:
 
     def _write(self, entry: Path, img: np.ndarray) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temporary_sibling(entry)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
                 np.save(f, img)
-            os.replace(tmp, entry)  # atomic: a concurrent reader sees no half-written entry
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(entry, save)  # a concurrent reader sees no half-written entry
 
 
 def draw_crop(height: int, width: int, gt_size: int, scale_range: tuple[float, float],
@@ -131,9 +129,9 @@ class PhotoCropDataset(EpochDataset):
         super().__init__(source, degradation, gt_size)
         lo, hi = scale_range
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"scale_range {scale_range}: need 0 < low <= high <= 1")
+            raise ConfigError(f"scale_range {scale_range}: need 0 < low <= high <= 1")
         if not 0 <= gray_prob <= 1:
-            raise ValueError(f"gray_prob {gray_prob}: need a probability in [0, 1]")
+            raise ConfigError(f"gray_prob {gray_prob}: need a probability in [0, 1]")
         self.seed, self.scale_range, self.gray_prob = seed, (float(lo), float(hi)), gray_prob
         self.cache = PhotoCache(cache_dir, max_pixels)
 

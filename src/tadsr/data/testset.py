@@ -2,7 +2,7 @@
 
 Each image's generator is seeded from (seed, CRC-32 of its relative path), so an image's pair does not change
 when other files are added or removed. The GT is the centred square of side min(H, W) resized to ``gt_size``
-(like ImageNet-Test's SmallestMaxSize + CenterCrop, reference.md §6).
+(like ImageNet-Test's SmallestMaxSize + CenterCrop, docs/implementation-notes.md §6).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from tadsr.data.datasets import list_images, load_rgb, sample_generator, square_crop_resize, to_chw_tensor
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params, params_to_dict
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, atomic_write_bytes, to_uint8, write_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, to_uint8, write_image
+from tadsr.errors import ConfigError, NotFoundError
+from tadsr.fileio import atomic_write_bytes, check_writable
 
 
 @dataclass
@@ -32,10 +34,11 @@ def build_test_set(hr_dir: Path, out_dir: Path, config: DegradationConfig, prese
                    report: Callable[[str], None] = print) -> BuildSummary:
     """Write ``out_dir/gt/<name>.png``, ``out_dir/lq/<name>.png`` and ``out_dir/params.json`` for every HR image."""
     if gt_size % config.scale:
-        raise ValueError(f"gt_size {gt_size} must be a multiple of the scale {config.scale}")
+        raise ConfigError(f"gt_size {gt_size} must be a multiple of the scale {config.scale}")
     files = list_images(hr_dir)
     if not files:
-        raise FileNotFoundError(f"{hr_dir}: no images found")
+        raise NotFoundError(f"{hr_dir}: no images found")
+    check_writable(out_dir)
     summary = BuildSummary()
     records = {}
     for path in tqdm(files, desc="pairs", unit="img", disable=not show_progress):

@@ -1,6 +1,8 @@
-"""ResShift diffusion: the eta schedule and its closed forms (``schedule``), and the samplers (``samplers``)."""
+"""ResShift diffusion: the eta schedule and its closed forms (``schedule``), the preconditioned denoiser around a
+network (``denoiser``) and the samplers (``samplers``)."""
 
-from tadsr.diffusion.samplers import deterministic_step, predict_x0, sample, stochastic_step
+from tadsr.diffusion.denoiser import Denoiser, ResShiftDenoiser
+from tadsr.diffusion.samplers import deterministic_step, sample, stochastic_step
 from tadsr.diffusion.schedule import (
     Schedule,
     ScheduleConfig,
@@ -15,13 +17,14 @@ from tadsr.diffusion.schedule import (
 )
 
 __all__ = [
+    "Denoiser",
+    "ResShiftDenoiser",
     "Schedule",
     "ScheduleConfig",
     "deterministic_coefficients",
     "deterministic_step",
     "eps_to_x0",
     "posterior_mean_variance",
-    "predict_x0",
     "prior_sample",
     "q_sample",
     "sample",

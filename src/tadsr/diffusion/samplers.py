@@ -1,31 +1,22 @@
 """Samplers of the ResShift reverse process: stochastic (Eq. 2), deterministic (Eq. 3) and one-step.
 
-All samplers are pure functions of ``(model, schedule, z_y, lq, noise)``: ``model(x, t, lq)`` is a network with the
-official call semantics (scaled input ``x``, integer ``t`` of shape (N,), LR image ``lq`` in [-1, 1]) that predicts
-z_0. Randomness enters only through ``noise`` (the prior's standard normal draw) and ``generator`` (the per-step
-noise of the stochastic sampler).
+All samplers are pure functions of ``(denoiser, schedule, z_y, lq, noise)``: ``denoiser(z_t, t, lq, z_y)`` returns
+x0-hat from the unscaled latent (``tadsr.diffusion.denoiser.ResShiftDenoiser`` around a network). Randomness enters
+only through ``noise`` (the prior's standard normal draw) and ``generator`` (the per-step noise of the stochastic
+sampler).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from tadsr.diffusion.schedule import Schedule, extract, posterior_mean_variance, prior_sample, scale_input
+from tadsr.diffusion.denoiser import Denoiser
+from tadsr.diffusion.schedule import Schedule, extract, posterior_mean_variance, prior_sample
 
-Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 SamplerName = Literal["deterministic", "stochastic"]
-
-
-def predict_x0(model: Denoiser, schedule: Schedule, z_t: Tensor, t: Tensor, lq: Tensor) -> Tensor:
-    """x0-hat = f(z_t / sqrt(kappa^2 eta_t + 1), t, lq), the adapter shared by teacher and student (reference.md §1.3).
-
-    z_t: (N, C, H, W) unscaled noisy latent; t: (N,) int64; lq: (N, 3, h, w) in [-1, 1]. Returns (N, C, H, W).
-    """
-    return model(scale_input(schedule, z_t, t), t, lq)
 
 
 def deterministic_step(schedule: Schedule, z_t: Tensor, x0_hat: Tensor, z_y: Tensor, t: Tensor) -> Tensor:
@@ -52,7 +43,7 @@ def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def sample(
-    model: Denoiser,
+    denoiser: Denoiser,
     schedule: Schedule,
     z_y: Tensor,
     lq: Tensor,
@@ -64,7 +55,7 @@ def sample(
     """Run the reverse process from z_T = z_y + kappa sqrt(eta_T) noise and return the final latent.
 
     Args:
-        model: denoiser with the official call ``model(x_scaled, t, lq) -> x0_hat``.
+        denoiser: ``denoiser(z_t, t, lq, z_y) -> x0_hat`` (a ``ResShiftDenoiser``).
         schedule: the eta schedule (T steps).
         z_y: (N, C, H, W) latent of the bicubic-upsampled LR image.
         lq: (N, 3, h, w) LR image in [-1, 1], the network's condition.
@@ -87,7 +78,7 @@ def sample(
     n = z_y.shape[0]
     for step in reversed(range(schedule.num_steps)):
         t = torch.full((n,), step, device=z_y.device, dtype=torch.int64)
-        x0_hat = predict_x0(model, schedule, z, t, lq)
+        x0_hat = denoiser(z, t, lq, z_y)
         if one_step:
             return x0_hat
         if sampler == "deterministic":

@@ -19,12 +19,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from tadsr.errors import ConfigError
+
 EtaStartRule = Literal["resshift", "sinsr"]
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Parameters of the exponential eta schedule (reference.md §1.1).
+    """Parameters of the exponential eta schedule (docs/implementation-notes.md §1.1).
 
     ``eta_start_rule`` chooses the formula for sqrt(eta_1):
 
@@ -44,17 +46,17 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.kappa <= 0 or self.min_noise_level <= 0 or self.power <= 0:
-            raise ValueError("kappa, power and min_noise_level must be positive")
+            raise ConfigError("kappa, power and min_noise_level must be positive")
         if not 0 < self.etas_end < 1:
-            raise ValueError(f"etas_end (sqrt(eta_T)) must lie in (0, 1), got {self.etas_end}")
+            raise ConfigError(f"etas_end (sqrt(eta_T)) must lie in (0, 1), got {self.etas_end}")
         if self.eta_start_rule not in ("resshift", "sinsr"):
-            raise ValueError(f"eta_start_rule must be 'resshift' or 'sinsr', got {self.eta_start_rule!r}")
+            raise ConfigError(f"eta_start_rule must be 'resshift' or 'sinsr', got {self.eta_start_rule!r}")
 
 
 def sqrt_eta_schedule(cfg: ScheduleConfig) -> Tensor:
-    """sqrt(eta_t) for t = 1..T, float64 of shape (T,) on the CPU (ResShift Eq. 10; reference.md §1.1).
+    """sqrt(eta_t) for t = 1..T, float64 of shape (T,) on the CPU (ResShift Eq. 10; docs/implementation-notes.md §1.1).
 
     sqrt(eta_t) = sqrt(eta_1) * (sqrt(eta_T) / sqrt(eta_1)) ** (((t - 1) / (T - 1)) ** p).
     """
@@ -143,7 +145,8 @@ def posterior_mean_variance(schedule: Schedule, z_t: Tensor, z_0: Tensor, t: Ten
 
 
 def scale_input(schedule: Schedule, z_t: Tensor, t: Tensor) -> Tensor:
-    """Network input normalisation z_t / sqrt(kappa^2 eta_t + 1) (ResShift ``_scale_input``; reference.md §1.3)."""
+    """Network input normalisation z_t / sqrt(kappa^2 eta_t + 1) (ResShift ``_scale_input``;
+    docs/implementation-notes.md §1.3)."""
     return z_t / extract(schedule.input_std, t, z_t)
 
 

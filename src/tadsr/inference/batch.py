@@ -7,7 +7,6 @@ problem; the run goes on with the others. Outputs are written atomically (``imag
 from __future__ import annotations
 
 import glob
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, output_format, read_image, write_image
+from tadsr.errors import NotFoundError, first_line
 from tadsr.inference.upscaler import Upscaler
 
 
@@ -55,7 +55,7 @@ def find_inputs(spec: str, recursive: bool = True) -> tuple[list[Path], Path | N
         return files, path
     if glob.has_magic(spec):
         return sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file()), None
-    raise FileNotFoundError(f"{spec}: no such file or folder")
+    raise NotFoundError(f"{spec}: no such file or folder")
 
 
 def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", recursive: bool = True) -> list[Job]:
@@ -73,13 +73,6 @@ def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", rec
         rel = src.parent.relative_to(base) if base is not None else Path()
         jobs.append(Job(src, out_dir / rel / f"{src.stem}{suffix}.{fmt}"))
     return jobs
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove a file can be written there; OSError otherwise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
-        pass
 
 
 def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -116,7 +109,7 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
             report(str(err))
         except (OSError, RuntimeError, ValueError) as err:  # keep the batch going; name the file
             summary.failed += 1
-            summary.errors.append(f"{job.source}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            summary.errors.append(f"{job.source}: {type(err).__name__}: {first_line(err)}")
             report(summary.errors[-1])
         else:
             summary.done += 1

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tadsr.errors import ConfigError
+
 ColorFix = Literal["none", "wavelet", "adain"]
 COLOR_FIXES = ("none", "wavelet", "adain")
 
@@ -51,4 +53,4 @@ def color_fix(content: Tensor, style: Tensor, method: ColorFix) -> Tensor:
         return wavelet_color_fix(content, style)
     if method == "adain":
         return adain_color_fix(content, style)
-    raise ValueError(f"unknown colour fix {method!r}; choose from {', '.join(COLOR_FIXES)}")
+    raise ConfigError(f"unknown colour fix {method!r}; choose from {', '.join(COLOR_FIXES)}")

@@ -2,17 +2,17 @@
 
 Images are (N, 3, H, W) tensors in [-1, 1]. Runs in float32 on CPU and, when ``autocast_dtype`` is given,
 under autocast (float16 / bfloat16 on CUDA, bfloat16 on CPU). The LR image is reflect-padded to the size the
-network needs and the output cropped back (reference.md §5.1).
+network needs and the output cropped back (docs/implementation-notes.md §5.1).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from tadsr.devices import autocast
 from tadsr.diffusion.samplers import SamplerName, sample
 from tadsr.inference.padding import crop_to, pad_to_multiple
 from tadsr.model import SRModel
@@ -28,12 +28,6 @@ def encode_lr(model: SRModel, lr: Tensor) -> Tensor:
 def encode_upsampled(first_stage: FirstStage, lr: Tensor, scale: int) -> Tensor:
     """``encode_lr`` for a bare first stage and scale."""
     return first_stage.encode(upsample_lr(lr, scale))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -71,9 +65,9 @@ def super_resolve(
     param = next(model.unet.parameters())
     lr = lr.to(device=param.device, dtype=param.dtype)
     padded, (h, w) = pad_to_multiple(lr, cfg.lr_multiple)
-    with _autocast(param.device, autocast_dtype):
+    with autocast(param.device, autocast_dtype):
         z_y = encode_lr(model, padded)
-        z_0 = sample(model.unet, model.schedule, z_y, padded, noise=noise, sampler=sampler,
+        z_0 = sample(model.denoiser, model.schedule, z_y, padded, noise=noise, sampler=sampler,
                      one_step=steps == 1 and num_steps > 1, generator=generator)
         if output == "latent":
             return z_0.float()

@@ -4,8 +4,8 @@ The LR image is reflect-padded once to the model's size multiple. The prior nois
 padded latent from the seed, and every tile takes its slice of it, so a pixel gets the same noise whatever the
 tiling. Overlapping tiles (in LR pixels) are super-resolved in batches and blended with raised-cosine ramps over
 the overlaps (a partition of unity where tiles overlap by exactly ``overlap``), instead of ResShift's flat average
-(reference.md §5.1). Peak memory follows the tile size, except for the output accumulators (4 floats per output
-pixel) and the latent noise.
+(docs/implementation-notes.md §5.1). Peak memory follows the tile size, except for the output accumulators
+(4 floats per output pixel) and the latent noise.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ def blend_ramp(size: int, ramp: int, left: bool, right: bool) -> Tensor:
 
 def latent_noise(model: SRModel, height: int, width: int, seed: int) -> Tensor:
     """Standard normal prior noise (1, C, h, w) for a padded LR image of height x width, from ``seed`` on the CPU."""
-    cfg = model.config
-    per_latent = cfg.first_stage.factor // cfg.scale  # LR pixels per latent pixel
-    shape = (1, model.unet.config.in_channels, height // per_latent, width // per_latent)
+    f = model.config.unet.lq_factor  # LR pixels per latent pixel
+    shape = (1, model.unet.config.in_channels, height // f, width // f)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -77,8 +76,7 @@ def tiled_super_resolve(
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise ValueError(f"lr must be one image (1, 3, H, W), got {tuple(lr.shape)}")
     cfg = model.config
-    m, s = cfg.lr_multiple, cfg.scale
-    per_latent = cfg.first_stage.factor // s
+    m, s, f = cfg.lr_multiple, cfg.scale, cfg.unet.lq_factor  # f: LR pixels per latent pixel
     padded, (h, w) = pad_to_multiple(lr, m)
     hp, wp = padded.shape[-2:]
     noise = latent_noise(model, hp, wp, seed)
@@ -91,14 +89,14 @@ def tiled_super_resolve(
     tile = math.ceil(tile / m) * m
     th, tw = min(tile, hp), min(tile, wp)
     ramp = overlap * s if blend == "cosine" else 0
-    boxes = [(y, x) for y in tile_starts(hp, th, overlap, per_latent) for x in tile_starts(wp, tw, overlap, per_latent)]
+    boxes = [(y, x) for y in tile_starts(hp, th, overlap, f) for x in tile_starts(wp, tw, overlap, f)]
     acc = torch.zeros(1, 3, hp * s, wp * s)
     weight = torch.zeros(1, 1, hp * s, wp * s)
     for first in range(0, len(boxes), batch_size):
         batch = boxes[first:first + batch_size]
         lr_tiles = torch.cat([padded[..., y:y + th, x:x + tw] for y, x in batch])
         noise_tiles = torch.cat([
-            noise[..., y // per_latent:(y + th) // per_latent, x // per_latent:(x + tw) // per_latent]
+            noise[..., y // f:(y + th) // f, x // f:(x + tw) // f]
             for y, x in batch
         ]).to(padded.device)
         out = super_resolve(model, lr_tiles, noise=noise_tiles, **run).cpu()

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 from tadsr.data.image_io import ImageData
+from tadsr.devices import resolve_device
+from tadsr.errors import ConfigError
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import upsample_lr
@@ -47,17 +49,13 @@ class UpscaleOptions:
 
     def __post_init__(self) -> None:
         if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1:
-            raise ValueError("tile and tile_overlap must be >= 0 and batch_size >= 1")
+            raise ConfigError("tile and tile_overlap must be >= 0 and batch_size >= 1")
         if self.tile and self.tile_overlap * 2 > self.tile:
-            raise ValueError(f"tile_overlap {self.tile_overlap} must be at most half the tile {self.tile}")
+            raise ConfigError(f"tile_overlap {self.tile_overlap} must be at most half the tile {self.tile}")
         if self.color_fix not in COLOR_FIXES:
-            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
+            raise ConfigError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.outscale is not None and not self.outscale > 0:
-            raise ValueError(f"outscale must be positive, got {self.outscale}")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            raise ConfigError(f"outscale must be positive, got {self.outscale}")
 
 
 class Upscaler:
@@ -68,17 +66,17 @@ class Upscaler:
 
     def __init__(self, model: SRModel, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  **options: Any) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model = model.to(self.device).eval()
         self.options = UpscaleOptions(**options)
         prepare_for_inference(self.model, channels_last=self.options.channels_last, compile=self.options.compile)
         num_steps = model.config.schedule.num_steps
         if self.options.steps is not None and self.options.steps not in (1, num_steps):
-            raise ValueError(f"steps must be 1 or {num_steps} (the schedule's T) for this model, "
+            raise ConfigError(f"steps must be 1 or {num_steps} (the schedule's T) for this model, "
                              f"got {self.options.steps}")
         if model.config.role == "student" and self.options.steps not in (None, 1):
-            raise ValueError("a student model runs one step: use steps=1")
+            raise ConfigError("a student model runs one step: use steps=1")
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device | None = None,

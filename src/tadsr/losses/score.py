@@ -2,7 +2,7 @@
 
 Both perturb the student output z_stu to a small timestep t' with the forward process (Eq. 1), ask the frozen
 teacher for its x0 prediction there, convert it to a noise prediction eps = (z_t - (1 - eta) x0 - eta z_y) /
-(kappa sqrt(eta)), and form a gradient direction g with a stop-gradient (reference.md §4.4):
+(kappa sqrt(eta)), and form a gradient direction g with a stop-gradient (docs/implementation-notes.md §4.4):
 
 * HSD: g = eps_T(z_t'^stu) - eps_T(z_t'^tch), with the *same* noise added to the teacher's T-step output z_tch,
   so g = 0 when the student equals the teacher (no bias);
@@ -14,15 +14,13 @@ omitted as in the paper. No extra time weighting (omega = 1 / CS comes from the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from tadsr.diffusion.denoiser import Denoiser
 from tadsr.diffusion.schedule import Schedule, extract, q_sample, x0_to_eps
-
-Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 class ScoreDistillationLoss:
@@ -32,9 +30,11 @@ class ScoreDistillationLoss:
         schedule: the teacher's schedule.
         kind: "hsd" or "sds".
         t_range: t' is drawn uniformly from code indices [low, high) per sample: (0, 3) = paper steps 1-3.
-        noise: "gaussian" (the paper) or "uniform" (the authors' code uses ``rand_like``, reference.md §4.9 #1).
-        double_scaling: feed the teacher x / (kappa^2 eta + 1) instead of x / sqrt(kappa^2 eta + 1) (the authors'
-            code scales twice, §4.9 #2); off by default.
+        noise: "gaussian" (the paper) or "uniform" (the authors' code uses ``rand_like``, docs/implementation-notes.md
+        §4.9 #1).
+        double_scaling: feed the teacher's network x / (kappa^2 eta + 1) instead of x / sqrt(kappa^2 eta + 1) (the
+            authors' code scales twice, §4.9 #2): the denoiser, which scales once, gets z_t pre-scaled; off by
+            default.
     """
 
     def __init__(self, schedule: Schedule, kind: Literal["hsd", "sds"] = "hsd", t_range: tuple[int, int] = (0, 3),
@@ -59,9 +59,8 @@ class ScoreDistillationLoss:
         with torch.no_grad():
             def eps_of(z0: Tensor) -> Tensor:
                 z_t = q_sample(s, z0, z_y, t, noise)
-                std = extract(s.input_std, t, z_t)
-                x0 = teacher(z_t / (std**2 if self.double_scaling else std), t, lq)
-                return x0_to_eps(s, z_t, x0, z_y, t)
+                z_in = z_t / extract(s.input_std, t, z_t) if self.double_scaling else z_t
+                return x0_to_eps(s, z_t, teacher(z_in, t, lq, z_y), z_y, t)
 
             eps_student = eps_of(z_student.detach())
             if self.kind == "hsd":

@@ -1,6 +1,6 @@
 """Full-reference metrics on (N, C, H, W) tensors in [0, data_range]: PSNR and SSIM (Wang et al. 2004).
 
-Conventions, explicit because reproduction questions mostly come from them (reference.md §6):
+Conventions, explicit because reproduction questions mostly come from them (docs/implementation-notes.md §6):
 
 * ``rgb_to_y``: ITU-R BT.601 luma of the 'ycbcr' colour space, Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255
   for RGB in [0, 1] (pyiqa's ``test_y_channel=True, color_space='ycbcr'``, BasicSR's ``test_y_channel``); float,

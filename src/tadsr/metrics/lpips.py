@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tadsr.checkpoints import CheckpointError, read_state_dict
+from tadsr.errors import ConfigError
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -59,7 +60,7 @@ class LPIPS(nn.Module):
     def __init__(self, net: str = "alex") -> None:
         super().__init__()
         if net not in ("alex", "vgg"):
-            raise ValueError(f"net must be 'alex' or 'vgg', got {net!r}")
+            raise ConfigError(f"net must be 'alex' or 'vgg', got {net!r}")
         self.net = net
         self.features, self.taps, channels = _alexnet_features() if net == "alex" else _vgg16_features()
         for k, c in enumerate(channels):

@@ -2,7 +2,8 @@
 
 Both expose ``encode(img) -> z`` and ``decode(z) -> img`` with images (N, 3, H, W) in [-1, 1] and latents
 (N, latent_channels, H / factor, W / factor). The VQ model encodes *without* quantisation and quantises at decode
-(reference.md §1.5, §3.2). Module names follow the official ``VQModelTorch`` checkpoints (205 keys for VQ-f4).
+(docs/implementation-notes.md §1.5, §3.2). Module names follow the official ``VQModelTorch`` checkpoints
+(205 keys for VQ-f4).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tadsr.errors import ConfigError
 from tadsr.nets.common import Conv1x1, GroupNorm32, Upsample
 
 
@@ -42,7 +44,7 @@ class VQConfig:
 
     def __post_init__(self) -> None:
         if len(self.num_res_blocks) != len(self.ch_mult):
-            raise ValueError("num_res_blocks needs one entry per ch_mult level")
+            raise ConfigError("num_res_blocks needs one entry per ch_mult level")
 
     @property
     def factor(self) -> int:
@@ -252,7 +254,7 @@ class PixelUnshuffleConfig:
 
     def __post_init__(self) -> None:
         if self.factor < 1:
-            raise ValueError(f"factor must be >= 1, got {self.factor}")
+            raise ConfigError(f"factor must be >= 1, got {self.factor}")
 
 
 class PixelUnshuffleStage(nn.Module):

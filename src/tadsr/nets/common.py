@@ -27,7 +27,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     """Sinusoidal embedding of integer timesteps, (N,) -> (N, dim) float32: **cos first, then sin**.
 
     Frequencies exp(-ln(max_period) i / half), i = 0..half-1 (guided-diffusion / ResShift convention;
-    reference.md §3.1). The raw index is embedded: no x1000 rescale.
+    docs/implementation-notes.md §3.1). The raw index is embedded: no x1000 rescale.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
@@ -46,9 +46,11 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 def upsample_lr(lr: Tensor, scale: int) -> Tensor:
-    """Bicubic x scale with ``F.interpolate`` (align_corners False, no antialias), as ResShift (reference.md §1.5).
+    """Bicubic x scale with ``F.interpolate`` (align_corners False, no antialias), as ResShift
+    (docs/implementation-notes.md §1.5).
 
-    The one definition of the LR upsampling: the pipeline's z_y and the residual UNet's ``lq_latent`` share it.
+    The one definition of the LR upsampling: z_y (the pipeline, the trainers), the bicubic baseline, colour fixes
+    and the validation sheets share it.
     """
     if scale == 1:
         return lr

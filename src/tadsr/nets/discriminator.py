@@ -1,4 +1,4 @@
-"""The time-aware latent discriminator of TAD-SR (paper §IV-C, Eq. 9-10; reference.md §4.5).
+"""The time-aware latent discriminator of TAD-SR (paper §IV-B, Eq. 9-10; docs/implementation-notes.md §4.5).
 
 Features come from the frozen teacher UNet's encoder (``SwinUNet.encoder_features``) on a noised latent at a
 timestep t; this module holds only the trainable heads. Per feature scale k:

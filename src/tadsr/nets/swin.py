@@ -1,9 +1,9 @@
 """Swin transformer layer of the ResShift UNet, in (N, C, H, W) layout.
 
-Module and parameter names match the official checkpoints (reference.md §3.1, §3.3):
+Module and parameter names match the official checkpoints (docs/implementation-notes.md §3.1, §3.3):
 ``patch_embed.proj``, ``blocks.{i}.{norm1, attn.qkv, attn.proj, attn.relative_position_bias_table, norm2, mlp.fc1,
 mlp.fc2}``, ``patch_unembed.proj``, and the buffers ``attn.relative_position_index`` and ``attn_mask`` (shifted blocks).
-Two behaviours of the official network are reproduced on purpose (reference.md §3.1b):
+Two behaviours of the official network are reproduced on purpose (docs/implementation-notes.md §3.1b):
 
 * there is no outer residual around the layer (1x1 conv in -> blocks -> 1x1 conv out);
 * the shifted-window mask is the official one, not the textbook Swin mask (see ``shifted_window_mask``), and it is
@@ -37,7 +37,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> Ten
     H - window <= y < H - shift, 2 otherwise; tokens with different labels are masked (-100). Only the bottom row of
     windows is masked, and there by column halves. This is what the official code computes (its region map is
     built along H only and read back transposed), and the released weights were trained with it
-    (reference.md §3.1b).
+    (docs/implementation-notes.md §3.1b).
     """
     rows = torch.arange(height)
     label = (rows >= height - window).long() + (rows >= height - shift).long()  # (H,)
@@ -105,7 +105,8 @@ class Mlp(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """x + (S)W-MSA(GN(x)), then x + MLP(GN(x)); window and shift fixed at construction (reference.md §3.1b)."""
+    """x + (S)W-MSA(GN(x)), then x + MLP(GN(x)); window and shift fixed at construction (docs/implementation-notes.md
+    §3.1b)."""
 
     def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -160,7 +161,7 @@ class _Proj(nn.Module):
 class SwinLayer(nn.Module):
     """1x1 conv C -> embed_dim, ``depth`` Swin blocks (odd ones shifted by window // 2), 1x1 conv back to C.
 
-    No residual around the whole layer: the official network has none (reference.md §3.1).
+    No residual around the whole layer: the official network has none (docs/implementation-notes.md §3.1).
     """
 
     def __init__(

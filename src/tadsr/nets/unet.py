@@ -3,8 +3,8 @@
 A guided-diffusion style UNet with scale-shift-norm ResBlocks, a Swin layer after the first ResBlock of every level
 listed in ``attention_resolutions`` (encoder and decoder) and in the middle block, and the LR image concatenated on
 channels (through a small strided-conv feature extractor when the LR is larger than the latent, as for faces).
-Architecture, attribute names and key layout follow reference.md §3.1/§3.3 so that the official checkpoints load
-strictly.
+Architecture, attribute names and key layout follow docs/implementation-notes.md §3.1/§3.3 so that the official
+checkpoints load strictly.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, upsample_lr, zero_module
+from tadsr.errors import ConfigError
+from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, zero_module
 from tadsr.nets.swin import SwinLayer
 
 
@@ -25,15 +25,12 @@ class UNetConfig:
     """Hyper-parameters of the Swin-UNet; defaults are the official real-SR x4 network (118,593,583 parameters).
 
     ``image_size`` is the latent size the network is built for (it fixes each Swin level's window and shift,
-    reference.md §3.1b); other sizes that are multiples of ``size_multiple`` run too. ``lq_size`` is the LR
-    condition's size at that latent size: equal to ``image_size`` means plain concatenation, larger means a
-    feature extractor with log2(lq_size / image_size) stride-2 stages.
+    docs/implementation-notes.md §3.1b); other sizes that are multiples of ``size_multiple`` run too. ``lq_size``
+    is the LR condition's size at that latent size: equal to ``image_size`` means plain concatenation, larger means
+    a feature extractor with log2(lq_size / image_size) stride-2 stages.
 
-    ``residual_scale`` is 0 for the official network, whose output is x0-hat itself. r > 0 (our small embedded
-    models, a choice of ours, not the paper's) makes the network predict x0-hat - z_y instead, where
-    z_y = pixel_unshuffle(bicubic_up(lq, r), r) is the latent of a pixel-unshuffle first stage: the output is added
-    to it and the last conv starts at zero, so an untrained network returns the bicubic image and training only
-    has to learn the residual. The diffusion math (Eqs. 1-4) is unchanged; only f_theta is re-parametrised.
+    The network is pure architecture: input scaling and any skip from z_y belong to the denoiser wrapper
+    (``tadsr.diffusion.denoiser.ResShiftDenoiser``).
     """
 
     image_size: int = 64
@@ -51,24 +48,18 @@ class UNetConfig:
     mlp_ratio: float = 4.0
     lq_size: int = 64
     lq_channels: int = 3
-    residual_scale: int = 0
 
     def __post_init__(self) -> None:
-        if self.residual_scale:
-            r = self.residual_scale
-            if self.lq_size != self.image_size or self.out_channels != self.lq_channels * r * r:
-                raise ValueError(f"residual_scale={r} needs lq_size == image_size and out_channels == "
-                                 f"lq_channels x {r}^2 (the pixel-unshuffle latent of the x{r} bicubic image)")
         if len(self.num_res_blocks) != len(self.channel_mult):
-            raise ValueError("num_res_blocks needs one entry per channel_mult level")
+            raise ConfigError("num_res_blocks needs one entry per channel_mult level")
         if self.swin_embed_dim % self.num_head_channels:
-            raise ValueError("swin_embed_dim must be a multiple of num_head_channels")
+            raise ConfigError("swin_embed_dim must be a multiple of num_head_channels")
         ratio = self.lq_size / self.image_size
         if ratio < 1 or 2 ** round(math.log2(ratio)) != ratio:
-            raise ValueError(f"lq_size / image_size must be a power of two >= 1, got {self.lq_size}/{self.image_size}")
+            raise ConfigError(f"lq_size / image_size must be a power of two >= 1, got {self.lq_size}/{self.image_size}")
         for c in (self.model_channels, *(m * self.model_channels for m in self.channel_mult), self.swin_embed_dim):
             if c % 32:
-                raise ValueError(f"every channel count must be a multiple of 32 (GroupNorm32), got {c}")
+                raise ConfigError(f"every channel count must be a multiple of 32 (GroupNorm32), got {c}")
 
     @property
     def size_multiple(self) -> int:
@@ -80,15 +71,6 @@ class UNetConfig:
     def lq_factor(self) -> int:
         """lq_size / image_size: how much larger the LR condition is than the latent."""
         return self.lq_size // self.image_size
-
-
-def lq_latent(lq: Tensor, scale: int) -> Tensor:
-    """z_y of the pixel-unshuffle first stage: pixel_unshuffle(bicubic_up(lq, scale), scale).
-
-    lq: (N, C, h, w) -> (N, C scale^2, h, w). The same ``upsample_lr`` as ``inference.pipeline.encode_upsampled``,
-    so the residual re-parametrisation is exact.
-    """
-    return F.pixel_unshuffle(upsample_lr(lq, scale), scale)
 
 
 class TimestepBlock(nn.Module):
@@ -212,8 +194,6 @@ class SwinUNet(nn.Module):
                     res *= 2
                 self.output_blocks.append(TimestepSequential(*layers))
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
-        if cfg.residual_scale:
-            zero_module(self.out[-1])
 
     def _check(self, x: Tensor, t: Tensor, lq: Tensor) -> None:
         cfg = self.config
@@ -242,7 +222,7 @@ class SwinUNet(nn.Module):
     @property
     def feature_indices(self) -> list[int]:
         """Input blocks whose outputs the time-aware discriminator reads: each Downsample and the last block
-        (hs[3], hs[6], hs[9], hs[11] for the real-SR x4 network; reference.md §4.5)."""
+        (hs[3], hs[6], hs[9], hs[11] for the real-SR x4 network; docs/implementation-notes.md §4.5)."""
         downs = [i for i, block in enumerate(self.input_blocks) if isinstance(block[0], Downsample)]
         return [*downs, len(self.input_blocks) - 1]
 
@@ -260,7 +240,4 @@ class SwinUNet(nn.Module):
         h, skips, emb = self.encode(x, t, lq)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        out = self.out(h).to(x.dtype)
-        if self.config.residual_scale:
-            out = out + lq_latent(lq, self.config.residual_scale).to(x.dtype)
-        return out
+        return self.out(h).to(x.dtype)

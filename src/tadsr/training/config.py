@@ -3,8 +3,9 @@
 A ``TrainConfig`` is saved in every checkpoint. YAML and overrides map onto it strictly: an unknown key is an error.
 Presets (``train_config(name, command)``):
 
-* ``realsr-x4`` — the paper's SR x4 settings (reference.md §4.1, §1.4): Swin-UNet + VQ-f4, T=15, Real-ESRGAN
-  degradation at GT 256; distillation: batch 8, 30k steps, lambda (1, 0.02); teacher: ResShift v1 recipe, batch 64;
+* ``realsr-x4`` — the paper's SR x4 settings (docs/implementation-notes.md §4.1, §1.4): Swin-UNet + VQ-f4, T=15,
+  Real-ESRGAN degradation at GT 256; distillation: batch 8, 30k steps, lambda (1, 0.02); teacher: ResShift v1
+  recipe, batch 64;
 * ``faceir`` — faces: VQ-f8, T=4, GFPGAN degradation at 512, lambda (0.1, 0.2), batch 7;
 * ``tiny`` — a CPU preset: a small Swin-UNet on the lossless pixel-unshuffle stage, GT 64, batch 4.
 """
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tadsr.config import ModelConfig, from_dict, to_dict
 from tadsr.diffusion.schedule import ScheduleConfig
+from tadsr.errors import ConfigError, first_line
 from tadsr.nets.autoencoder import PixelUnshuffleConfig
 from tadsr.nets.unet import UNetConfig
 
@@ -49,7 +53,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.crop not in ("resize", "native"):
-            raise ValueError(f"data.crop {self.crop!r}: choose 'resize' or 'native'")
+            raise ConfigError(f"data.crop {self.crop!r}: choose 'resize' or 'native'")
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """The TAD-SR objective L = L_distill + lambda_hsd L_hsd + lambda_adv L_adv and the ablation switches.
+    """The TAD-SR objective L = L_distill + lambda_score L_score + lambda_adv L_adv and the ablation switches.
 
-    Quirks of the authors' code (reference.md §4.9), each off by default (the paper's method):
+    ``score_distill`` picks L_score: HSD (paper Eq. 8, the default) or SDS (Eq. 5, the ablation); ``lambda_score``
+    weights either (it was ``lambda_hsd`` until tadsr 0.1, still accepted with a warning).
+
+    Quirks of the authors' code (docs/implementation-notes.md §4.9), each off by default (the paper's method):
     ``uniform_noise`` (rand instead of randn in the HSD and discriminator perturbations), ``double_scaling``
     (the teacher sees x / (kappa^2 eta + 1) in HSD), ``unfrozen_teacher`` (teacher weights collect gradients).
     """
 
     score_distill: Literal["hsd", "sds", "none"] = "hsd"
     discriminator: Literal["time-aware", "plain", "none"] = "time-aware"
-    lambda_hsd: float = 1.0
+    lambda_score: float = 1.0
     lambda_adv: float = 0.02
     hsd_t_max: int = 3  # t' drawn from code indices [0, hsd_t_max): paper steps 1..3
     c_dim: int = 64
@@ -96,7 +103,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.t_last_prob <= 1:
-            raise ValueError(f"teacher.t_last_prob {self.t_last_prob}: need a probability in [0, 1]")
+            raise ConfigError(f"teacher.t_last_prob {self.t_last_prob}: need a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -124,14 +131,14 @@ class TrainConfig:
 def tiny_model_config() -> ModelConfig:
     """A small x4 model for CPUs: 16x16 latent windows on the lossless pixel-unshuffle stage (48 channels).
 
-    The UNet predicts x0-hat - z_y (``UNetConfig.residual_scale``): it starts as the bicubic image, which a network
-    trained for CPU-hours instead of GPU-days needs to keep bicubic's fidelity.
+    The UNet predicts x0-hat - z_y (``ModelConfig.predict_residual``): it starts as the bicubic image, which a
+    network trained for CPU-hours instead of GPU-days needs to keep bicubic's fidelity.
     """
     unet = UNetConfig(image_size=16, in_channels=48, out_channels=48, model_channels=64, channel_mult=(1, 2),
                       num_res_blocks=(1, 1), attention_resolutions=(16, 8), num_head_channels=32, swin_embed_dim=64,
-                      window_size=8, lq_size=16, residual_scale=4)
+                      window_size=8, lq_size=16)
     return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=15),
-                       scale=4)
+                       scale=4, predict_residual=True)
 
 
 def train_config(name: str, command: Command = "distill") -> TrainConfig:
@@ -150,7 +157,7 @@ def train_config(name: str, command: Command = "distill") -> TrainConfig:
             model=model_config("faceir", role="student" if distill else "teacher"),
             data=DataConfig(degradation="face-gfpgan", gt_size=512),
             run=RunConfig(steps=30000 if distill else 300000, batch_size=7 if distill else 64),
-            distill=DistillConfig(lambda_hsd=0.1, lambda_adv=0.2),
+            distill=DistillConfig(lambda_score=0.1, lambda_adv=0.2),
         )
     if name == "tiny":
         model = tiny_model_config()
@@ -160,7 +167,7 @@ def train_config(name: str, command: Command = "distill") -> TrainConfig:
             optim=OptimConfig(lr=2e-4, lr_d=2e-4, warmup=20),
             run=RunConfig(steps=200, batch_size=4, seed=0, log_every=5, save_every=50, val_every=100),
         )
-    raise ValueError(f"unknown training preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
+    raise ConfigError(f"unknown training preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -169,16 +176,32 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
+# Renamed keys: old spelling -> today's, accepted with a FutureWarning for one release.
+RENAMED_KEYS = {("distill", "lambda_hsd"): "lambda_score"}
+
+
+def _renamed(section: str, key: str) -> str:
+    new = RENAMED_KEYS.get((section, key))
+    if new is None:
+        return key
+    warnings.warn(f"config key {section}.{key} is now {section}.{new} (the old name goes in the next release)",
+                  FutureWarning, stacklevel=3)
+    return new
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     data = dict(data)
+    for section, values in list(data.items()):
+        if isinstance(values, dict):
+            data[section] = {_renamed(section, k): v for k, v in values.items()}
     if "model" not in data:
-        raise ValueError("a training config needs a 'model' section")
+        raise ConfigError("a training config needs a 'model' section")
     model = from_dict(ModelConfig, data.pop("model"))
     sections = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "distill": DistillConfig,
                 "teacher": TeacherConfig}
     unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ValueError(f"unknown training config section(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown training config section(s): {', '.join(unknown)}")
     return TrainConfig(model=model, **{k: from_dict(cls, data.get(k, {})) for k, cls in sections.items()})
 
 
@@ -194,18 +217,36 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     data = config_to_dict(config)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         node = data
         parts = key.split(".")
+        if len(parts) == 2:
+            parts[1] = _renamed(parts[0], parts[1])
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise ValueError(f"override {key!r}: no section {part!r}")
+                raise ConfigError(f"override {key!r}: no section {part!r}")
             node = node[part]
         if parts[-1] not in node:
-            raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}")
+            raise ConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
         node[parts[-1]] = _parse_value(value)
     return config_from_dict(data)
+
+
+def resolve_config(command: Command, config_path: str | Path | None = None, preset: str = "tiny",
+                   data_path: str | None = None, steps: int | None = None, seed: int | None = None,
+                   overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config of a training command: a YAML file (or the preset), then ``--data``/``--steps``/``--seed``, then
+    the ``key=value`` overrides. ConfigError names the file or the key."""
+    config = load_config_file(config_path) if config_path else train_config(preset, command)
+    extra = list(overrides)
+    if data_path is not None:
+        extra.append(f"data.path={data_path}")
+    if steps is not None:
+        extra.append(f"run.steps={steps}")
+    if seed is not None:
+        extra.append(f"run.seed={seed}")
+    return apply_overrides(config, extra)
 
 
 def load_config_file(path: str | Path) -> TrainConfig:
@@ -213,9 +254,12 @@ def load_config_file(path: str | Path) -> TrainConfig:
     import yaml
 
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a readable YAML config ({first_line(err)})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config sections")
+        raise ConfigError(f"{path}: expected a mapping of config sections")
     preset = data.pop("preset", None)
     command = data.pop("command", "distill")
     base = config_to_dict(train_config(preset, command)) if preset else {}
@@ -224,7 +268,10 @@ def load_config_file(path: str | Path) -> TrainConfig:
             base[section] = _merge(base[section], values)
         else:
             base[section] = values
-    return config_from_dict(base)
+    try:
+        return config_from_dict(base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
 
 
 def _merge(base: dict, extra: dict) -> dict:

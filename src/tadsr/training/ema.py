@@ -9,7 +9,8 @@ from torch import nn
 
 
 class EMA:
-    """``shadow = rate * shadow + (1 - rate) * param`` after each step; buffers are copied (reference.md §1.4)."""
+    """``shadow = rate * shadow + (1 - rate) * param`` after each step; buffers are copied
+    (docs/implementation-notes.md §1.4)."""
 
     def __init__(self, model: nn.Module, rate: float) -> None:
         self.rate = rate

@@ -7,7 +7,6 @@ with ``torch.load(weights_only=True)``. Files: ``RUN_DIR/checkpoints/step_{N:08d
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 
 from tadsr.checkpoints import CheckpointError
-from tadsr.fileio import temporary_sibling
+from tadsr.errors import first_line
+from tadsr.fileio import atomic_torch_save, atomic_write_text
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -53,25 +53,11 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
-    fd, tmp = temporary_sibling(path)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _write_text_atomic(folder / "latest", path.name)
+    atomic_torch_save(payload, path)
+    atomic_write_text(folder / "latest", path.name)
     for old in sorted(folder.glob("step_*.pt"))[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = temporary_sibling(path)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -88,7 +74,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, refused type: all mean "not a usable checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(f"{path}: not a readable training checkpoint ({first})") from err
     if not isinstance(payload, dict) or "step" not in payload or "config" not in payload:
         raise CheckpointError(f"{path}: not a tadsr training checkpoint (no step/config)")

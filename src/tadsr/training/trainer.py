@@ -1,9 +1,11 @@
 """The training loop shared by the teacher and the distillation trainers.
 
-A subclass builds its networks (``build``), runs one iteration (``train_step``, returning named loss terms),
-names what goes into a checkpoint (``state``/``load_state``) and what the final model is (``final_model``).
-This class owns the rest: seeds, the batch stream, resuming, logging (tqdm, JSONL, TensorBoard when installed),
-non-finite-loss stops, validation, checkpoints, torchrun and the final ``final.safetensors``.
+A subclass builds its networks (``build``: it sets ``first_stage``, ``schedule``, the trained ``network``, its
+``ema`` and ``validation_steps``), runs one iteration (``train_step``, returning named loss terms) and names what
+goes into a checkpoint (``state``/``load_state``). This class owns the rest: seeds, the batch stream, the
+optimizers' settings and learning-rate schedule, resuming, logging (tqdm, JSONL, TensorBoard when installed),
+non-finite-loss stops, validation, checkpoints, torchrun and the final ``final.safetensors`` (the EMA network
+with the first stage).
 """
 
 from __future__ import annotations
@@ -34,26 +36,39 @@ from tadsr.data.degradation import degrade, draw_params
 from tadsr.data.degradation import preset as degradation_preset
 from tadsr.data.image_io import ImageData, to_uint8, write_image
 from tadsr.data.photos import PhotoCropDataset
+from tadsr.devices import DTYPES, autocast
+from tadsr.diffusion.schedule import Schedule
+from tadsr.errors import ConfigError, TadsrError
+from tadsr.inference.pipeline import super_resolve
 from tadsr.metrics import psnr, ssim
 from tadsr.model import SRModel, save_model
+from tadsr.nets.common import upsample_lr
 from tadsr.training import distributed
-from tadsr.training.config import TrainConfig, config_from_dict, config_to_dict
+from tadsr.training.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict
+from tadsr.training.ema import EMA
 from tadsr.training.state import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from tadsr.training.stream import batch_stream
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TadsrError, RuntimeError):
     """A run that cannot go on (non-finite loss, inconsistent ranks); the message says why and where."""
 
 
-def generator_lr(optim_config: Any, step: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then x0.5 after each milestone (ResShift's ``adjust_lr``)."""
+def scheduled_lr(optim_config: OptimConfig, step: int) -> float:
+    """The teacher's / student's learning rate at ``step`` (1-based): linear warm-up over ``warmup`` steps, then
+    x0.5 after each milestone (ResShift's ``adjust_lr``). The discriminator's ``lr_d`` is constant."""
     lr = optim_config.lr * min(1.0, step / max(1, optim_config.warmup))
     return lr * 0.5 ** sum(step > m for m in optim_config.milestones)
 
 
 class Trainer:
     command = "train"
+    # set by ``build``
+    first_stage: nn.Module
+    schedule: Schedule
+    network: nn.Module  # the network being trained (its EMA copy is what the run produces)
+    ema: EMA
+    validation_steps: int  # sampling steps of the validation images
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
                  show_progress: bool = True) -> None:
@@ -74,18 +89,18 @@ class Trainer:
         self.config = config
         run = config.run
         if run.batch_size % self.world:
-            raise ValueError(f"batch_size {run.batch_size} must be divisible by the {self.world} processes")
+            raise ConfigError(f"batch_size {run.batch_size} must be divisible by the {self.world} processes")
         seed = run.seed + self.rank  # per-rank seeds from one seed
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = torch.Generator().manual_seed(seed)  # every random draw of the training step
         self.step = 0
         self.build()
         if checkpoint is not None:
             self.load_state(checkpoint)
             self.step = int(checkpoint["step"])
-            restore_rng(checkpoint["rng"][self.rank], self.generator)
+            restore_rng(checkpoint["rng"][self.rank], self.rng)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.amp == "fp16")
         if checkpoint is not None and "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
@@ -104,21 +119,29 @@ class Trainer:
     def load_state(self, checkpoint: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    # --- shared pieces ------------------------------------------------------------------------------------
+
     def final_model(self) -> SRModel:
-        raise NotImplementedError
+        """What the run produces: the EMA network with the first stage (modules shared, not copied)."""
+        return SRModel(self.config.model, unet=self.ema.model, first_stage=self.first_stage)
 
     def validation_output(self, lq: Tensor) -> Tensor:
-        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` with the EMA model."""
-        raise NotImplementedError
+        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` with the EMA model and a fixed prior noise."""
+        return super_resolve(self.final_model(), lq, steps=self.validation_steps,
+                             generator=torch.Generator().manual_seed(0))
 
-    # --- shared helpers -----------------------------------------------------------------------------------
+    def make_optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        o = self.config.optim
+        return torch.optim.AdamW(module.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+    def set_scheduled_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """The learning rate of the step about to run (``scheduled_lr``)."""
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(self.config.optim, self.step + 1)
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         """Autocast to run.amp (bf16 / fp16) around forward passes; nothing for fp32."""
-        amp = self.config.run.amp
-        if amp == "none":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return autocast(self.device, DTYPES.get(self.config.run.amp))  # "none": no autocast
 
     def check_finite(self, terms: dict[str, Tensor]) -> None:
         for name, value in terms.items():
@@ -136,7 +159,7 @@ class Trainer:
     def dataset(self) -> EpochDataset:
         data = self.config.data
         if not data.path:
-            raise ValueError("no training data: pass --data HR_DIR (or set data.path)")
+            raise ConfigError("no training data: pass --data HR_DIR (or set data.path)")
         degradation = degradation_preset(data.degradation)
         if data.crop == "native":
             return PhotoCropDataset(data.path, degradation, data.cache_dir or self.run_dir / "photo-cache",
@@ -186,7 +209,7 @@ class Trainer:
         return final
 
     def save(self) -> None:
-        rng = distributed.gather(capture_rng(self.generator))
+        rng = distributed.gather(capture_rng(self.rng))
         if self.rank == 0:
             payload = {"step": self.step, "config": json.dumps(config_to_dict(self.config)), "rng": rng,
                        "scaler": self.scaler.state_dict(), **self.state()}
@@ -247,7 +270,7 @@ class Trainer:
         out = out.clamp(0, 1)
         metrics = {"val_psnr": float(psnr(out, gt).mean()), "val_ssim": float(ssim(out, gt).mean())}
         self._log({"step": self.step, **metrics}, writer)
-        up = torch.nn.functional.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False)
+        up = upsample_lr(lq, self.config.model.scale)
         rows = torch.cat([up.clamp(0, 1), out, gt], dim=3)  # per sample: bicubic | model | GT
         grid = torch.cat(list(rows), dim=1).permute(1, 2, 0).numpy()
         (self.run_dir / "val").mkdir(parents=True, exist_ok=True)
