@@ -257,6 +257,21 @@ def test_the_old_name_lambda_hsd_is_accepted_with_a_warning(tmp_path: Path) -> N
         assert load_config_file(path).distill.lambda_score == 2.0
 
 
+def test_a_config_saved_by_an_older_release_migrates_silently_on_resume() -> None:
+    """tadsr 0.1 saved lambda_hsd and unet.residual_scale in its checkpoints; a resumed run reads them as today's."""
+    import warnings
+
+    from tadsr.training.config import config_from_dict, config_to_dict
+
+    old = config_to_dict(train_config("tiny"))
+    old["distill"]["lambda_hsd"] = old["distill"].pop("lambda_score")
+    old["model"]["unet"]["residual_scale"] = 4
+    del old["model"]["predict_residual"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_from_dict(old, warn_renamed=False) == train_config("tiny")
+
+
 def test_yaml_config_starts_from_a_preset(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("preset: tiny\nrun:\n  steps: 7\ndistill:\n  discriminator: plain\n")

@@ -180,20 +180,22 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 RENAMED_KEYS = {("distill", "lambda_hsd"): "lambda_score"}
 
 
-def _renamed(section: str, key: str) -> str:
+def _renamed(section: str, key: str, warn: bool = True) -> str:
     new = RENAMED_KEYS.get((section, key))
-    if new is None:
-        return key
+    if new is None or not warn:
+        return new or key
     warnings.warn(f"config key {section}.{key} is now {section}.{new} (the old name goes in the next release)",
                   FutureWarning, stacklevel=3)
     return new
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+def config_from_dict(data: dict[str, Any], warn_renamed: bool = True) -> TrainConfig:
+    """``warn_renamed``: warn about old key names (a user's file or override); off for the configs that runs of
+    an older release saved in their checkpoints, which are migrated silently."""
     data = dict(data)
     for section, values in list(data.items()):
         if isinstance(values, dict):
-            data[section] = {_renamed(section, k): v for k, v in values.items()}
+            data[section] = {_renamed(section, k, warn_renamed): v for k, v in values.items()}
     if "model" not in data:
         raise ConfigError("a training config needs a 'model' section")
     model = from_dict(ModelConfig, data.pop("model"))

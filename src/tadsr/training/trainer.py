@@ -83,7 +83,7 @@ class Trainer:
             if path is None:
                 raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
             checkpoint = load_checkpoint(path)
-            saved = config_from_dict(json.loads(checkpoint["config"]))
+            saved = config_from_dict(json.loads(checkpoint["config"]), warn_renamed=False)
             # the run length may change on resume; the rest must be the run's own config
             config = dataclasses.replace(saved, run=dataclasses.replace(saved.run, steps=config.run.steps))
         self.config = config
