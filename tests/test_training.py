@@ -14,48 +14,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import randomize
 from tadsr.cli import main
-from tadsr.config import ModelConfig
-from tadsr.diffusion.schedule import ScheduleConfig
-from tadsr.model import SRModel, load_model, save_model
-from tadsr.nets.autoencoder import PixelUnshuffleConfig
-from tadsr.nets.unet import UNetConfig
+from tadsr.model import load_model, save_model
 from tadsr.training.config import apply_overrides, load_config_file, train_config
 from tadsr.training.distill import DistillTrainer
 from tadsr.training.trainer import TrainingError
 
 TADSR = str(Path(sys.executable).parent / "tadsr")
-
-
-@pytest.fixture(scope="session")
-def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    y, x = np.mgrid[0:90, 0:110] / 100.0
-    for i in range(5):
-        img = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + i)], axis=2) * 0.4 + 0.5
-        img += np.random.default_rng(i).normal(0, 0.05, img.shape)
-        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    return folder
-
-
-def small_model_config(role: str = "teacher") -> ModelConfig:
-    """Smaller and shorter (T=4) than the tiny preset, for fast tests; same code paths."""
-    unet = UNetConfig(image_size=16, in_channels=48, out_channels=48, model_channels=32, channel_mult=(1, 2),
-                      num_res_blocks=(1, 1), attention_resolutions=(16, 8), num_head_channels=16, swin_embed_dim=32,
-                      lq_size=16)
-    return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=4),
-                       scale=4, role=role)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
-    save_model(randomize(SRModel(small_model_config()), seed=5, std=0.05).eval(), path)
-    return path
 
 
 def tiny_config(photo_dir: Path, *overrides: str):  # noqa: ANN201

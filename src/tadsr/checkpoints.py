@@ -88,16 +88,14 @@ def _is_derived(key: str) -> bool:
     return key.endswith(DERIVED_BUFFER_SUFFIXES)
 
 
-def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], source: str | os.PathLike) -> None:
-    """Load ``state`` into ``module``; raise one CheckpointError listing missing, unexpected and mis-shaped keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and not _is_derived(k)]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} (file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
+def check_fits(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str | os.PathLike) -> None:
+    """CheckpointError listing the missing, unexpected and mis-shaped keys of tensors of ``shapes`` for ``module``
+    (which may live on the meta device: nothing is allocated)."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in own if k not in shapes and not _is_derived(k)]
+    unexpected = [k for k in shapes if k not in own]
+    mismatched = [f"{k} (file {tuple(shapes[k])} vs model {own[k]})" for k in own
+                  if k in shapes and tuple(shapes[k]) != own[k]]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
@@ -107,7 +105,23 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], sourc
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
     if problems:
         raise CheckpointError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(problems))
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], source: str | os.PathLike) -> None:
+    """Load ``state`` into ``module``; raise one CheckpointError listing missing, unexpected and mis-shaped keys."""
+    check_fits(module, {k: tuple(v.shape) for k, v in state.items()}, source)
     module.load_state_dict({k: v for k, v in state.items()}, strict=False)
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a safetensors file's header declares, without reading a tensor."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(err)})") from err
 
 
 def load_official(module: nn.Module, path: str | os.PathLike) -> nn.Module:

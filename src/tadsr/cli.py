@@ -20,10 +20,13 @@ from tadsr.data.degradation import PRESETS as DEGRADATION_PRESETS
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
 from tadsr.devices import DTYPES, resolve_device
 from tadsr.errors import ConfigError, TadsrError
+from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.model import SRModel, load_model, model_from_official, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
+
+SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts
 
 
 def _fail(message: str) -> NoReturn:
@@ -146,7 +149,7 @@ def info(model: str) -> None:
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the networks (the first tile of each size compiles first).")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
-@click.option("--seed", type=int, default=0, help="Seed of the prior noise (the same for every image).")
+@click.option("--seed", type=SEED, default=0, help="Seed of the prior noise (the same for every image).")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none",
               help="Restore the LR's colours: wavelet (low frequencies) or adain (channel statistics).")
 @click.option("--ext", type=click.Choice(["auto", *WRITE_FORMATS]), default="auto",
@@ -171,7 +174,6 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
       tadsr upscale -i photos/ -o out/ --model resshift-realsr-x4.safetensors --steps 15 --fp16
       tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
     """
-    from tadsr.fileio import check_writable
     from tadsr.inference.batch import plan_jobs, run_jobs
     from tadsr.inference.upscaler import Upscaler
 
@@ -204,7 +206,7 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
               help="Output folder: gt/, lq/ and params.json are written there.")
 @click.option("--preset", type=click.Choice(DEGRADATION_PRESETS), default="realesrgan-test",
               help="Degradation pipeline.")
-@click.option("--seed", type=int, default=0, help="Base seed; each image's draws also depend on its name.")
+@click.option("--seed", type=SEED, default=0, help="Base seed; each image's draws also depend on its name.")
 @click.option("--gt-size", type=click.IntRange(min=8), default=256, help="GT side (centred square crop, resized).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
               help="Refuse inputs with more pixels; 0 = no limit.")
@@ -249,13 +251,15 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
 @click.option("--lpips-backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--lpips-heads", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--device", default="auto")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--tile", type=click.IntRange(min=0), default=0, help="Tile size for diffusion models (0 = whole).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
+              help="Refuse images with more pixels (decompression-bomb guard); 0 = no limit.")
 @click.option("-q", "--quiet", is_flag=True)
 def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, models: str, metric_names: str,
              y_channel: bool, crop_border: int, no_ref: bool, out_dir: Path, realesrgan_weights: Path | None,
              lpips_net: str, lpips_backbone: Path | None, lpips_heads: Path | None, device: str, seed: int,
-             tile: int, quiet: bool) -> None:
+             tile: int, max_pixels: int, quiet: bool) -> None:
     """Measure SR results against ground truth (by file name) and write a report, a CSV and a comparison sheet.
 
     \b
@@ -279,7 +283,8 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
     run_evaluation(out_dir, None if no_ref else gt_dir, metrics, lr_dir=lr_dir,
                    models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
                    tile=tile, realesrgan_weights=realesrgan_weights,
-                   report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet)
+                   report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet,
+                   max_pixels=max_pixels)
     click.echo((out_dir / "report.md").read_text())
 
 
@@ -336,6 +341,8 @@ def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile
                              tile=tile, overlap=tile_overlap, tile_batch=tile_batch, max_tiles=max_tiles,
                              channels_last=channels_last, compile=compile_, **numbers)
     dev = resolve_device(device)
+    if json_path is not None:
+        check_writable(json_path.parent)  # fail before the benchmark, not after it
 
     def load(name: str) -> SRModel:
         try:
@@ -346,7 +353,7 @@ def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile
     rows = run_bench(settings, load, dev, log=lambda line: click.echo(f"tadsr: bench: {line}", err=True))
     click.echo(format_table(rows))
     if json_path is not None:
-        json_path.write_text(to_json(rows, dev, channels_last=channels_last, compile=compile_))
+        atomic_write_text(json_path, to_json(rows, dev, channels_last=channels_last, compile=compile_))
         click.echo(f"tadsr: wrote {json_path}")
 
 
@@ -361,7 +368,7 @@ def _training_options(command: click.Command) -> click.Command:
         click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="Run folder: checkpoints/, log.jsonl, val/, final.safetensors."),
         click.option("--steps", type=click.IntRange(min=1), default=None, help="Train up to this many steps."),
-        click.option("--seed", type=int, default=None, help="Seed (each torchrun rank adds its rank)."),
+        click.option("--seed", type=SEED, default=None, help="Seed (each torchrun rank adds its rank)."),
         click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint."),
         click.option("--device", default="auto", help="cpu, cuda or auto (torchrun: one GPU per rank)."),
         click.option("--dry-run", is_flag=True, help="Print the resolved config and exit."),

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tadsr.checks import check_ranges, check_type
 from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.errors import ConfigError
 from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQConfig
@@ -39,6 +40,7 @@ class ModelConfig:
     predict_residual: bool = False
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model", {"scale": (1, 16)})
         if self.role not in ("teacher", "student"):
             raise ConfigError(f"role must be 'teacher' or 'student', got {self.role!r}")
         latent_channels = (
@@ -79,15 +81,20 @@ def migrate_model_dict(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise, lists become tuples, nested configs recurse."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "model") -> Any:
+    """Build dataclass ``cls`` from ``data``: unknown keys raise, every value is type-checked (``check_type``;
+    lists become tuples), nested configs recurse; ``prefix`` names the section in messages (``model.unet``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: needs a mapping of keys, got {data!r}")
     if cls is ModelConfig:
         data = migrate_model_dict(dict(data))
-        stage = dict(data.get("first_stage", {}))
-        kind = stage.pop("kind", None)
+        stage = data.get("first_stage", {})
+        stage = dict(stage) if isinstance(stage, dict) else stage
+        kind = stage.pop("kind", None) if isinstance(stage, dict) else None
         if kind not in ("vq", "pixel_unshuffle"):
-            raise ConfigError(f"first_stage.kind must be 'vq' or 'pixel_unshuffle', got {kind!r}")
-        data["first_stage"] = from_dict(VQConfig if kind == "vq" else PixelUnshuffleConfig, stage)
+            raise ConfigError(f"{prefix}.first_stage.kind must be 'vq' or 'pixel_unshuffle', got {kind!r}")
+        data["first_stage"] = from_dict(VQConfig if kind == "vq" else PixelUnshuffleConfig, stage,
+                                        f"{prefix}.first_stage")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -96,10 +103,10 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            value = tuple(value)
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value, f"{prefix}.{name}")
+        elif not dataclasses.is_dataclass(value):
+            value = check_type(f"{prefix}.{name}", hint, value)
         kwargs[name] = value
     try:
         return cls(**kwargs)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from tadsr.data.datasets import list_images, load_rgb, pair_by_name
-from tadsr.data.image_io import ImageData, to_uint8, write_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, to_uint8, write_image
 from tadsr.devices import peak_memory_mib, reset_peak_memory, resolve_device, synchronize
-from tadsr.errors import ConfigError, NotFoundError, first_line
+from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.metrics.full_reference import prepare, psnr, ssim
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
@@ -30,9 +31,13 @@ NO_REFERENCE = ("niqe",)
 PYIQA_METRICS = ("clipiqa", "musiq", "maniqa", "fid")
 
 
-def load_float(path: Path) -> np.ndarray:
-    """(H, W, 3) float64 RGB in [0, 1] from an 8- or 16-bit image (gray replicated, alpha dropped), no size limit."""
-    return load_rgb(path, max_pixels=0, dtype=np.float64)
+def load_float(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) float64 RGB in [0, 1] from an 8- or 16-bit image (gray replicated, alpha dropped)."""
+    return load_rgb(path, max_pixels=max_pixels, dtype=np.float64)
+
+
+class EvaluationIncomplete(TadsrError):
+    """Some pairs could not be measured; each was reported, the report covers the others."""
 
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
@@ -60,8 +65,12 @@ class MetricSet:
                 if gt is None:
                     continue
                 if gt.shape != pred.shape:
-                    raise ValueError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but the GT is "
+                    raise ImageError(f"the prediction is {pred.shape[1]}x{pred.shape[0]} but the GT is "
                                      f"{gt.shape[1]}x{gt.shape[0]}")
+                side = min(gt.shape[:2]) - 2 * self.crop_border
+                if side < (11 if name == "ssim" else 1):
+                    raise ImageError(f"{gt.shape[1]}x{gt.shape[0]} with --crop-border {self.crop_border} leaves "
+                                     f"{max(side, 0)} pixels a side; {name} needs {11 if name == 'ssim' else 1}")
                 a, b = prepare(p, _tensor(gt), self.y_channel and name != "lpips", self.crop_border)
                 if name == "psnr":
                     out[name] = float(psnr(a, b))
@@ -182,12 +191,18 @@ def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 12
 def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Path | None = None,
              models: Sequence[str] = (), pred_dir: Path | None = None, device: str = "cpu", seed: int = 0,
              tile: int = 0, realesrgan_weights: Path | None = None, report: Callable[[str], None] = print,
-             show_progress: bool = True, sheet_images: int = 4) -> list[ModelResult]:
-    """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs."""
+             show_progress: bool = True, sheet_images: int = 4,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ModelResult]:
+    """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs.
+
+    A pair that cannot be measured (unreadable, a size that does not match the GT, too small for a metric) is
+    reported through ``report`` in one line and left out; the report is written for the others, and then
+    ``EvaluationIncomplete`` says how many were left out.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     results: list[ModelResult] = []
-    sheet: list[tuple[str, list[np.ndarray]]] = []
+    columns: list[tuple[str, dict[str, np.ndarray]]] = []  # the sheet: label -> pair name -> image
     source = pred_dir if pred_dir is not None else lr_dir
     assert source is not None
     if gt_dir is not None:
@@ -200,51 +215,87 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
         pairs = [(p.relative_to(source).with_suffix("").as_posix(), p, None) for p in list_images(source)]
     if not pairs:
         raise NotFoundError(f"{source}: no images to evaluate" + (f" with a match in {gt_dir}" if gt_dir else ""))
-    shown = [name for name, _, _ in pairs[:sheet_images]]
+    left_out: dict[str, str] = {}  # pair name -> why (first problem only)
+
+    def attempt(name: str, path: Path, action: Callable[[], Any]) -> Any:
+        """Run ``action`` for one pair; a TadsrError (unreadable, wrong size, too small) leaves the pair out."""
+        try:
+            return action()
+        except TadsrError as err:
+            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+            report(f"{message}; left out")
+            left_out.setdefault(name, message)
+            return None
+
+    def gt_of(gt_path: Path | None) -> np.ndarray | None:
+        return load_float(gt_path, max_pixels) if gt_path else None
+
     if pred_dir is not None:
         result = ModelResult("pred")
-        preds = []
+        preds: dict[str, np.ndarray] = {}
         for name, path, gt_path in tqdm(pairs, desc="pred", disable=not show_progress):
-            pred = load_float(path)
-            result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
-            if name in shown:
-                preds.append(pred)
+
+            def measure_pred(name: str = name, path: Path = path, gt_path: Path | None = gt_path) -> np.ndarray:
+                pred = load_float(path, max_pixels)
+                result.rows[name] = metrics.measure(pred, gt_of(gt_path))
+                return pred
+
+            pred = attempt(name, path, measure_pred)
+            if pred is not None:
+                preds[name] = pred
         result.set_values = metrics.set_level(pred_dir, gt_dir)
         results.append(result)
-        sheet.append(("pred", preds))
+        columns.append(("pred", preds))
     else:
-        lrs = {name: load_float(path) for name, path, _ in pairs}
-        sheet.append(("LR", [lrs[n] for n in shown]))
+        lrs = {}
+        for name, path, _ in pairs:
+            lr = attempt(name, path, lambda path=path: load_float(path, max_pixels))
+            if lr is not None:
+                lrs[name] = lr
+        columns.append(("LR", lrs))
         for spec in models:
             label, run = make_model(spec, dev, realesrgan_weights, seed, tile)
-            result, outs = ModelResult(label), []
+            result, outs = ModelResult(label), {}
             reset_peak_memory(dev)
             folder = out_dir / "outputs" / label.replace(":", "_")
             folder.mkdir(parents=True, exist_ok=True)
-            for name, _, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
+            for name, path, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
+                if name not in lrs:
+                    continue
                 start = time.perf_counter()
                 pred = run(lrs[name])
                 synchronize(dev)
                 result.seconds.append(time.perf_counter() - start)
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
-                result.rows[name] = metrics.measure(pred, load_float(gt_path) if gt_path else None)
-                if name in shown:
-                    outs.append(pred)
+                measured = attempt(name, path, lambda pred=pred, gt_path=gt_path: metrics.measure(pred, gt_of(gt_path)))
+                if measured is not None:
+                    result.rows[name] = measured
+                outs[name] = pred
             result.peak_mib = peak_memory_mib(dev)
             result.set_values = metrics.set_level(folder, gt_dir)
             results.append(result)
-            sheet.append((label, outs))
+            columns.append((label, outs))
+    shown = [name for name, _, _ in pairs if name not in left_out][:sheet_images]
     if gt_dir is not None:
-        sheet.append(("GT", [load_float(gt) for name, _, gt in pairs if name in shown]))
-    if sheet and sheet[0][0] == "LR" and len(sheet) > 1:  # LR shown at the output size, pixel for pixel
+        columns.append(("GT", {name: load_float(gt, 0) for name, _, gt in pairs if name in shown}))
+    sheet = [(label, [images[n] for n in shown]) for label, images in columns]
+    if shown and sheet[0][0] == "LR" and len(sheet) > 1:  # LR shown at the output size, pixel for pixel
         target = sheet[1][1]
         sheet[0] = ("LR", [cv2.resize(lr, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
                            for lr, t in zip(sheet[0][1], target, strict=True)])
-    write_image(out_dir / "sheet.png", ImageData(comparison_sheet(sheet)))
-    conventions = (f"{len(pairs)} image(s); {'Y channel (BT.601 ycbcr)' if metrics.y_channel else 'RGB'}; "
-                   f"crop border {metrics.crop_border}; files paired by name.")
+    if shown:
+        write_image(out_dir / "sheet.png", ImageData(comparison_sheet(sheet)))
+    space = "Y channel (BT.601 ycbcr)" if metrics.y_channel else "RGB"
+    conventions = (f"{len(pairs) - len(left_out)} image(s); {space}; crop border {metrics.crop_border}; "
+                   "files paired by name.")
+    if left_out:
+        conventions += (f" {len(left_out)} pair(s) left out of the means, each for the first problem found: "
+                        + "; ".join(left_out.values()) + ".")
     write_report(out_dir, results, metrics, conventions)
+    if left_out:
+        raise EvaluationIncomplete(f"{len(left_out)} of {len(pairs)} pair(s) left out (each named above); "
+                                   f"{out_dir / 'report.md'} covers the others")
     return results
 
 

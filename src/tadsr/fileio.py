@@ -7,6 +7,7 @@ reader, a crash or a kill never sees a half-written file, and the temporary file
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,15 @@ def temporary_sibling(path: Path) -> tuple[int, str]:
     """A temporary file next to ``path`` (same file system, so the final rename is atomic), with the permissions
     a plain ``open`` would give (mkstemp's are owner-only). Returns (fd, name)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _plain_mode())
+    return fd, tmp
+
+
+def _plain_mode() -> int:
+    """0666 less the umask: the mode ``open`` gives a new file."""
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
+    return 0o666 & ~umask
 
 
 def check_writable(folder: Path) -> None:
@@ -35,6 +41,19 @@ def check_writable(folder: Path) -> None:
         raise OutputError(f"{folder}: output folder is not writable ({err.strerror or err})") from err
 
 
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # temporary_sibling's names (mkstemp: 8 random chars)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed write left in ``folder`` (only names of our pattern); returns them."""
+    removed = []
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        if TEMPORARY_NAME.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     """``write(tmp)`` fills a temporary sibling of ``path``, which is then renamed to ``path``."""
     path = Path(path)
@@ -42,6 +61,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _plain_mode())  # a writer may have replaced the file (safetensors writes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,10 +14,12 @@ from tadsr.checkpoints import (
     FORMAT_VERSION,
     CheckpointError,
     atomic_save_file,
+    check_fits,
     export_tensors,
     load_official,
     load_state_dict_strict,
     read_metadata,
+    read_shapes,
     read_state_dict,
 )
 from tadsr.config import ModelConfig, config_to_json, model_config_from_json
@@ -113,8 +115,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     meta = read_metadata(path)
     try:
         config = model_config_from_json(meta["config"])
-    except (ValueError, TypeError, KeyError) as err:
-        raise CheckpointError(f"{path}: invalid model config in metadata ({err})") from err
+    except (ValueError, TypeError, KeyError) as err:  # ConfigError names the key, the value, what is allowed
+        raise CheckpointError(f"{path}: invalid model config in its metadata ({err})") from err
+    with torch.device("meta"):  # the shapes the config implies, checked against the header before allocating
+        check_fits(SRModel(config), read_shapes(path), path)
     model = SRModel(config)
     state = read_state_dict(path)
     load_state_dict_strict(model, state, path)

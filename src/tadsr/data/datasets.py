@@ -47,7 +47,14 @@ def pair_by_name(first: Path, second: Path) -> tuple[list[tuple[str, Path, Path]
     """Images of two folders paired by relative path without extension (never by sorted order):
     (pairs, names only in ``first``, names only in ``second``)."""
     def keyed(folder: Path) -> dict[str, Path]:
-        return {p.relative_to(folder).with_suffix("").as_posix(): p for p in list_images(folder)}
+        out: dict[str, Path] = {}
+        for path in list_images(folder):
+            name = path.relative_to(folder).with_suffix("").as_posix()
+            if name in out:
+                raise ConfigError(f"{out[name]} and {path}: two images with the same name; pairing by name needs "
+                                  "one (rename or remove one)")
+            out[name] = path
+        return out
 
     a, b = keyed(first), keyed(second)
     pairs = [(name, a[name], b[name]) for name in sorted(a.keys() & b.keys())]

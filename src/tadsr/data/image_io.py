@@ -4,7 +4,11 @@
   reads 16-bit RGB exactly), grayscale, grayscale + alpha, RGB and RGBA;
 * the EXIF orientation is applied to the pixels (and reset to 1 in the copied EXIF);
 * the ICC profile and EXIF are copied to the output where the format allows (PNG, JPEG, WebP; TIFF gets the ICC);
-* a decompression-bomb guard reads the size from the header before decoding;
+* a decompression-bomb guard that cannot be bypassed: the file size is bounded before the file is read (by what
+  an image of ``max_pixels`` can need), the format must be one Pillow parses the header of (PNG, JPEG, WebP, TIFF,
+  BMP: the same file types OpenCV then decodes; anything else, e.g. a Radiance HDR named .png, is refused), and
+  width x height from that header is checked before decoding; Pillow's own global limit is left as the program
+  set it, and OpenCV's log lines are silenced around our decodes only (our one-line error is the message);
 * every failure is an ``ImageError`` whose one-line message starts with the file name;
 * outputs are written to a temporary file in the target folder and renamed: never a half-written file.
 
@@ -13,11 +17,13 @@ Pixel arrays are numpy (H, W) or (H, W, C), C in {2, 3, 4} (gray+alpha, RGB, RGB
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +31,17 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tadsr.errors import ConfigError, TadsrError
+from tadsr.errors import ConfigError, TadsrError, first_line
 from tadsr.fileio import atomic_write_bytes
 
 READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 WRITE_FORMATS = ("png", "jpg", "webp", "tif")
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 4
-# We bound the pixel count ourselves (read_image's max_pixels, checked before decoding), so Pillow's global
-# guard, which would refuse some images the user allowed, is switched off.
-Image.MAX_IMAGE_PIXELS = None
+# The formats whose header Pillow parses and OpenCV decodes; Pillow's names.
+READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
+BYTES_PER_PIXEL_BOUND = 8  # 16-bit RGBA, uncompressed: no file of an allowed image is larger (plus headers)
+HEADER_BYTES_BOUND = 64 << 20  # metadata (ICC, EXIF, XMP) and container overhead
 ORIENTATION_TAG = 0x0112
 JPEG_QUALITY = 95
 
@@ -79,12 +86,34 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](pixels)) if orientation in ops else pixels
 
 
+@contextlib.contextmanager
+def _quiet_decoders() -> Iterator[None]:
+    """Around our own reads only: no Pillow pixel limit (ours was checked from the header), no Pillow warnings,
+    no OpenCV log lines; the settings the program had are restored afterwards."""
+    limit, level = Image.MAX_IMAGE_PIXELS, cv2.utils.logging.getLogLevel()
+    Image.MAX_IMAGE_PIXELS = None
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+        cv2.utils.logging.setLogLevel(level)
+
+
 def _header(data: bytes) -> Image.Image | None:
     """Pillow's lazy view of the file (size, mode, metadata, no pixels decoded); None where Pillow can't parse it."""
     try:
-        return Image.open(io.BytesIO(data))
+        with _quiet_decoders():
+            return Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file ``read_image`` reads for a pixel limit (0: no limit)."""
+    return max_pixels * BYTES_PER_PIXEL_BOUND + HEADER_BYTES_BOUND if max_pixels else 0
 
 
 def _integrity_problem(data: bytes, fmt: str | None) -> str | None:
@@ -95,15 +124,13 @@ def _integrity_problem(data: bytes, fmt: str | None) -> str | None:
     JPEG instead of failing, hence this check.)
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                if fmt == "PNG":
-                    im.verify()
-                else:
-                    if fmt == "JPEG":
-                        im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
-                    im.load()
+        with _quiet_decoders(), Image.open(io.BytesIO(data)) as im:
+            if fmt == "PNG":
+                im.verify()
+            else:
+                if fmt == "JPEG":
+                    im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
     except (OSError, SyntaxError, ValueError, struct.error) as err:
         return str(err) or type(err).__name__
     return None
@@ -112,43 +139,54 @@ def _integrity_problem(data: bytes, fmt: str | None) -> str | None:
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """Read an image file upright, with its ICC profile and EXIF; ImageError on anything unusable.
 
-    ``max_pixels`` (0 disables) bounds width x height, checked from the header before decoding.
+    ``max_pixels`` (0 disables) bounds width x height, checked from the header before decoding, and the file size
+    (``max_file_bytes``), checked before reading.
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if max_pixels and size > max_file_bytes(max_pixels):
+            raise ImageError(f"{path}: {size:,} bytes is more than any image within the limit of {max_pixels:,} "
+                             "pixels needs (raise it with --max-pixels)")
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: a folder, not an image file") from None
     except OSError as err:
         raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
     if not data:
         raise ImageError(f"{path}: empty file")
     header = _header(data)
+    if header is None or header.format not in READ_FORMATS:
+        kind = "unrecognised" if header is None else header.format
+        raise ImageError(f"{path}: not an image format tadsr reads ({kind}; PNG, JPEG, WebP, TIFF and BMP are)")
     icc = exif_bytes = None
     orientation = 1
     pil_mode = None
-    if header is not None:
-        with header:
-            width, height = header.size
-            if max_pixels and width * height > max_pixels:
-                raise ImageError(f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                                 f"{max_pixels:,} (raise it with --max-pixels)")
-            pil_mode = header.mode
-            problem = _integrity_problem(data, header.format)
-            if problem:
-                raise ImageError(f"{path}: corrupt or truncated image ({problem})")
-            icc = header.info.get("icc_profile")
-            exif = Image.Exif()
-            if header.info.get("exif"):
-                exif.load(header.info["exif"])
-            orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
-            if len(exif):
-                if orientation != 1:
-                    exif[ORIENTATION_TAG] = 1
-                exif_bytes = exif.tobytes()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    with header:
+        width, height = header.size
+        if max_pixels and width * height > max_pixels:
+            raise ImageError(f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                             f"{max_pixels:,} (raise it with --max-pixels)")
+        pil_mode = header.mode
+        problem = _integrity_problem(data, header.format)
+        if problem:
+            raise ImageError(f"{path}: corrupt or truncated image ({problem})")
+        icc = header.info.get("icc_profile")
+        exif = Image.Exif()
+        if header.info.get("exif"):
+            exif.load(header.info["exif"])
+        orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
+        if len(exif):
+            if orientation != 1:
+                exif[ORIENTATION_TAG] = 1
+            exif_bytes = exif.tobytes()
+    try:
+        with _quiet_decoders():
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. beyond OpenCV's own pixel limit when ours is off
+        raise ImageError(f"{path}: OpenCV cannot decode it ({first_line(err)})") from None
     if pixels is None:
         raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     if pixels.size == 0 or min(pixels.shape[:2]) == 0:

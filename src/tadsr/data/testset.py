@@ -35,15 +35,25 @@ def build_test_set(hr_dir: Path, out_dir: Path, config: DegradationConfig, prese
     """Write ``out_dir/gt/<name>.png``, ``out_dir/lq/<name>.png`` and ``out_dir/params.json`` for every HR image."""
     if gt_size % config.scale:
         raise ConfigError(f"gt_size {gt_size} must be a multiple of the scale {config.scale}")
+    if max_pixels and gt_size * gt_size > max_pixels:
+        raise ConfigError(f"--gt-size {gt_size}: {gt_size}x{gt_size} pixels exceeds the limit of {max_pixels:,} "
+                          "(raise it with --max-pixels)")
     files = list_images(hr_dir)
     if not files:
         raise NotFoundError(f"{hr_dir}: no images found")
     check_writable(out_dir)
     summary = BuildSummary()
     records = {}
+    sources: dict[str, Path] = {}
     for path in tqdm(files, desc="pairs", unit="img", disable=not show_progress):
         rel = path.relative_to(hr_dir).with_suffix("")
         name = rel.as_posix()
+        if name in sources:  # a.png and a.jpg: one pair name, two images
+            summary.failed += 1
+            summary.errors.append(f"{path}: its pair {name}.png would overwrite that of {sources[name]}")
+            report(summary.errors[-1])
+            continue
+        sources[name] = path
         gen = sample_generator(seed, zlib.crc32(name.encode()))
         try:
             gt = square_crop_resize(load_rgb(path, max_pixels), gt_size, None)

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from tadsr.checks import check_ranges
 from tadsr.errors import ConfigError
 
 EtaStartRule = Literal["resshift", "sinsr"]
@@ -45,8 +46,7 @@ class ScheduleConfig:
     eta_start_rule: EtaStartRule = "resshift"
 
     def __post_init__(self) -> None:
-        if self.num_steps < 1:
-            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
+        check_ranges(self, "model.schedule", {"num_steps": (1, 1000), "kappa": (None, 100), "power": (None, 100)})
         if self.kappa <= 0 or self.min_noise_level <= 0 or self.power <= 0:
             raise ConfigError("kappa, power and min_noise_level must be positive")
         if not 0 < self.etas_end < 1:

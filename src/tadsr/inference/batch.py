@@ -75,6 +75,18 @@ def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", rec
     return jobs
 
 
+OUTPUT_PIXELS_FACTOR = 16  # outputs may have up to 16 x --max-pixels pixels (x4 of the largest allowed input)
+
+
+def check_output_size(source: Path, size: tuple[int, int], max_pixels: int) -> None:
+    """ImageError, before anything is allocated, for an output beyond OUTPUT_PIXELS_FACTOR x ``max_pixels``."""
+    h, w = size
+    if max_pixels and h * w > OUTPUT_PIXELS_FACTOR * max_pixels:
+        raise ImageError(f"{source}: the output would be {w}x{h} = {w * h:,} pixels, more than "
+                         f"{OUTPUT_PIXELS_FACTOR} x --max-pixels ({OUTPUT_PIXELS_FACTOR * max_pixels:,}); lower "
+                         "-s/--outscale or raise --max-pixels")
+
+
 def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
              show_progress: bool = True, report: Callable[[str], None] = print) -> Summary:
     """Upscale every job; ``report`` gets one line per failure. Returns the counts and timing."""
@@ -100,6 +112,7 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
 
         try:
             image = read_image(job.source, max_pixels=max_pixels)
+            check_output_size(job.source, upscaler.output_size(*image.pixels.shape[:2]), max_pixels)
             result = upscaler.upscale_image(image, progress)
             job.target.parent.mkdir(parents=True, exist_ok=True)
             write_image(job.target, result)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tadsr.data.image_io import ImageData
+from tadsr.data.image_io import MIN_SIDE, ImageData
 from tadsr.devices import resolve_device
 from tadsr.errors import ConfigError
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
@@ -113,6 +113,12 @@ class Upscaler:
             out = color_fix(out, upsample_lr(lr, self.scale).clamp(-1, 1), opts.color_fix).clamp(-1, 1)
         return out
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) of the output for an input of height x width: the native scale, then ``outscale``."""
+        if self.options.outscale is None:
+            return height * self.scale, width * self.scale
+        return max(1, round(height * self.options.outscale)), max(1, round(width * self.options.outscale))
+
     def upscale_image(self, image: ImageData, progress: Callable[[int, int], None] | None = None) -> ImageData:
         """Upscale pixels and keep bit depth, gray/colour, alpha; metadata is carried over."""
         pixels = image.pixels
@@ -131,7 +137,8 @@ class Upscaler:
             alpha = cv2.resize(alpha, (w * self.scale, h * self.scale), interpolation=cv2.INTER_CUBIC)[:, :, None]
             out = np.concatenate([out, alpha.clip(0, 1)], axis=2)
         if self.options.outscale is not None:
-            out = _resize(out, (max(1, round(w * self.options.outscale)), max(1, round(h * self.options.outscale))))
+            out_h, out_w = self.output_size(h, w)
+            out = _resize(out, (out_w, out_h))
         if colour_channels == 1:
             out = np.concatenate([out[:, :, :3] @ LUMA[:, None], out[:, :, 3:]], axis=2)
         out = out.clip(0, 1)
@@ -148,6 +155,9 @@ class Upscaler:
             image = image[:, :, 0]
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (2, 3, 4)):
             raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4, got {image.shape}")
+        if min(image.shape[:2]) < MIN_SIDE:
+            h, w = image.shape[:2]
+            raise ValueError(f"image must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {w}x{h}")
         return self.upscale_image(ImageData(image)).pixels
 
     def upscale_batch(self, images: Sequence[np.ndarray | Image.Image]) -> list[np.ndarray | Image.Image]:

@@ -69,7 +69,7 @@ class ScoreDistillationLoss:
                 g = eps_student - eps_of(z_teacher)
             else:
                 g = eps_student - noise
-        return torch.nan_to_num(g), t
+        return g, t  # not nan_to_num: a non-finite teacher output must reach the trainer's finite check
 
     def __call__(self, teacher: Denoiser, z_student: Tensor, z_teacher: Tensor | None, z_y: Tensor, lq: Tensor,
                  generator: torch.Generator | None = None) -> Tensor:

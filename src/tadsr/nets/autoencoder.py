@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tadsr.checks import check_ranges
 from tadsr.errors import ConfigError
 from tadsr.nets.common import Conv1x1, GroupNorm32, Upsample
 
@@ -43,6 +44,12 @@ class VQConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model.first_stage", {
+            "embed_dim": (1, 64), "n_embed": (1, 65536), "z_channels": (1, 64), "resolution": (8, 16384),
+            "in_channels": (1, 16), "out_ch": (1, 16), "ch": (32, 1024), "ch_mult": (1, 16), "num_res_blocks": (1, 16),
+            "attn_resolutions": (1, 16384), "dropout": (0, 1)})
+        if not 1 <= len(self.ch_mult) <= 8:
+            raise ConfigError(f"model.first_stage.ch_mult = {self.ch_mult!r}: needs 1 to 8 levels")
         if len(self.num_res_blocks) != len(self.ch_mult):
             raise ConfigError("num_res_blocks needs one entry per ch_mult level")
 
@@ -253,8 +260,7 @@ class PixelUnshuffleConfig:
     channels: int = 3
 
     def __post_init__(self) -> None:
-        if self.factor < 1:
-            raise ConfigError(f"factor must be >= 1, got {self.factor}")
+        check_ranges(self, "model.first_stage", {"factor": (1, 16), "channels": (1, 16)})
 
 
 class PixelUnshuffleStage(nn.Module):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tadsr.checks import check_ranges
 from tadsr.errors import ConfigError
 from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, zero_module
 from tadsr.nets.swin import SwinLayer
@@ -50,6 +51,14 @@ class UNetConfig:
     lq_channels: int = 3
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model.unet", {
+            "image_size": (8, 4096), "in_channels": (1, 1024), "out_channels": (1, 1024),
+            "model_channels": (32, 1024), "channel_mult": (1, 16), "num_res_blocks": (1, 16),
+            "attention_resolutions": (1, 4096), "dropout": (0, 1), "num_head_channels": (1, 1024),
+            "swin_depth": (1, 16), "swin_embed_dim": (32, 4096), "window_size": (1, 64), "mlp_ratio": (0.25, 16),
+            "lq_size": (8, 16384), "lq_channels": (1, 16)})
+        if not 1 <= len(self.channel_mult) <= 8:
+            raise ConfigError(f"model.unet.channel_mult = {self.channel_mult!r}: needs 1 to 8 levels")
         if len(self.num_res_blocks) != len(self.channel_mult):
             raise ConfigError("num_res_blocks needs one entry per channel_mult level")
         if self.swin_embed_dim % self.num_head_channels:

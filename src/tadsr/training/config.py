@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tadsr.checks import check_ranges
 from tadsr.config import ModelConfig, from_dict, to_dict
 from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.errors import ConfigError, first_line
@@ -54,6 +55,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.crop not in ("resize", "native"):
             raise ConfigError(f"data.crop {self.crop!r}: choose 'resize' or 'native'")
+        check_ranges(self, "data", {"gt_size": (8, 8192), "workers": (0, 256), "val_count": (0, 100000),
+                                    "scale_range": (0.01, 1), "gray_prob": (0, 1)})
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class OptimConfig:
     warmup: int = 5000
     milestones: tuple[int, ...] = (500000,)
     ema_rate: float = 0.999
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "optim", {"lr": (0, 1), "lr_d": (0, 1), "weight_decay": (0, 1), "betas": (0, 0.999999),
+                                     "warmup": (0, None), "milestones": (0, None), "ema_rate": (0, 1)})
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,10 @@ class DistillConfig:
     uniform_noise: bool = False
     double_scaling: bool = False
     unfrozen_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "distill", {"lambda_score": (0, 1e6), "lambda_adv": (0, 1e6), "hsd_t_max": (1, 1000),
+                                       "c_dim": (1, 4096), "teacher_cache": (0, 10**7)})
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,13 @@ class RunConfig:
     val_every: int = 2000
     keep_last: int = 3
 
+    def __post_init__(self) -> None:
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"run.amp = {self.amp!r}: needs one of 'none', 'bf16', 'fp16'")
+        check_ranges(self, "run", {"steps": (1, None), "batch_size": (1, 65536), "seed": (0, 2**63 - 1),
+                                   "log_every": (1, None), "save_every": (1, None), "val_every": (1, None),
+                                   "keep_last": (0, None)})
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -126,6 +144,12 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        multiple = self.model.scale * self.model.lr_multiple  # training crops are not padded
+        if self.data.gt_size % multiple:
+            raise ConfigError(f"data.gt_size = {self.data.gt_size}: this model needs a multiple of {multiple} "
+                              f"(scale {self.model.scale} x its LR multiple {self.model.lr_multiple})")
 
 
 def tiny_model_config() -> ModelConfig:
@@ -204,7 +228,7 @@ def config_from_dict(data: dict[str, Any], warn_renamed: bool = True) -> TrainCo
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown training config section(s): {', '.join(unknown)}")
-    return TrainConfig(model=model, **{k: from_dict(cls, data.get(k, {})) for k, cls in sections.items()})
+    return TrainConfig(model=model, **{k: from_dict(cls, data.get(k, {}), k) for k, cls in sections.items()})
 
 
 def _parse_value(text: str) -> Any:

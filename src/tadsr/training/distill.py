@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tadsr.diffusion.samplers import sample
 from tadsr.diffusion.schedule import prior_sample, q_sample
+from tadsr.errors import first_line
 from tadsr.fileio import atomic_torch_save
 from tadsr.inference.pipeline import encode_lr
 from tadsr.losses import DistillationLoss, ScoreDistillationLoss, discriminator_hinge_loss, generator_adversarial_loss
@@ -130,8 +131,12 @@ class DistillTrainer(Trainer):
         """(lq, gt, z_y, z_gt, noise, z_tch) for ``teacher_cache`` fixed pairs: T teacher calls each, once."""
         path, cache_key = self._cache_path(), self._cache_key()
         if path.is_file():
-            cache = torch.load(path, map_location="cpu", weights_only=True)
-            if cache.pop("key", None) == cache_key:
+            try:
+                cache = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # truncated, foreign or refused by weights_only: rebuild it
+                self.warn(f"{path}: not a readable teacher cache ({first_line(err)}); rebuilding it")
+                cache = None
+            if isinstance(cache, dict) and cache.pop("key", None) == cache_key:
                 return cache
         size = self.config.distill.teacher_cache
         data = self.dataset()

@@ -8,6 +8,7 @@ with ``torch.load(weights_only=True)``. Files: ``RUN_DIR/checkpoints/step_{N:08d
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,35 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep_last
     for old in sorted(folder.glob("step_*.pt"))[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+def resume_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """The newest intact checkpoint of a run folder, loaded; None when the run has none yet (a fresh start).
+
+    The ``latest`` pointer's file is tried first, then every ``step_*.pt``, newest first: a corrupt one is skipped
+    with a warning naming it and the one used instead. CheckpointError when checkpoints exist but none is readable
+    (a restart from step 0 would overwrite them).
+    """
+    folder = checkpoint_dir(run_dir)
+    candidates = sorted(folder.glob("step_*.pt"), reverse=True) if folder.is_dir() else []
+    pointer = folder / "latest"
+    if pointer.is_file() and (folder / pointer.read_text().strip()).is_file():
+        first = folder / pointer.read_text().strip()
+        candidates = [first, *(c for c in candidates if c != first)]
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        for problem in problems:
+            warn(f"{problem}; resuming from {path.name} instead")
+        return checkpoint
+    if problems:
+        raise CheckpointError(f"{folder}: no readable checkpoint to resume from ({problems[0]}"
+                              + (f", and {len(problems) - 1} more" if len(problems) > 1 else "") + ")")
+    return None
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from tadsr.checkpoints import CheckpointError
 from tadsr.data.datasets import (
     DegradedImageDataset,
     EpochDataset,
@@ -39,6 +39,7 @@ from tadsr.data.photos import PhotoCropDataset
 from tadsr.devices import DTYPES, autocast
 from tadsr.diffusion.schedule import Schedule
 from tadsr.errors import ConfigError, TadsrError
+from tadsr.fileio import remove_stale_temporaries
 from tadsr.inference.pipeline import super_resolve
 from tadsr.metrics import psnr, ssim
 from tadsr.model import SRModel, save_model
@@ -46,7 +47,7 @@ from tadsr.nets.common import upsample_lr
 from tadsr.training import distributed
 from tadsr.training.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict
 from tadsr.training.ema import EMA
-from tadsr.training.state import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from tadsr.training.state import capture_rng, restore_rng, resume_checkpoint, save_checkpoint
 from tadsr.training.stream import batch_stream
 
 
@@ -77,12 +78,10 @@ class Trainer:
             device = torch.device("cuda", self.rank % torch.cuda.device_count())
         self.device = torch.device(device)
         self.run_dir, self.show_progress = Path(run_dir), show_progress and self.rank == 0
-        checkpoint = None
-        if resume:
-            path = latest_checkpoint(self.run_dir)
-            if path is None:
-                raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
-            checkpoint = load_checkpoint(path)
+        checkpoint = resume_checkpoint(self.run_dir, self.warn) if resume else None
+        if resume and checkpoint is None:
+            self.warn(f"{self.run_dir}: no checkpoint yet; starting at step 0")
+        if checkpoint is not None:
             saved = config_from_dict(json.loads(checkpoint["config"]), warn_renamed=False)
             # the run length may change on resume; the rest must be the run's own config
             config = dataclasses.replace(saved, run=dataclasses.replace(saved.run, steps=config.run.steps))
@@ -143,11 +142,30 @@ class Trainer:
         """Autocast to run.amp (bf16 / fp16) around forward passes; nothing for fp32."""
         return autocast(self.device, DTYPES.get(self.config.run.amp))  # "none": no autocast
 
+    def warn(self, message: str) -> None:
+        """One line on stderr (rank 0): what the run did instead of what was asked, and why."""
+        if self.rank == 0:
+            tqdm.write(f"tadsr: warning: {message}", file=sys.stderr)
+
+    def _last_good(self) -> str:
+        folder = self.run_dir / "checkpoints"
+        saved = sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+        return f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+
     def check_finite(self, terms: dict[str, Tensor]) -> None:
         for name, value in terms.items():
             if not torch.isfinite(value).all():
                 raise TrainingError(f"step {self.step + 1}: loss term {name!r} is not finite ({value.mean().item()}); "
-                                    f"stopped, the last good checkpoint is in {self.run_dir / 'checkpoints'}")
+                                    f"stopped, {self._last_good()}")
+
+    def check_weights_finite(self) -> None:
+        """Before a checkpoint is kept: a step can leave 1e30 or NaN weights behind a finite loss."""
+        for label, module in (("weights", self.network), ("EMA weights", self.ema.model)):
+            bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise TrainingError(f"step {self.step}: the {label} are not finite ({bad[0]}"
+                                    + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                                    + f"); not saved; stopped, {self._last_good()}")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
         """Backward and step (through the fp16 grad scaler when run.amp is fp16; call ``scaler.update()`` once
@@ -179,6 +197,9 @@ class Trainer:
         run = self.config.run
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir, self.run_dir / "checkpoints"):  # what a killed write left behind
+                for path in remove_stale_temporaries(folder):
+                    self.warn(f"{path}: removed a temporary file left by an interrupted write")
             (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=1))
         stream = self.batches() if self.step < run.steps else iter(())
         writer = self._tensorboard()
@@ -209,6 +230,7 @@ class Trainer:
         return final
 
     def save(self) -> None:
+        self.check_weights_finite()
         rng = distributed.gather(capture_rng(self.rng))
         if self.rank == 0:
             payload = {"step": self.step, "config": json.dumps(config_to_dict(self.config)), "rng": rng,

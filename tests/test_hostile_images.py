@@ -1,0 +1,111 @@
+"""Hostile image files and sizes: the guard reads only what an allowed image needs, decodes only formats whose
+header it checked, bounds outputs before allocating them, and the rest of the batch goes on (issue class 1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tadsr.data.image_io import ImageError, max_file_bytes, read_image
+
+TADSR = str(Path(sys.executable).parent / "tadsr")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TADSR, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _photo(path: Path, size: tuple[int, int] = (24, 20)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _hdr_bomb(path: Path) -> Path:
+    """A Radiance HDR header claiming 9000x9000 (OpenCV would decode it: 2 GB), named .png: Pillow cannot parse it."""
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 9000 +X 9000\n" + bytes(64))
+    return path
+
+
+def _sparse(path: Path, size: int = 3 << 30) -> Path:
+    """A 3 GiB file that takes no disk: read whole, it would take 3 GiB of memory."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_a_format_pillow_cannot_parse_is_refused_before_any_decoding(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=r"bomb\.png: not an image format tadsr reads \(unrecognised"):
+        read_image(_hdr_bomb(tmp_path / "bomb.png"))
+    with pytest.raises(ImageError, match="not an image format"):  # even with the pixel limit off
+        read_image(tmp_path / "bomb.png", max_pixels=0)
+
+
+def test_the_file_size_is_bounded_before_the_file_is_read(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "huge.png")
+    assert path.stat().st_size > max_file_bytes(50_000_000)
+    with pytest.raises(ImageError, match=r"huge\.png: 3,221,225,472 bytes is more than any image within the limit"):
+        read_image(path)
+
+
+def test_upscale_refuses_each_bad_file_in_one_line_and_does_the_rest(tmp_path: Path,
+                                                                    tiny_student_file: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _photo(src / "good.png")
+    _hdr_bomb(src / "bomb.png")
+    _sparse(src / "huge.png")
+    out = tmp_path / "out"
+    result = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tadsr: error:")]
+    assert result.returncode == 1
+    assert len(errors) == 2 and any("bomb.png: not an image format" in e for e in errors)
+    assert any("huge.png: 3,221,225,472 bytes" in e for e in errors)
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]  # nothing half-written, the good one done
+
+
+def test_an_output_beyond_the_limit_fails_per_file_before_allocating(tmp_path: Path, tiny_student_file: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _photo(src / "a.png")
+    _photo(src / "b.png")
+    out = tmp_path / "out"
+    result = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q", "-s", "2000")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tadsr: error:")]
+    assert result.returncode == 1 and len(errors) == 2
+    for name, line in zip(("a.png", "b.png"), errors, strict=True):
+        assert f"{name}: the output would be 48000x40000 = 1,920,000,000 pixels, more than 16 x --max-pixels" in line
+    assert not list(out.iterdir())
+    # a small -s is fine: the same files go through
+    ok = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q", "-s", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert Image.open(out / "a.png").size == (48, 40)
+
+
+def test_degrade_refuses_a_gt_size_beyond_the_pixel_limit_up_front(tmp_path: Path) -> None:
+    src = tmp_path / "hr"
+    src.mkdir()
+    _photo(src / "a.png", (64, 64))
+    result = _run("degrade", "-i", str(src), "-o", str(tmp_path / "set"), "--gt-size", "20000", "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1
+    assert "--gt-size 20000: 20000x20000 pixels exceeds the limit of 50,000,000" in lines[0]
+    assert not (tmp_path / "set").exists()
+
+
+def test_reading_leaves_pillow_and_opencv_settings_as_the_program_set_them(tmp_path: Path) -> None:
+    import cv2
+
+    before = Image.MAX_IMAGE_PIXELS
+    level = cv2.utils.logging.getLogLevel()
+    read_image(_photo(tmp_path / "p.png"))
+    with pytest.raises(ImageError):
+        read_image(_hdr_bomb(tmp_path / "bomb.png"))
+    assert Image.MAX_IMAGE_PIXELS == before and before is not None  # Pillow's own default guard still stands
+    assert cv2.utils.logging.getLogLevel() == level
