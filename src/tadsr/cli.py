@@ -177,7 +177,8 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
     from tadsr.inference.batch import plan_jobs, run_jobs
     from tadsr.inference.upscaler import Upscaler
 
-    jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive)
+    jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive,
+                     report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
     model_path = resolve_model_path(model)
     if not jobs:
         _fail(f"{input_spec}: no images found")

@@ -13,11 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+TEMPORARY_STEM_BYTES = 200  # "." + 200 + "." + 8 random + ".tmp" = 214 bytes: below every file-name limit
+
 
 def temporary_sibling(path: Path) -> tuple[int, str]:
     """A temporary file next to ``path`` (same file system, so the final rename is atomic), with the permissions
     a plain ``open`` would give (mkstemp's are owner-only). Returns (fd, name)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    stem = path.name.encode()[:TEMPORARY_STEM_BYTES].decode(errors="ignore")  # any legal name stays legal
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=".tmp")
     os.fchmod(fd, _plain_mode())
     return fd, tmp
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, output_format, read_image, write_image
-from tadsr.errors import NotFoundError, first_line
+from tadsr.errors import ConfigError, NotFoundError, first_line
 from tadsr.inference.upscaler import Upscaler
 
 
@@ -40,27 +40,41 @@ class Summary:
                 f"in {self.seconds:.1f} s{rate}")
 
 
-def find_inputs(spec: str, recursive: bool = True) -> tuple[list[Path], Path | None]:
+def find_inputs(spec: str, recursive: bool = True,
+                report: Callable[[str], None] | None = None) -> tuple[list[Path], Path | None]:
     """Files named by ``spec`` (a file, a folder, or a glob), sorted, and the folder outputs are relative to.
 
-    In a folder only files with an image extension are taken; a file named directly is always tried.
+    In a folder only files with an image extension are taken; a file named directly is always tried. A symbolic
+    link that leads nowhere (dangling, or a loop) is skipped with a line to ``report``.
     """
     path = Path(spec)
     if path.is_file():
         return [path], None
     if path.is_dir():
         walker = path.rglob("*") if recursive else path.glob("*")
-        files = sorted(p for p in walker if p.is_file() and p.suffix.lower() in READ_EXTENSIONS
-                       and not p.name.startswith("."))
-        return files, path
+        files = []
+        for p in walker:
+            if p.suffix.lower() not in READ_EXTENSIONS or p.name.startswith("."):
+                continue
+            if p.is_file():
+                files.append(p)
+            elif p.is_symlink() and report is not None:
+                report(f"{p}: a symbolic link that leads to no file (dangling or a loop); skipped")
+        return sorted(files), path
     if glob.has_magic(spec):
         return sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file()), None
     raise NotFoundError(f"{spec}: no such file or folder")
 
 
-def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", recursive: bool = True) -> list[Job]:
-    """Map each input to ``out_dir/<relative folder>/<stem><suffix>.<ext>``; ext 'auto' keeps writable formats."""
-    files, base = find_inputs(spec, recursive)
+def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", recursive: bool = True,
+              report: Callable[[str], None] | None = None) -> list[Job]:
+    """Map each input to ``out_dir/<relative folder>/<stem><suffix>.<ext>``; ext 'auto' keeps writable formats.
+
+    With ``out_dir`` inside the input folder, an input that is the output of another input (``x_x4.png`` of
+    ``x.png``) is left out, so that reruns never snowball (``x_x4_x4.png``); an output that would replace its own
+    input is refused (ConfigError: add a ``--suffix``).
+    """
+    files, base = find_inputs(spec, recursive, report)
     jobs = []
     for src in files:
         if ext == "auto":
@@ -72,7 +86,21 @@ def plan_jobs(spec: str, out_dir: Path, ext: str = "auto", suffix: str = "", rec
             fmt = output_format(ext)
         rel = src.parent.relative_to(base) if base is not None else Path()
         jobs.append(Job(src, out_dir / rel / f"{src.stem}{suffix}.{fmt}"))
+    targets = {_resolved(job.target) for job in jobs}
+    jobs = [job for job in jobs  # an input that another input's output is: ours, from an earlier run
+            if _resolved(job.source) not in targets or _resolved(job.target) == _resolved(job.source)]
+    for job in jobs:
+        if _resolved(job.target) == _resolved(job.source):
+            raise ConfigError(f"{job.source}: its output would replace it (-o is where the input is): add a --suffix "
+                              "or choose another output folder")
     return jobs
+
+
+def _resolved(path: Path) -> Path:
+    return path.resolve(strict=False)
+
+
+NAME_MAX = 255  # bytes of one file name on the common file systems
 
 
 OUTPUT_PIXELS_FACTOR = 16  # outputs may have up to 16 x --max-pixels pixels (x4 of the largest allowed input)
@@ -101,6 +129,17 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
             report(summary.errors[-1])
             continue
         targets[job.target] = job.source
+        if len(job.target.name.encode()) > NAME_MAX:
+            summary.failed += 1
+            summary.errors.append(f"{job.source}: the output name {job.target.name[:40]}... is longer than "
+                                  f"{NAME_MAX} bytes (shorten --suffix or the input's name)")
+            report(summary.errors[-1])
+            continue
+        if job.target.is_dir():
+            summary.failed += 1
+            summary.errors.append(f"{job.source}: the output {job.target} is an existing folder")
+            report(summary.errors[-1])
+            continue
         if job.target.exists() and not overwrite:
             summary.skipped += 1
             continue
