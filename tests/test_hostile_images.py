@@ -76,12 +76,16 @@ def test_an_output_beyond_the_limit_fails_per_file_before_allocating(tmp_path: P
     _photo(src / "a.png")
     _photo(src / "b.png")
     out = tmp_path / "out"
-    result = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q", "-s", "2000")
+    # 24x20 = 480 pixels in, within --max-pixels 500; x8 out = 30,720 pixels, over 16 x 500
+    result = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q", "-s", "8",
+                  "--max-pixels", "500")
     errors = [line for line in result.stderr.splitlines() if line.startswith("tadsr: error:")]
     assert result.returncode == 1 and len(errors) == 2
     for name, line in zip(("a.png", "b.png"), errors, strict=True):
-        assert f"{name}: the output would be 48000x40000 = 1,920,000,000 pixels, more than 16 x --max-pixels" in line
+        assert f"{name}: the output would be 192x160 = 30,720 pixels, more than 16 x --max-pixels (8,000)" in line
     assert not list(out.iterdir())
+    absurd = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-s", "1000")
+    assert absurd.returncode == 2 and "-s" in absurd.stderr  # a usage error, before anything is read
     # a small -s is fine: the same files go through
     ok = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q", "-s", "2")
     assert ok.returncode == 0, ok.stderr
@@ -109,3 +113,20 @@ def test_reading_leaves_pillow_and_opencv_settings_as_the_program_set_them(tmp_p
         read_image(_hdr_bomb(tmp_path / "bomb.png"))
     assert Image.MAX_IMAGE_PIXELS == before and before is not None  # Pillow's own default guard still stands
     assert cv2.utils.logging.getLogLevel() == level
+
+
+def test_with_the_limit_off_an_image_beyond_opencvs_own_limit_is_one_line(tmp_path: Path) -> None:
+    """--max-pixels 0: a well-formed PNG header claiming 40000x40000 reaches OpenCV, whose refusal is our message."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match=r"huge\.png: 40000x40000 = 1,600,000,000 pixels exceeds the limit"):
+        read_image(path)
+    with pytest.raises(ImageError, match=r"huge\.png: OpenCV cannot decode it"):
+        read_image(path, max_pixels=0)

@@ -136,8 +136,9 @@ def info(model: str) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
                    "[default: 1 for a student, T for a teacher]")
-@click.option("-s", "--outscale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Final scale: the model's native scale, then a high-quality resize. [default: native]")
+@click.option("-s", "--outscale", type=click.FloatRange(min=0, max=16, min_open=True), default=None,
+              help="Final scale (at most 16): the model's native scale, then a high-quality resize. "
+                   "[default: native]")
 @click.option("-t", "--tile", type=click.IntRange(min=0), default=128,
               help="Tile size in LR pixels (rounded up to the model's multiple); 0 = whole image.")
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=16, help="Tile overlap in LR pixels.")
