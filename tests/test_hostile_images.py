@@ -41,9 +41,9 @@ def _sparse(path: Path, size: int = 3 << 30) -> Path:
 
 
 def test_a_format_pillow_cannot_parse_is_refused_before_any_decoding(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match=r"bomb\.png: not an image format tadsr reads \(unrecognised"):
+    with pytest.raises(ImageError, match=r"bomb\.png: not a readable image .*; nothing was decoded"):
         read_image(_hdr_bomb(tmp_path / "bomb.png"))
-    with pytest.raises(ImageError, match="not an image format"):  # even with the pixel limit off
+    with pytest.raises(ImageError, match="nothing was decoded"):  # even with the pixel limit off
         read_image(tmp_path / "bomb.png", max_pixels=0)
 
 
@@ -65,7 +65,7 @@ def test_upscale_refuses_each_bad_file_in_one_line_and_does_the_rest(tmp_path: P
     result = _run("upscale", "-i", str(src), "-o", str(out), "--model", str(tiny_student_file), "-q")
     errors = [line for line in result.stderr.splitlines() if line.startswith("tadsr: error:")]
     assert result.returncode == 1
-    assert len(errors) == 2 and any("bomb.png: not an image format" in e for e in errors)
+    assert len(errors) == 2 and any("bomb.png: not a readable image" in e for e in errors)
     assert any("huge.png: 3,221,225,472 bytes" in e for e in errors)
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]  # nothing half-written, the good one done
 
@@ -130,3 +130,10 @@ def test_with_the_limit_off_an_image_beyond_opencvs_own_limit_is_one_line(tmp_pa
         read_image(path)
     with pytest.raises(ImageError, match=r"huge\.png: OpenCV cannot decode it"):
         read_image(path, max_pixels=0)
+
+
+def test_a_format_pillow_knows_but_tadsr_does_not_read_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "anim.png"
+    Image.new("RGB", (8, 8)).save(path, format="GIF")  # named .png, a GIF inside
+    with pytest.raises(ImageError, match=r"anim\.png: a GIF image; tadsr reads PNG, JPEG, WebP, TIFF and BMP"):
+        read_image(path)

@@ -24,10 +24,12 @@ measure "$WORK/previous/report" "$WORK/previous/student.safetensors:1"
 python "$HERE/diagnose.py" "$WORK/previous/teacher.safetensors" "$WORK/data" "$WORK" \
     --doc "$ROOT/docs/experiments/previous-teacher-diagnostic.md" --title "the previous teacher"
 
-# 2. the student's HSD weight doubled (lambda_hsd 2), from the same teacher cache
-mkdir -p "$WORK/student-hsd2" && cp "$WORK/student/teacher_cache.pt" "$WORK/student-hsd2/"
+# 2. the student's HSD weight doubled (lambda_hsd 2), 800 steps. Run (session 4) from the 3000-step teacher, the
+#    then shipped one (git show ddd0ad3:src/tadsr/weights/teacher.safetensors); from train.sh's 5000-step teacher
+#    the figures will differ.
+mkdir -p "$WORK/student-hsd2"
 tadsr distill --preset tiny --teacher "$WORK/teacher/final.safetensors" --data "$WORK/data/train.txt" \
-    --out "$WORK/student-hsd2" --steps "$STUDENT_STEPS" "${DISTILL_ARGS[@]}" distill.lambda_score=2.0
+    --out "$WORK/student-hsd2" --steps 800 "${DISTILL_ARGS[@]}" distill.lambda_score=2.0
 measure "$WORK/student-hsd2/report" "$WORK/student-hsd2/final.safetensors:1"
 measure "$WORK/student/report" "$WORK/student/final.safetensors:1"
 
@@ -53,3 +55,9 @@ comparison_sheet({"bicubic": work / "val-baselines", "student:1": work / "previo
                   "final:1": work / "student/report-valset"}, work / "valset",
                  root / "docs/experiments/previous-vs-new-student.png")
 PY
+
+# 4. (session 5) the student from the 5000-step teacher at 400 steps, next to the shipped 200-step one (train.sh)
+#    and the previous shipped student (3000-step teacher): docs/experiments/teacher-3000-vs-5000-students.png
+tadsr distill --preset tiny --teacher "$WORK/teacher/final.safetensors" --data "$WORK/data/train.txt" \
+    --out "$WORK/student-400" --steps 400 "${DISTILL_ARGS[@]}"
+measure "$WORK/student-400/report" "$WORK/student-400/final.safetensors:1"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the embedded teacher and student (src/tadsr/weights/) on a CPU, from the photos prepare_data.py names.
-# Usage: scripts/embedded/train.sh WORK_DIR      (about 2 h on 2 cores; every step resumable with --resume)
+# Usage: scripts/embedded/train.sh WORK_DIR      (about 2.5 h on 2 cores; every step resumable with --resume)
 set -euo pipefail
 WORK=${1:?usage: train.sh WORK_DIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -10,7 +10,7 @@ python "$HERE/prepare_data.py" "$WORK/data"
 source "$HERE/recipe.sh"
 
 # 1. the teacher (settings: recipe.sh)
-tadsr train-teacher --preset tiny --data "$WORK/data/train.txt" --out "$WORK/teacher" --steps 4000 "${TEACHER_ARGS[@]}"
+tadsr train-teacher --preset tiny --data "$WORK/data/train.txt" --out "$WORK/teacher" --steps 5000 "${TEACHER_ARGS[@]}"
 
 # 2. the student, distilled from it (settings: recipe.sh)
 tadsr distill --preset tiny --teacher "$WORK/teacher/final.safetensors" --data "$WORK/data/train.txt" \

@@ -158,9 +158,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if not data:
         raise ImageError(f"{path}: empty file")
     header = _header(data)
-    if header is None or header.format not in READ_FORMATS:
-        kind = "unrecognised" if header is None else header.format
-        raise ImageError(f"{path}: not an image format tadsr reads ({kind}; PNG, JPEG, WebP, TIFF and BMP are)")
+    if header is None:
+        raise ImageError(f"{path}: not a readable image (corrupt, or not a format tadsr reads: PNG, JPEG, WebP, "
+                         "TIFF, BMP); nothing was decoded")
+    if header.format not in READ_FORMATS:
+        raise ImageError(f"{path}: a {header.format} image; tadsr reads PNG, JPEG, WebP, TIFF and BMP")
     icc = exif_bytes = None
     orientation = 1
     pil_mode = None
