@@ -90,16 +90,6 @@ def resume_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict[str, A
     return None
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = checkpoint_dir(run_dir) / "latest"
-    if not pointer.is_file():
-        return None
-    path = checkpoint_dir(run_dir) / pointer.read_text().strip()
-    if not path.is_file():
-        raise CheckpointError(f"{pointer}: points at {path.name}, which does not exist")
-    return path
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
