@@ -157,3 +157,23 @@ def test_evaluate_argument_errors(tmp_path: Path) -> None:
     code, _, stderr = _run("evaluate", "--pred", str(tmp_path / "x"), "--gt", str(tmp_path / "x"), "--metrics",
                            "psnr,foo", "-o", str(tmp_path / "r"))
     assert code == 1 and "unknown metric(s) foo" in stderr
+
+
+def test_evaluate_computes_in_fp32_unless_told_and_says_so(tmp_path: Path, tiny_student_file: Path) -> None:
+    lr_dir, gt_dir = tmp_path / "lr", tmp_path / "gt"
+    lr_dir.mkdir()
+    gt_dir.mkdir()
+    gt = np.asarray(Image.open(Path(__file__).parent / "data" / "chelsea_crop.png"))[:96, :96]
+    _save(gt_dir / "p.png", gt)
+    _save(lr_dir / "p.png", np.asarray(Image.fromarray(gt).resize((24, 24), Image.BICUBIC)))
+    outputs = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / dtype
+        extra = [] if dtype == "fp32" else ["--dtype", dtype]
+        code, _, stderr = _run("evaluate", "--lr", str(lr_dir), "--gt", str(gt_dir), "--models",
+                               f"{tiny_student_file}:1", "-o", str(out), "-q", *extra)
+        assert code == 0, stderr
+        assert f"models computed in {dtype} on cpu" in (out / "report.md").read_text()
+        outputs[dtype] = np.asarray(Image.open(out / "outputs" / "tiny-student_1" / "p.png"), dtype=np.int16)
+    difference = np.abs(outputs["fp32"] - outputs["bf16"])
+    assert 0 < difference.max() <= 16  # bf16 moves a few levels; fp32 is the default

@@ -247,3 +247,45 @@ def test_yaml_config_starts_from_a_preset(tmp_path: Path) -> None:
     path.write_text("preset: tiny\nrun:\n  stepz: 7\n")
     with pytest.raises(ValueError, match="stepz"):
         load_config_file(path)
+
+
+def test_distill_takes_the_recipe_of_its_teachers_architecture(teacher_file: Path, tmp_path: Path) -> None:
+    from tadsr.presets import model_config
+    from tadsr.training.config import infer_train_preset, tiny_model_config
+
+    assert infer_train_preset(model_config("realsr-x4", role="student")) == "realsr-x4"
+    assert infer_train_preset(model_config("faceir")) == "faceir"
+    assert infer_train_preset(tiny_model_config()) == "tiny"
+    result = CliRunner().invoke(main, ["distill", "--teacher", str(teacher_file), "--out", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 0 and "--preset tiny (the teacher's architecture)" in result.stderr
+    assert json.loads(result.stdout)["run"]["batch_size"] == 4  # the tiny recipe
+
+
+def test_each_rank_takes_its_own_gpu_and_cpu_stays_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device selection per LOCAL_RANK (torch.cuda mocked: 4 GPUs), and the backend that follows from it."""
+    from tadsr.training import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [distributed.rank_device(torch.device("cuda"), r) for r in (0, 1, 5)] == [
+        torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 1)]
+    assert distributed.rank_device(torch.device("cuda", 2), 0) == torch.device("cuda", 2)  # as the user said
+    assert distributed.rank_device(torch.device("cpu"), 3) == torch.device("cpu")
+    assert distributed.backend(torch.device("cuda", 1)) == "nccl" and distributed.backend(torch.device("cpu")) == "gloo"
+
+
+def test_bf16_on_a_gpu_without_it_is_one_line_before_anything_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tadsr.errors import ConfigError
+    from tadsr.training.trainer import check_amp
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(ConfigError, match="run.amp = 'bf16': cuda:0 does not support bfloat16"):
+        check_amp(torch.device("cuda", 0), "bf16")
+    check_amp(torch.device("cuda", 0), "fp16")
+    check_amp(torch.device("cpu"), "bf16")  # CPU autocast runs bfloat16
+
+
+def test_the_unfrozen_teacher_quirk_keeps_no_gradients(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "distill.unfrozen_teacher=true")
+    trainer.train_step(next(trainer.batches()))
+    assert all(p.requires_grad for p in trainer.teacher.unet.parameters())  # the quirk: the teacher is trainable
+    assert all(p.grad is None for p in trainer.teacher.unet.parameters())  # but no gradient memory is kept

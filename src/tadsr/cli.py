@@ -22,7 +22,7 @@ from tadsr.devices import DTYPES, resolve_device
 from tadsr.errors import ConfigError, TadsrError
 from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
-from tadsr.model import SRModel, load_model, model_from_official, resolve_model_path, save_model
+from tadsr.model import SRModel, load_model, model_from_official, read_model_config, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
 
@@ -257,11 +257,13 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
 @click.option("--tile", type=click.IntRange(min=0), default=0, help="Tile size for diffusion models (0 = whole).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
               help="Refuse images with more pixels (decompression-bomb guard); 0 = no limit.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32",
+              help="Compute precision of the models (fp16/bf16 under autocast); fp32 on every device by default.")
 @click.option("-q", "--quiet", is_flag=True)
 def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, models: str, metric_names: str,
              y_channel: bool, crop_border: int, no_ref: bool, out_dir: Path, realesrgan_weights: Path | None,
              lpips_net: str, lpips_backbone: Path | None, lpips_heads: Path | None, device: str, seed: int,
-             tile: int, max_pixels: int, quiet: bool) -> None:
+             tile: int, max_pixels: int, dtype: str, quiet: bool) -> None:
     """Measure SR results against ground truth (by file name) and write a report, a CSV and a comparison sheet.
 
     \b
@@ -286,7 +288,7 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
                    models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
                    tile=tile, realesrgan_weights=realesrgan_weights,
                    report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels, dtype=dtype)
     click.echo((out_dir / "report.md").read_text())
 
 
@@ -364,8 +366,9 @@ def _training_options(command: click.Command) -> click.Command:
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      default=None, help="YAML config (sections model/data/optim/run/distill; 'preset:' to start "
                                         "from a preset)."),
-        click.option("--preset", type=click.Choice(TRAIN_PRESETS), default="tiny",
-                     help="realsr-x4 / faceir: the paper's settings (GPU); tiny: a CPU preset."),
+        click.option("--preset", type=click.Choice(TRAIN_PRESETS), default=None,
+                     help="realsr-x4 / faceir: the paper's settings (GPU); tiny: a CPU preset. [default: tiny; "
+                          "for distill, the preset of the teacher's architecture]"),
         click.option("--data", "data_path", default=None, help="HR images: a folder (recursive) or a .txt list."),
         click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="Run folder: checkpoints/, log.jsonl, val/, final.safetensors."),
@@ -416,7 +419,8 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
     """
     from tadsr.training.teacher import TeacherTrainer
 
-    config = _training_config("train-teacher", config_path, preset, data_path, steps, seed, overrides, dry_run)
+    config = _training_config("train-teacher", config_path, preset or "tiny", data_path, steps, seed, overrides,
+                              dry_run)
     final = TeacherTrainer(config, run_dir, first_stage=first_stage, device=resolve_device(device), resume=resume,
                            show_progress=not quiet).run()
     click.echo(f"tadsr: wrote {final}")
@@ -438,9 +442,13 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
       tadsr distill ... distill.score_distill=sds distill.discriminator=plain     # an ablation row
       python -m torch.distributed.run --nproc_per_node 2 -m tadsr.cli distill ...   # DDP
     """
+    from tadsr.training.config import infer_train_preset
     from tadsr.training.distill import DistillTrainer
 
-    config = _training_config("distill", config_path, preset, data_path, steps, seed, overrides, dry_run)
+    if preset is None and config_path is None and teacher.is_file():  # the recipe of the teacher's architecture
+        preset = infer_train_preset(read_model_config(teacher))
+        click.echo(f"tadsr: distill: --preset {preset} (the teacher's architecture)", err=True)
+    config = _training_config("distill", config_path, preset or "tiny", data_path, steps, seed, overrides, dry_run)
     if not teacher.is_file():
         _fail(f"{teacher}: no such teacher file")
     final = DistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device), resume=resume,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tadsr.data.datasets import list_images, load_rgb, pair_by_name
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, to_uint8, write_image
-from tadsr.devices import peak_memory_mib, reset_peak_memory, resolve_device, synchronize
+from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, resolve_device, synchronize
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.metrics.full_reference import prepare, psnr, ssim
 
@@ -104,8 +104,10 @@ class ModelResult:
 
 
 def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None, seed: int,
-               tile: int) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """``NAME[:STEPS]`` -> (label, function from an LR float RGB image to its SR image)."""
+               tile: int, dtype: str = "fp32") -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """``NAME[:STEPS]`` -> (label, function from an LR float RGB image to its SR image), networks computing in
+    ``dtype`` (fp32, or fp16 / bf16 under autocast; fp32 by default on every device, so GPU figures compare with
+    CPU ones)."""
     name, _, steps_text = spec.partition(":")
     steps = int(steps_text) if steps_text else None
     if name == "bicubic":
@@ -119,12 +121,14 @@ def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None,
 
         @torch.inference_mode()
         def run(lr: np.ndarray) -> np.ndarray:
-            return net(_tensor(lr).float().to(device)).clamp(0, 1)[0].permute(1, 2, 0).double().cpu().numpy()
+            with autocast(device, DTYPES[dtype]):
+                out = net(_tensor(lr).float().to(device))
+            return out.float().clamp(0, 1)[0].permute(1, 2, 0).double().cpu().numpy()
 
         return "realesrgan", run
     from tadsr.inference.upscaler import Upscaler
 
-    up = Upscaler.from_pretrained(name, device=device, steps=steps, seed=seed, tile=tile)
+    up = Upscaler.from_pretrained(name, device=device, dtype=DTYPES[dtype], steps=steps, seed=seed, tile=tile)
     label = f"{Path(name).stem if name.endswith('.safetensors') else name}:{steps or up.model.config.role}"
 
     def run_model(lr: np.ndarray) -> np.ndarray:
@@ -192,7 +196,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
              models: Sequence[str] = (), pred_dir: Path | None = None, device: str = "cpu", seed: int = 0,
              tile: int = 0, realesrgan_weights: Path | None = None, report: Callable[[str], None] = print,
              show_progress: bool = True, sheet_images: int = 4,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ModelResult]:
+             max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "fp32") -> list[ModelResult]:
     """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs.
 
     A pair that cannot be measured (unreadable, a size that does not match the GT, too small for a metric) is
@@ -254,7 +258,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
                 lrs[name] = lr
         columns.append(("LR", lrs))
         for spec in models:
-            label, run = make_model(spec, dev, realesrgan_weights, seed, tile)
+            label, run = make_model(spec, dev, realesrgan_weights, seed, tile, dtype)
             result, outs = ModelResult(label), {}
             reset_peak_memory(dev)
             folder = out_dir / "outputs" / label.replace(":", "_")
@@ -288,7 +292,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
         write_image(out_dir / "sheet.png", ImageData(comparison_sheet(sheet)))
     space = "Y channel (BT.601 ycbcr)" if metrics.y_channel else "RGB"
     conventions = (f"{len(pairs) - len(left_out)} image(s); {space}; crop border {metrics.crop_border}; "
-                   "files paired by name.")
+                   "files paired by name" + (f"; models computed in {dtype} on {dev.type}." if models else "."))
     if left_out:
         conventions += (f" {len(left_out)} pair(s) left out of the means, each for the first problem found: "
                         + "; ".join(left_out.values()) + ".")

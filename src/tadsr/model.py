@@ -108,15 +108,21 @@ def save_model(model: SRModel, path: str | os.PathLike, dtype: torch.dtype | Non
     atomic_save_file(tensors, path, meta)
 
 
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The checked ModelConfig in a tadsr model file's metadata (no tensor is read)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        return model_config_from_json(meta["config"])
+    except (ValueError, TypeError, KeyError) as err:  # ConfigError names the key, the value, what is allowed
+        raise CheckpointError(f"{path}: invalid model config in its metadata ({err})") from err
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> SRModel:
     """Rebuild an SRModel from a file written by ``save_model`` (strict), in eval mode on ``device``/``dtype``."""
     path = Path(path)
-    meta = read_metadata(path)
-    try:
-        config = model_config_from_json(meta["config"])
-    except (ValueError, TypeError, KeyError) as err:  # ConfigError names the key, the value, what is allowed
-        raise CheckpointError(f"{path}: invalid model config in its metadata ({err})") from err
+    config = read_model_config(path)
     with torch.device("meta"):  # the shapes the config implies, checked against the header before allocating
         check_fits(SRModel(config), read_shapes(path), path)
     model = SRModel(config)

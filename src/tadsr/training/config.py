@@ -127,13 +127,14 @@ class RunConfig:
     save_every: int = 2000
     val_every: int = 2000
     keep_last: int = 3
+    dist_timeout_minutes: float = 30.0  # under torchrun: a rank that waits longer for the others ends the job
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"run.amp = {self.amp!r}: needs one of 'none', 'bf16', 'fp16'")
         check_ranges(self, "run", {"steps": (1, None), "batch_size": (1, 65536), "seed": (0, 2**63 - 1),
                                    "log_every": (1, None), "save_every": (1, None), "val_every": (1, None),
-                                   "keep_last": (0, None)})
+                                   "keep_last": (0, None), "dist_timeout_minutes": (0.1, 10080)})
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,18 @@ def tiny_model_config() -> ModelConfig:
                       window_size=8, lq_size=16)
     return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=15),
                        scale=4, predict_residual=True)
+
+
+def infer_train_preset(model: ModelConfig) -> str:
+    """The training preset whose architecture ``model`` has: realsr-x4 or faceir for the official networks (their
+    recipes: batch, GT size, degradation, lambdas), tiny for anything else."""
+    from tadsr.presets import model_config
+
+    for name in ("realsr-x4", "faceir"):
+        official = model_config(name)
+        if (model.unet, model.first_stage, model.scale) == (official.unet, official.first_stage, official.scale):
+            return name
+    return "tiny"
 
 
 def train_config(name: str, command: Command = "distill") -> TrainConfig:

@@ -241,6 +241,8 @@ class DistillTrainer(Trainer):
             loss = sum(terms.values()).mean()
             self.set_scheduled_lr(self.opt_g)
             self.optimizer_step(self.opt_g, loss)
+        if self.config.distill.unfrozen_teacher:  # the quirk's gradients are never used: do not keep them
+            self.teacher.unet.zero_grad(set_to_none=True)
         self.scaler.update()
         return {**{k: v.detach().mean() for k, v in terms.items()}, "loss": loss.detach()}
 

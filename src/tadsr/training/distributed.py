@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 
-def init() -> tuple[int, int]:
-    """Join the process group when launched by torchrun; returns (rank, world_size), (0, 1) otherwise."""
+def rank_device(requested: torch.device, local_rank: int) -> torch.device:
+    """The device of the process with ``local_rank`` on its machine: the GPU ``local_rank`` (modulo the visible
+    GPUs) when CUDA without an index was asked for, else what was asked (``--device cpu`` stays on the CPU)."""
+    if requested.type == "cuda" and requested.index is None:
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    return requested
+
+
+def backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(requested: torch.device, timeout_minutes: float = 30.0) -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun: (rank, world_size, this process's device); (0, 1,
+    ``requested``) otherwise. The CUDA device is set before the group exists (so that NCCL's collectives use this
+    rank's GPU), and a rank that waits longer than ``timeout_minutes`` for the others ends the job."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1
+        return 0, 1, requested
+    device = rank_device(requested, int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+        kwargs: dict[str, Any] = {"timeout": timedelta(minutes=timeout_minutes)}
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            kwargs["device_id"] = device
+        dist.init_process_group(backend(device), **kwargs)
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def is_distributed() -> bool:

@@ -55,6 +55,12 @@ class TrainingError(TadsrError, RuntimeError):
     """A run that cannot go on (non-finite loss, inconsistent ranks); the message says why and where."""
 
 
+def check_amp(device: torch.device, amp: str) -> None:
+    """ConfigError, before anything is built, for a precision the device cannot run."""
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"run.amp = 'bf16': {device} does not support bfloat16; use run.amp=fp16 or none")
+
+
 def scheduled_lr(optim_config: OptimConfig, step: int) -> float:
     """The teacher's / student's learning rate at ``step`` (1-based): linear warm-up over ``warmup`` steps, then
     x0.5 after each milestone (ResShift's ``adjust_lr``). The discriminator's ``lr_d`` is constant."""
@@ -73,10 +79,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
                  show_progress: bool = True) -> None:
-        self.rank, self.world = distributed.init()
-        if self.world > 1 and torch.cuda.is_available():
-            device = torch.device("cuda", self.rank % torch.cuda.device_count())
-        self.device = torch.device(device)
+        self.rank, self.world, self.device = distributed.init(torch.device(device), config.run.dist_timeout_minutes)
+        check_amp(self.device, config.run.amp)
         self.run_dir, self.show_progress = Path(run_dir), show_progress and self.rank == 0
         checkpoint = resume_checkpoint(self.run_dir, self.warn) if resume else None
         if resume and checkpoint is None:
