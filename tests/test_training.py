@@ -185,6 +185,7 @@ def test_torchrun_two_processes_agree(photo_dir: Path, teacher_file: Path, tmp_p
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "final.safetensors").is_file()  # written after the ranks' weights were checked equal
+    assert result.stdout.count("tadsr: wrote") == 1  # rank 0 speaks for the job
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "distill" in r] == [1, 2]  # only rank 0 logs
 

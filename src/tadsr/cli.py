@@ -421,9 +421,11 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
 
     config = _training_config("train-teacher", config_path, preset or "tiny", data_path, steps, seed, overrides,
                               dry_run)
-    final = TeacherTrainer(config, run_dir, first_stage=first_stage, device=resolve_device(device), resume=resume,
-                           show_progress=not quiet).run()
-    click.echo(f"tadsr: wrote {final}")
+    trainer = TeacherTrainer(config, run_dir, first_stage=first_stage, device=resolve_device(device), resume=resume,
+                             show_progress=not quiet)
+    final = trainer.run()
+    if trainer.rank == 0:
+        click.echo(f"tadsr: wrote {final}")
 
 
 @main.command()
@@ -451,9 +453,11 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
     config = _training_config("distill", config_path, preset or "tiny", data_path, steps, seed, overrides, dry_run)
     if not teacher.is_file():
         _fail(f"{teacher}: no such teacher file")
-    final = DistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device), resume=resume,
-                           show_progress=not quiet).run()
-    click.echo(f"tadsr: wrote {final}")
+    trainer = DistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device), resume=resume,
+                             show_progress=not quiet)
+    final = trainer.run()
+    if trainer.rank == 0:
+        click.echo(f"tadsr: wrote {final}")
 
 
 if __name__ == "__main__":

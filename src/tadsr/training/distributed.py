@@ -47,6 +47,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is True on any (``flag`` itself without torchrun)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([float(flag)], device=device if backend(device) == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value averaged over the ranks (the values themselves without torchrun); every rank must call it."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                          device=device if backend(device) == "nccl" else "cpu")
+    dist.all_reduce(tensor)
+    return dict(zip(keys, (tensor / dist.get_world_size()).tolist(), strict=True))
+
+
 def gather(obj: Any) -> list[Any]:
     """Every rank's ``obj`` on every rank (a list of one without torchrun)."""
     if not is_distributed():

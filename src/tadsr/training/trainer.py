@@ -103,7 +103,13 @@ class Trainer:
         if checkpoint is not None:
             self.load_state(checkpoint)
             self.step = int(checkpoint["step"])
-            restore_rng(checkpoint["rng"][self.rank], self.rng)
+            saved_ranks = len(checkpoint["rng"])
+            if self.rank < saved_ranks:
+                restore_rng(checkpoint["rng"][self.rank], self.rng)
+            if saved_ranks != self.world:  # ranks without a saved state keep the seed + rank they started with
+                self.warn(f"resuming a {saved_ranks}-process run with {self.world}: the data and random draws "
+                          "continue, but the weights are bit-identical to an uninterrupted run only at the same "
+                          "number of processes")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.amp == "fp16")
         if checkpoint is not None and "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
@@ -157,10 +163,16 @@ class Trainer:
         return f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
 
     def check_finite(self, terms: dict[str, Tensor]) -> None:
+        """TrainingError on every rank when a loss term is not finite on any rank (one small all-reduce per call
+        under torchrun), with the message of the first rank that found one."""
+        problem = None
         for name, value in terms.items():
             if not torch.isfinite(value).all():
-                raise TrainingError(f"step {self.step + 1}: loss term {name!r} is not finite ({value.mean().item()}); "
-                                    f"stopped, {self._last_good()}")
+                problem = f"step {self.step + 1}: loss term {name!r} is not finite ({value.mean().item()})"
+                break
+        if distributed.any_rank(problem is not None, self.device):
+            first = next(p for p in distributed.gather(problem) if p)
+            raise TrainingError(f"{first}{' on one rank' if self.world > 1 else ''}; stopped, {self._last_good()}")
 
     def check_weights_finite(self) -> None:
         """Before a checkpoint is kept: a step can leave 1e30 or NaN weights behind a finite loss."""
@@ -216,8 +228,10 @@ class Trainer:
                 terms["sec_per_it"] = time.perf_counter() - start
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items() if k != "sec_per_it"})
-                if self.rank == 0 and (self.step % run.log_every == 0 or self.step == run.steps):
-                    self._log({"step": self.step, **terms}, writer)
+                if self.step % run.log_every == 0 or self.step == run.steps:
+                    terms = distributed.mean(terms, self.device)  # every rank's terms, averaged (a collective)
+                    if self.rank == 0:
+                        self._log({"step": self.step, **terms}, writer)
                 if self.step % run.val_every == 0 or self.step == run.steps:
                     self.validate(writer)
                 if self.step % run.save_every == 0 or self.step == run.steps:

@@ -1,0 +1,54 @@
+"""torchrun (gloo, CPU): a stop on one rank stops all; a run resumes under another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_training import _cli, _distill_args
+
+
+def _torchrun(nproc: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
+           "tadsr.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_its_message(photo_dir: Path, teacher_file: Path,
+                                                                         tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(  # rank 1's distillation loss turns NaN at its first step
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import torch\n"
+        "    from tadsr.losses import distillation\n"
+        "    distillation.DistillationLoss.__call__ = lambda self, a, b: torch.full(a.shape[:1], float('nan'))\n")
+    result = _torchrun(2, *_distill_args(photo_dir, teacher_file, tmp_path / "run", 3),
+                       env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert result.returncode != 0
+    stopped = [line for line in result.stderr.splitlines() if "loss term 'distill' is not finite" in line]
+    assert len(stopped) == 2 and all("on one rank; stopped" in line for line in stopped), result.stderr[-2000:]
+    assert not (tmp_path / "run" / "final.safetensors").exists()
+
+
+def test_a_run_resumes_under_another_number_of_processes(photo_dir: Path, teacher_file: Path,
+                                                         tmp_path: Path) -> None:
+    one = tmp_path / "one"  # 1 process, then 2
+    assert _cli(*_distill_args(photo_dir, teacher_file, one, 2)).returncode == 0
+    result = _torchrun(2, *_distill_args(photo_dir, teacher_file, one, 4), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming a 1-process run with 2" in result.stderr
+    two = tmp_path / "two"  # 2 processes, then 1
+    assert _torchrun(2, *_distill_args(photo_dir, teacher_file, two, 2)).returncode == 0
+    result = _cli(*_distill_args(photo_dir, teacher_file, two, 4), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming a 2-process run with 1" in result.stderr
+    for run in (one, two):
+        steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()
+                 if "distill" in line]
+        assert steps == [1, 2, 3, 4] and (run / "final.safetensors").is_file()
