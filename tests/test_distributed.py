@@ -52,3 +52,28 @@ def test_a_run_resumes_under_another_number_of_processes(photo_dir: Path, teache
         steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()
                  if "distill" in line]
         assert steps == [1, 2, 3, 4] and (run / "final.safetensors").is_file()
+
+
+def test_sharded_upscale_equals_one_process_and_resumes(tmp_path: Path, tiny_student_file: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+            src / f"p{i}.png")
+    (src / "broken.png").write_bytes(b"not an image")
+    args = ["upscale", "-i", str(src), "--model", str(tiny_student_file), "-q"]
+    one = _cli(*args, "-o", str(tmp_path / "one"))
+    assert one.returncode == 1 and "5 done, 0 skipped, 1 failed" in one.stdout
+    two = _torchrun(2, *args, "-o", str(tmp_path / "two"))
+    assert two.returncode == 1  # one rank's failure makes the job fail
+    assert two.stdout.count("tadsr: ") == 1 and "5 done, 0 skipped, 1 failed" in two.stdout
+    assert "(2 processes)" in two.stdout and two.stderr.count("broken.png") == 1
+    for i in range(5):  # the noise is per image: the split does not change a bit
+        assert (tmp_path / "one" / f"p{i}.png").read_bytes() == (tmp_path / "two" / f"p{i}.png").read_bytes()
+    (tmp_path / "two" / "p3.png").unlink()  # as if the job had been killed before p3
+    again = _torchrun(2, *args, "-o", str(tmp_path / "two"))
+    assert "1 done, 4 skipped, 1 failed" in again.stdout
+    assert (tmp_path / "one" / "p3.png").read_bytes() == (tmp_path / "two" / "p3.png").read_bytes()

@@ -174,9 +174,11 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
       tadsr upscale -i photo.jpg -o out/
       tadsr upscale -i photos/ -o out/ --model resshift-realsr-x4.safetensors --steps 15 --fp16
       tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
+      torchrun --nproc_per_node 8 -m tadsr.cli upscale -i dataset/ -o out/    # sharded over 8 GPUs
     """
-    from tadsr.inference.batch import plan_jobs, run_jobs
+    from tadsr.inference.batch import Summary, plan_jobs, run_jobs, shard
     from tadsr.inference.upscaler import Upscaler
+    from tadsr.training import distributed
 
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive,
                      report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
@@ -190,13 +192,17 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
         click.echo(f"{len(jobs)} image(s) with model {model_path}; nothing written (dry run)")
         return
     check_writable(out_dir)
+    rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
     upscaler = Upscaler.from_pretrained(
-        model_path, device=resolve_device(device), dtype=DTYPES[precision] if precision else None, tile=tile,
+        model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,
         tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
         outscale=outscale, channels_last=channels_last, compile=compile_)
-    summary = run_jobs(upscaler, jobs, overwrite=overwrite, max_pixels=max_pixels, show_progress=not quiet,
-                       report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
-    click.echo(f"tadsr: {summary.line()}")
+    mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,
+                    show_progress=not quiet and rank == 0,
+                    report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
+    summary = Summary.combined(distributed.gather(mine))
+    if rank == 0:
+        click.echo(f"tadsr: {summary.line()}" + (f" ({world} processes)" if world > 1 else ""))
     if summary.failed:
         sys.exit(1)
 

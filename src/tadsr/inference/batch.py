@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,23 @@ class Summary:
         rate = f", {self.seconds / self.megapixels:.2f} s per output megapixel" if self.megapixels else ""
         return (f"{self.done} done, {self.skipped} skipped, {self.failed} failed "
                 f"in {self.seconds:.1f} s{rate}")
+
+    @classmethod
+    def combined(cls, parts: list[Summary]) -> Summary:
+        """The summary of a sharded run: counts and megapixels added, the slowest rank's time (they run at once);
+        the rate is then whole-job seconds per output megapixel."""
+        return cls(done=sum(p.done for p in parts), skipped=sum(p.skipped for p in parts),
+                   failed=sum(p.failed for p in parts), seconds=max((p.seconds for p in parts), default=0.0),
+                   megapixels=sum(p.megapixels for p in parts), errors=[e for p in parts for e in p.errors])
+
+
+def shard(jobs: list[Job], rank: int, world: int) -> list[Job]:
+    """This rank's share of the jobs under torchrun: a job goes to rank crc32(its output path) mod world, so the
+    split is the same on every rank and every rerun, and two inputs that would write one output meet on one rank
+    (which reports the clash)."""
+    if world == 1:
+        return jobs
+    return [job for job in jobs if zlib.crc32(str(job.target).encode()) % world == rank]
 
 
 def find_inputs(spec: str, recursive: bool = True,
