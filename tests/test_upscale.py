@@ -164,7 +164,7 @@ def test_folder_with_good_and_bad_files(photo_folder: Path, tiny_student_file: P
     assert code == 1
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ["gray.jpg", "rgb.png", "rgba.png", "sub/deep16.png"]
-    errors = stderr.strip().splitlines()
+    errors = [line for line in stderr.splitlines() if line.startswith("tadsr: error:")]  # (and padding notices)
     assert len(errors) == 3
     for name, needle in (("corrupt.png", "not a readable image"), ("empty.jpg", "empty file"),
                          ("dot.png", "too small")):
@@ -250,3 +250,19 @@ def test_fatal_errors_are_one_line(case: str, photo_folder: Path, tiny_student_f
     code, _, stderr = _run(*args)
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1 and needle in lines[0], stderr
+
+
+def test_a_small_input_and_a_tile_the_model_cannot_run_are_said_once_each(tmp_path: Path,
+                                                                          tiny_student_file: Path) -> None:
+    """The tiny test model runs multiples of 32 LR pixels (a face model: 512): a 24x20 input is padded to 32x32,
+    more than twice its pixels, and --tile 40 runs as 64; each is one warning, not silence."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (24, 20)).save(src / "small.png")
+    Image.new("RGB", (60, 60)).save(src / "big.png")  # padded to 64x64: not worth a word
+    code, _, stderr = _run("upscale", "-i", str(src), "-o", str(tmp_path / "out"), "--model",
+                           str(tiny_student_file), "-q", "--tile", "40")
+    warned = [line for line in stderr.splitlines() if line.startswith("tadsr: warning:")]
+    assert code == 0 and len(warned) == 2
+    assert "--tile 40 runs as 64, this model's multiple" in warned[0]
+    assert "small.png: 24x20 is padded to 32x32" in warned[1]

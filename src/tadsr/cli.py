@@ -197,9 +197,12 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
         model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,
         tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
         outscale=outscale, channels_last=channels_last, compile=compile_)
+    if upscaler.tile_size() != tile and rank == 0:
+        click.echo(f"tadsr: warning: --tile {tile} runs as {upscaler.tile_size()}, this model's multiple", err=True)
     mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,
                     show_progress=not quiet and rank == 0,
-                    report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
+                    report=lambda line: click.echo(f"tadsr: error: {line}", err=True),
+                    notice=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
     summary = Summary.combined(distributed.gather(mine))
     if rank == 0:
         click.echo(f"tadsr: {summary.line()}" + (f" ({world} processes)" if world > 1 else ""))

@@ -134,8 +134,10 @@ def check_output_size(source: Path, size: tuple[int, int], max_pixels: int) -> N
 
 
 def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-             show_progress: bool = True, report: Callable[[str], None] = print) -> Summary:
-    """Upscale every job; ``report`` gets one line per failure. Returns the counts and timing."""
+             show_progress: bool = True, report: Callable[[str], None] = print,
+             notice: Callable[[str], None] | None = None) -> Summary:
+    """Upscale every job; ``report`` gets one line per failure, ``notice`` one per input the model pads to more
+    than twice its pixels (the face model's 512x512, for instance). Returns the counts and timing."""
     summary = Summary()
     targets: dict[Path, Path] = {}
     start = time.perf_counter()
@@ -170,6 +172,10 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
         try:
             image = read_image(job.source, max_pixels=max_pixels)
             check_output_size(job.source, upscaler.output_size(*image.pixels.shape[:2]), max_pixels)
+            padded = upscaler.padded_size(*image.pixels.shape[:2])
+            if notice is not None and padded[0] * padded[1] > 2 * image.pixels.shape[0] * image.pixels.shape[1]:
+                notice(f"{job.source}: {image.pixels.shape[1]}x{image.pixels.shape[0]} is padded to "
+                       f"{padded[1]}x{padded[0]}, this model's multiple (it was trained on that size)")
             result = upscaler.upscale_image(image, progress)
             job.target.parent.mkdir(parents=True, exist_ok=True)
             write_image(job.target, result)

@@ -113,6 +113,16 @@ class Upscaler:
             out = color_fix(out, upsample_lr(lr, self.scale).clamp(-1, 1), opts.color_fix).clamp(-1, 1)
         return out
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) the LR image is reflect-padded to before the network: multiples of the model's LR multiple."""
+        m = self.model.config.lr_multiple
+        return -(-height // m) * m, -(-width // m) * m
+
+    def tile_size(self) -> int:
+        """The LR tile the model runs (``tile`` rounded up to the model's multiple; 0: the whole image)."""
+        m, tile = self.model.config.lr_multiple, self.options.tile
+        return -(-tile // m) * m if tile else 0
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) of the output for an input of height x width: the native scale, then ``outscale``."""
         if self.options.outscale is None:
