@@ -77,3 +77,28 @@ def test_sharded_upscale_equals_one_process_and_resumes(tmp_path: Path, tiny_stu
     again = _torchrun(2, *args, "-o", str(tmp_path / "two"))
     assert "1 done, 4 skipped, 1 failed" in again.stdout
     assert (tmp_path / "one" / "p3.png").read_bytes() == (tmp_path / "two" / "p3.png").read_bytes()
+
+
+def test_sharded_evaluate_reports_what_one_process_reports(tmp_path: Path, tiny_student_file: Path) -> None:
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    lr, gt = tmp_path / "lr", tmp_path / "gt"
+    lr.mkdir()
+    gt.mkdir()
+    for i in range(5):
+        hr = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(hr).save(gt / f"p{i}.png")
+        Image.fromarray(hr).resize((16, 16), Image.BICUBIC).save(lr / f"p{i}.png")
+    (lr / "p5.png").write_bytes(b"broken")
+    Image.new("RGB", (64, 64)).save(gt / "p5.png")
+    args = ["evaluate", "--lr", str(lr), "--gt", str(gt), "--models", f"bicubic,{tiny_student_file}:1", "-q"]
+    one = _cli(*args, "-o", str(tmp_path / "one"))
+    two = _torchrun(2, *args, "-o", str(tmp_path / "two"))
+    assert one.returncode == two.returncode == 1  # p5 is left out, by both
+    assert "1 of 6 pair(s) left out (each named above)" in two.stderr  # from rank 0, after writing the report
+    rows = [list(csv.reader(open(tmp_path / run / "per_image.csv"))) for run in ("one", "two")]
+    assert rows[0] == rows[1] and len(rows[0]) == 1 + 2 * 5
+    assert (tmp_path / "two" / "sheet.png").is_file()

@@ -24,6 +24,7 @@ from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.model import SRModel, load_model, model_from_official, read_model_config, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
+from tadsr.training import distributed
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
 
 SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts
@@ -178,7 +179,6 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
     """
     from tadsr.inference.batch import Summary, plan_jobs, run_jobs, shard
     from tadsr.inference.upscaler import Upscaler
-    from tadsr.training import distributed
 
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive,
                      report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
@@ -298,7 +298,8 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
                    tile=tile, realesrgan_weights=realesrgan_weights,
                    report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet,
                    max_pixels=max_pixels, dtype=dtype)
-    click.echo((out_dir / "report.md").read_text())
+    if distributed.rank() == 0:  # under torchrun, rank 0 wrote the one report
+        click.echo((out_dir / "report.md").read_text())
 
 
 @main.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, to_ui
 from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, resolve_device, synchronize
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.metrics.full_reference import prepare, psnr, ssim
+from tadsr.training import distributed
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
 NO_REFERENCE = ("niqe",)
@@ -202,9 +204,15 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
     A pair that cannot be measured (unreadable, a size that does not match the GT, too small for a metric) is
     reported through ``report`` in one line and left out; the report is written for the others, and then
     ``EvaluationIncomplete`` says how many were left out.
+
+    Under torchrun the models' pairs are split across the ranks (by a hash of the pair's name, one device per
+    rank), each rank measures its own, and rank 0 writes one report of all of them: the same figures as one
+    process (the noise is per image). Measuring existing predictions (``pred_dir``) runs on rank 0 alone.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    rank, world, dev = distributed.init(resolve_device(device))
+    if world > 1 and pred_dir is not None and rank != 0:
+        return []
     results: list[ModelResult] = []
     columns: list[tuple[str, dict[str, np.ndarray]]] = []  # the sheet: label -> pair name -> image
     source = pred_dir if pred_dir is not None else lr_dir
@@ -253,6 +261,8 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
     else:
         lrs = {}
         for name, path, _ in pairs:
+            if world > 1 and zlib.crc32(name.encode()) % world != rank:
+                continue  # another rank's pair
             lr = attempt(name, path, lambda path=path: load_float(path, max_pixels))
             if lr is not None:
                 lrs[name] = lr
@@ -277,9 +287,30 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
                     result.rows[name] = measured
                 outs[name] = pred
             result.peak_mib = peak_memory_mib(dev)
-            result.set_values = metrics.set_level(folder, gt_dir)
+            if world > 1:  # every rank's rows, times and peak, in the pairs' order
+                gathered = distributed.gather((result.rows, result.seconds, result.peak_mib))
+                merged = {k: v for rows, _, _ in gathered for k, v in rows.items()}
+                result.rows = {name: merged[name] for name, _, _ in pairs if name in merged}
+                result.seconds = [s for _, seconds, _ in gathered for s in seconds]
+                result.peak_mib = max(peak for _, _, peak in gathered)
+                distributed.barrier()  # every rank's outputs are written before set-level metrics read them
+            result.set_values = metrics.set_level(folder, gt_dir) if rank == 0 else {}
             results.append(result)
             columns.append((label, outs))
+        if world > 1:
+            for problems in distributed.gather(left_out):
+                for name, message in problems.items():
+                    left_out.setdefault(name, message)
+            if rank != 0:
+                if left_out:
+                    raise EvaluationIncomplete(f"{len(left_out)} of {len(pairs)} pair(s) left out (rank {rank}; rank "
+                                               "0 writes the report)")
+                return results
+            for label, images in columns:  # the sheet's images from the other ranks, read back
+                folder = out_dir / "outputs" / label.replace(":", "_")
+                for name, path, _ in pairs[:sheet_images + len(left_out)]:
+                    if name not in images and name not in left_out:
+                        images[name] = load_float(path if label == "LR" else folder / f"{name}.png", 0)
     shown = [name for name, _, _ in pairs if name not in left_out][:sheet_images]
     if gt_dir is not None:
         columns.append(("GT", {name: load_float(gt, 0) for name, _, gt in pairs if name in shown}))

@@ -42,6 +42,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
