@@ -6,6 +6,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= ``n``: the size the model runs for ``n`` pixels."""
+    return -(-n // multiple) * multiple
+
+
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     """Reflect-pad (N, C, H, W) on the bottom and right to multiples of ``multiple``; returns (padded, (H, W)).
 
@@ -13,7 +18,7 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     replicated, since it has nothing to reflect.
     """
     h, w = x.shape[-2:]
-    target_h, target_w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    target_h, target_w = round_up(h, multiple), round_up(w, multiple)
     while x.shape[-2] < target_h or x.shape[-1] < target_w:
         cur_h, cur_w = x.shape[-2:]
         pad_h = min(target_h - cur_h, cur_h - 1)

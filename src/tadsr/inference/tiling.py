@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tadsr.inference.padding import crop_to, pad_to_multiple
+from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
 from tadsr.inference.pipeline import super_resolve
 from tadsr.model import SRModel
 
@@ -86,7 +86,7 @@ def tiled_super_resolve(
         if progress:
             progress(1, 1)
         return crop_to(out, (h * s, w * s))
-    tile = math.ceil(tile / m) * m
+    tile = round_up(tile, m)
     th, tw = min(tile, hp), min(tile, wp)
     ramp = overlap * s if blend == "cosine" else 0
     boxes = [(y, x) for y in tile_starts(hp, th, overlap, f) for x in tile_starts(wp, tw, overlap, f)]

@@ -23,6 +23,7 @@ from tadsr.devices import resolve_device
 from tadsr.errors import ConfigError
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from tadsr.inference.fast import prepare_for_inference
+from tadsr.inference.padding import round_up
 from tadsr.inference.pipeline import upsample_lr
 from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.model import SRModel, load_model, resolve_model_path
@@ -116,12 +117,11 @@ class Upscaler:
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) the LR image is reflect-padded to before the network: multiples of the model's LR multiple."""
         m = self.model.config.lr_multiple
-        return -(-height // m) * m, -(-width // m) * m
+        return round_up(height, m), round_up(width, m)
 
     def tile_size(self) -> int:
         """The LR tile the model runs (``tile`` rounded up to the model's multiple; 0: the whole image)."""
-        m, tile = self.model.config.lr_multiple, self.options.tile
-        return -(-tile // m) * m if tile else 0
+        return round_up(self.options.tile, self.model.config.lr_multiple)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) of the output for an input of height x width: the native scale, then ``outscale``."""
