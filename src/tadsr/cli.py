@@ -211,6 +211,37 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
 
 
 @main.command()
+@click.option("--model", "model_paths", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A tadsr .safetensors model to offer besides the embedded student and teacher (repeatable).")
+@click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Offer every tadsr .safetensors file in this folder too.")
+@click.option("--host", default="127.0.0.1", help="Address to bind; anything but this machine's gets a warning.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860)
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
+@click.option("--fp32", "precision", flag_value="fp32", help="Float32 compute [default on CPU].")
+@click.option("--fp16", "precision", flag_value="fp16", help="Float16 autocast [default on CUDA].")
+@click.option("--bf16", "precision", flag_value="bf16", help="Bfloat16 autocast.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
+              help="Refuse uploads above this many pixels (checked before decoding), as `tadsr upscale`; 0: none.")
+@click.option("--queue-size", type=click.IntRange(min=1), default=16, help="Jobs that may wait; more are refused.")
+@click.option("--share", is_flag=True, help="Also make a public gradio.live link (off unless asked).")
+def serve(model_paths: tuple[Path, ...], models_dir: Path | None, host: str, port: int, device: str,
+          precision: str | None, max_pixels: int, queue_size: int, share: bool) -> None:
+    """A local web page to upscale by drag-and-drop (needs: pip install 'tadsr[web]').
+
+    \b
+    Examples:
+      tadsr serve                                  # http://127.0.0.1:7860
+      tadsr serve --model my-student.safetensors --models-dir models/ --port 8080
+    """
+    from tadsr.web.page import serve as serve_page
+
+    serve_page(model_paths, models_dir, host=host, port=port, device=device,
+               dtype=DTYPES[precision] if precision else None, max_pixels=max_pixels, queue_size=queue_size,
+               share=share, report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
+
+
+@main.command()
 @click.option("-i", "--input", "hr_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder of HR images (searched recursively).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,

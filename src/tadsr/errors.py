@@ -28,3 +28,7 @@ class OutputError(TadsrError, OSError):
 
 class NotFoundError(TadsrError, FileNotFoundError):
     """A file, folder or image set the user named does not exist or holds nothing usable."""
+
+
+class MissingExtraError(TadsrError, ImportError):
+    """An optional dependency a command needs is not installed (the message says which extra to install)."""

@@ -249,6 +249,13 @@ def _png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> byt
     return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
 
 
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """uint16 pixels rounded to uint8 (x / 257); uint8 pixels unchanged."""
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return pixels
+
+
 def encode_image(image: ImageData, fmt: str) -> bytes:
     """Encode to ``fmt`` (png, jpg, webp, tif); 16-bit kept for png/tif, reduced to 8-bit otherwise."""
     fmt = output_format(fmt)
@@ -265,9 +272,7 @@ def encode_image(image: ImageData, fmt: str) -> bytes:
             raise ValueError(f"OpenCV could not encode a 16-bit {fmt}")
         data = buf.tobytes()
         return _png_with_metadata(data, image.icc_profile, image.exif) if fmt == "png" else data
-    if pixels.dtype == np.uint16:
-        pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    pil = Image.fromarray(pixels)  # L, LA, RGB or RGBA from the shape
+    pil = Image.fromarray(to_8bit(pixels))  # L, LA, RGB or RGBA from the shape
     kwargs: dict = {}
     if image.icc_profile:
         kwargs["icc_profile"] = image.icc_profile
