@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +99,65 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
     save_model(randomize(SRModel(small_model_config()), seed=5, std=0.05).eval(), path)
     return path
+
+
+@dataclass
+class WebServer:
+    """A `tadsr serve` process of the tests' own: its URL, its files folder, its log."""
+
+    url: str
+    root: Path
+    process: subprocess.Popen
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(log: Path, *args: str, timeout: float = 180) -> WebServer:
+    """Start `tadsr serve` on a free local port with ``args`` and wait until it answers (or fail with its log)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "tadsr.cli", "serve", "--port", str(port), *args],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"tadsr serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"tadsr serve did not answer in {timeout} s:\n{log.read_text()}")
+    root = Path(re.search(r"uploads and results in (\S+)", log.read_text()).group(1))
+    return WebServer(url, root, process, log)
+
+
+def stop_server(server: WebServer) -> int:
+    """SIGTERM, as a service manager stops it; returns the exit status."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise
+
+
+@pytest.fixture(scope="session")
+def web_server(tmp_path_factory: pytest.TempPathFactory, tiny_student_file: Path, teacher_file: Path) -> WebServer:
+    """One `tadsr serve` for the API and browser tests: the embedded models and the tiny student and teacher."""
+    pytest.importorskip("gradio", reason="needs the web extra: pip install 'tadsr[web]'")
+    server = start_server(tmp_path_factory.mktemp("serve") / "serve.log", "--model", str(tiny_student_file),
+                          "--model", str(teacher_file))
+    yield server
+    if server.process.poll() is None:
+        stop_server(server)

@@ -255,22 +255,24 @@ def remove_tree(path: Path) -> None:
 
 
 def sweep(root: Path, max_age: float = MAX_AGE_SECONDS, now: float | None = None) -> int:
-    """Delete the files under ``root`` last modified more than ``max_age`` seconds ago, and the folders as old
-    that are left empty (a job's new folder is not); returns how many files went."""
+    """Delete the files under ``root`` last modified more than ``max_age`` seconds ago, and the folders they
+    leave empty or that are as old and empty (not a job's new folder); returns how many files went."""
     now = time.time() if now is None else now
     removed = 0
     for folder, _dirs, files in os.walk(root, topdown=False):
+        emptied = False
         for name in files:
             path = Path(folder) / name
             try:
                 if now - path.lstat().st_mtime > max_age:
                     path.unlink()
                     removed += 1
+                    emptied = True
             except FileNotFoundError:
                 pass
         if Path(folder) != root:
             try:
-                if now - Path(folder).stat().st_mtime > max_age:
+                if emptied or now - Path(folder).stat().st_mtime > max_age:
                     Path(folder).rmdir()  # only if empty
             except OSError:
                 pass

@@ -15,6 +15,7 @@ hour every ten minutes, and the folder itself when the server stops.
 # handlers by their annotations, which must be real classes, not strings.
 import asyncio
 import os
+import signal
 import tempfile
 import threading
 import warnings
@@ -79,6 +80,10 @@ class Sessions:
         for path in uploads:
             path.unlink(missing_ok=True)
         remove_tree(self.root / "results" / _safe(session))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _safe(session: str) -> str:
@@ -217,6 +222,8 @@ def serve(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.Pa
             sweep(root, MAX_AGE_SECONDS)
 
     models.get(next(iter(catalogue)))  # the default model, so that the first job does not wait for it
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops the server as Ctrl+C does
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         page = build_page(models, sessions, max_pixels)
         page.queue(max_size=queue_size, default_concurrency_limit=1)
