@@ -87,11 +87,18 @@ def test_upload_upscale_and_download_in_chromium(browser, web_server: WebServer,
     # Closing the page deletes its upload and result on the server.
     result = Path(urllib.parse.unquote(link.split("file=", 1)[1]))
     assert result.is_file() and web_server.root in result.parents
+    assert _uploads_of(cat, web_server.root)
     browser.get("about:blank")
     deadline = time.monotonic() + 60
-    while result.exists() and time.monotonic() < deadline:
+    while (result.exists() or _uploads_of(cat, web_server.root)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not result.exists(), "the closed page's result was not deleted"
+    assert not _uploads_of(cat, web_server.root), "the closed page's upload was not deleted"
+
+
+def _uploads_of(photo: Path, root: Path) -> list[Path]:
+    """The server's copies of ``photo`` (Gradio keeps uploads in a folder named by their hash)."""
+    return [p for p in root.rglob(photo.name) if p.read_bytes() == photo.read_bytes()]
 
 
 def test_a_bad_upload_shows_the_one_line_message(browser, web_server: WebServer, tmp_path: Path) -> None:
@@ -105,3 +112,20 @@ def test_a_bad_upload_shows_the_one_line_message(browser, web_server: WebServer,
     WebDriverWait(browser, 60).until(lambda d: message in d.find_element(By.TAG_NAME, "body").text)
     text = browser.find_element(By.TAG_NAME, "body").text
     assert "Traceback" not in text and _summary(browser) == ""
+
+
+def test_choosing_the_teacher_offers_its_steps(browser, web_server: WebServer) -> None:
+    _open_page(browser, web_server.url)
+
+    def steps() -> str:
+        return browser.find_element(By.CSS_SELECTOR, "#tadsr-steps input").get_attribute("value")
+
+    assert steps() == "1"
+    browser.find_element(By.CSS_SELECTOR, "#tadsr-model input").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "li[data-testid=dropdown-option]"))
+    options = browser.find_elements(By.CSS_SELECTOR, "li[data-testid=dropdown-option]")
+    assert [o.get_attribute("aria-label") for o in options] == [
+        "student (embedded)", "teacher (embedded)", "tiny-student.safetensors", "teacher.safetensors"]
+    options[1].click()
+    WebDriverWait(browser, 10).until(lambda d: steps() != "1")
+    assert steps() == "15 (the schedule's T)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -244,7 +245,8 @@ def test_closing_a_page_cancels_its_jobs_and_deletes_its_files(tmp_path: Path) -
 
 def test_page_numbers_are_checked_in_one_line() -> None:
     assert _number("3", "seed") == 3 and _number(2.0, "tile") == 2 and _number("2.5", "scale", integer=False) == 2.5
-    for value, message in [(None, "seed is empty"), ("x", "seed must be a number"), (1.5, "seed must be a whole")]:
+    for value, message in [(None, "seed is empty"), ("x", "seed must be a number"), (1.5, "seed must be a whole"),
+                           ("nan", "seed must be a finite number"), (float("inf"), "seed must be a finite")]:
         with pytest.raises(ConfigError, match=message):
             _number(value, "seed")
 
@@ -265,3 +267,15 @@ def test_a_model_saved_after_start_is_not_reachable_by_path(models: ModelCache, 
     save_model(SRModel(models.get(STUDENT).config), path)
     with pytest.raises(ConfigError, match="unknown model"):
         upscale_file(photo, "photo.png", JobSettings(model=str(path)), models, tmp_path / "job")
+
+
+def test_a_port_in_use_is_one_line_before_anything_loads() -> None:
+    pytest.importorskip("gradio")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"tadsr: error: cannot serve on 127.0.0.1:{port} (Address already in use): choose another --port or --host"]

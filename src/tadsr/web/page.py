@@ -14,8 +14,10 @@ hour every ten minutes, and the folder itself when the server stops.
 # No ``from __future__ import annotations`` here: Gradio finds the gr.Request and gr.Progress parameters of the
 # handlers by their annotations, which must be real classes, not strings.
 import asyncio
+import math
 import os
 import signal
+import socket
 import tempfile
 import threading
 import warnings
@@ -66,6 +68,10 @@ class Sessions:
             self._running.setdefault(session, set()).add(flag)
             return self.root / "results" / _safe(session) / str(self._jobs), flag
 
+    def add_upload(self, session: str, upload: Path) -> None:
+        with self._lock:
+            self._uploads.setdefault(session, set()).add(upload)
+
     def end_job(self, session: str, flag: threading.Event) -> None:
         with self._lock:
             self._running.get(session, set()).discard(flag)
@@ -80,6 +86,18 @@ class Sessions:
         for path in uploads:
             path.unlink(missing_ok=True)
         remove_tree(self.root / "results" / _safe(session))
+
+
+def check_port(host: str, port: int) -> None:
+    """ConfigError in one line if ``host:port`` cannot be bound (in use, not this machine's, not allowed)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as err:
+        raise ConfigError(f"cannot serve on {host}:{port} ({err.strerror or err}): choose another --port or "
+                          "--host") from None
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -98,6 +116,8 @@ def _number(value: Any, name: str, integer: bool = True) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     if integer:
         if number != int(number):
             raise ConfigError(f"{name} must be a whole number, got {value}")
@@ -111,14 +131,15 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
     catalogue = models.catalogue
     first = next(iter(catalogue.values()))
 
-    def step_control(label: str) -> Any:
+    def steps_of(label: str) -> dict[str, Any]:
+        """The steps control of a model: 1 for a student (fixed); T (the default) or 1 for a teacher."""
         entry = models.entry(label)
         choices = [(f"{n} (the schedule's T)" if n == entry.num_steps and n > 1 else str(n), n)
                    for n in entry.step_choices]
-        return gr.Dropdown(choices=choices, value=entry.step_choices[0], interactive=len(choices) > 1)
+        return dict(choices=choices, value=entry.step_choices[0], interactive=len(choices) > 1)
 
     def on_model(label: str) -> tuple[Any, Any]:
-        return step_control(label), gr.Number(value=models.entry(label).scale)
+        return gr.Dropdown(**steps_of(label)), gr.Number(value=models.entry(label).scale)
 
     async def run(image: dict | None, model: str, steps: Any, seed: Any, tile: Any, outscale: Any, color_fix: str,
                   request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:  # noqa: B008
@@ -158,6 +179,11 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
             sessions.end_job(session, flag)
         return (str(result.before), str(result.after)), str(result.output), result.summary
 
+    def uploaded(image: dict | None, request: gr.Request) -> None:
+        """Note the session's upload as it arrives, so that closing the page deletes it even if never upscaled."""
+        if image and image.get("path"):
+            sessions.add_upload(request.session_hash or "anonymous", Path(image["path"]))
+
     def closed(request: gr.Request) -> None:
         sessions.close(request.session_hash or "anonymous")
 
@@ -173,8 +199,7 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
                                  sources=["upload", "clipboard"], elem_id="tadsr-input")
                 model = gr.Dropdown(choices=list(catalogue), value=first.label, label="model", elem_id="tadsr-model")
                 with gr.Row():
-                    steps = step_control(first.label)
-                    steps.label = "steps"
+                    steps = gr.Dropdown(label="steps", elem_id="tadsr-steps", **steps_of(first.label))
                     seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
                 with gr.Row():
                     tile = gr.Number(value=PAGE_TILE, precision=0, minimum=0, label="tile (LR px; 0: whole image)")
@@ -194,6 +219,7 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
                        outputs=[slider, download, summary], api_name="upscale", preprocess=False,
                        concurrency_limit=1, concurrency_id="device")
         stop.click(None, cancels=[job], api_name=False)
+        image.upload(uploaded, inputs=image, outputs=None, preprocess=False, queue=False, api_name=False)
         page.unload(closed)
     return page
 
@@ -206,6 +232,7 @@ def serve(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.Pa
     for a host other than the local machine's (anyone who reaches it can run jobs) and for each file in
     ``models_dir`` that is not a tadsr model; a share link is made only with ``share``."""
     gr = import_gradio()
+    check_port(host, port)
     report = report or (lambda line: warnings.warn(line, RuntimeWarning, stacklevel=3))
     catalogue = model_catalogue(model_paths, models_dir, report=report)
     if host not in LOCAL_HOSTS:
