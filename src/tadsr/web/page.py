@@ -101,6 +101,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM: stop as Ctrl+C does; a second SIGTERM (a supervisor's repeat) does not cut the clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
