@@ -52,7 +52,7 @@ class ModelEntry:
     @property
     def step_choices(self) -> list[int]:
         """1 for a student; T (the default) or 1 for a teacher."""
-        return [1] if self.role == "student" else [self.num_steps, 1]
+        return [1] if self.role == "student" or self.num_steps == 1 else [self.num_steps, 1]
 
 
 def _entry(label: str, path: Path) -> ModelEntry:

@@ -77,7 +77,8 @@ class Sessions:
             self._running.get(session, set()).discard(flag)
 
     def close(self, session: str) -> None:
-        """The page was closed: cancel its jobs, delete its uploads and results."""
+        """The page was closed: cancel its jobs, delete its uploads and results. (Gradio keeps one copy of
+        identical uploads: another page's job on the very same file then fails with a one-line message.)"""
         with self._lock:
             uploads = self._uploads.pop(session, set())
             flags = self._running.pop(session, set())
@@ -240,17 +241,17 @@ def serve(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.Pa
     if host not in LOCAL_HOSTS:
         report(f"serving on {host}: anyone who can reach this machine's port {port} can upload images and run "
                "jobs on it")
+    models = ModelCache(catalogue, resolve_device(device), dtype)
+    models.get(next(iter(catalogue)))  # the default model, so that the first job does not wait for it
     root = Path(tempfile.mkdtemp(prefix="tadsr-serve-"))
     os.environ["GRADIO_TEMP_DIR"] = str(root)  # Gradio's uploads and caches, read when the page is built
     sessions = Sessions(root)
-    models = ModelCache(catalogue, resolve_device(device), dtype)
     stop = threading.Event()
 
     def janitor() -> None:
         while not stop.wait(SWEEP_SECONDS):
             sweep(root, MAX_AGE_SECONDS)
 
-    models.get(next(iter(catalogue)))  # the default model, so that the first job does not wait for it
     if threading.current_thread() is threading.main_thread():  # SIGTERM stops the server as Ctrl+C does
         signal.signal(signal.SIGTERM, _interrupt)
     try:
