@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +260,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
     else:
         lrs = {}
         for name, path, _ in pairs:
-            if world > 1 and zlib.crc32(name.encode()) % world != rank:
+            if distributed.owner(name, world) != rank:
                 continue  # another rank's pair
             lr = attempt(name, path, lambda path=path: load_float(path, max_pixels))
             if lr is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, output_format, read_image, write_image
 from tadsr.errors import ConfigError, NotFoundError, first_line
 from tadsr.inference.upscaler import Upscaler
+from tadsr.training import distributed
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def shard(jobs: list[Job], rank: int, world: int) -> list[Job]:
     (which reports the clash)."""
     if world == 1:
         return jobs
-    return [job for job in jobs if zlib.crc32(str(job.target).encode()) % world == rank]
+    return [job for job in jobs if distributed.owner(str(job.target), world) == rank]
 
 
 def find_inputs(spec: str, recursive: bool = True,

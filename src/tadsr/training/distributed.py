@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +37,12 @@ def init(requested: torch.device, timeout_minutes: float = 30.0) -> tuple[int, i
             kwargs["device_id"] = device
         dist.init_process_group(backend(device), **kwargs)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def owner(key: str, world: int) -> int:
+    """The rank that handles the item named ``key`` when items are split across ``world`` processes: crc32(key) mod
+    world, the same on every rank and every rerun (sharded ``upscale`` and ``evaluate``)."""
+    return zlib.crc32(key.encode()) % world
 
 
 def is_distributed() -> bool:
