@@ -92,10 +92,8 @@ class SRModel(nn.Module):
 def model_from_official(config: ModelConfig, unet_weights: str | os.PathLike,
                         first_stage_weights: str | os.PathLike | None) -> SRModel:
     """An SRModel of ``config`` with official ResShift / SinSR weights (any official form, strict)."""
-    model = SRModel(config)
-    load_official(model.unet, unet_weights)
-    model.first_stage = load_first_stage(config, first_stage_weights)
-    return model
+    unet = load_official(build_network(config), unet_weights)
+    return SRModel(config, unet=unet, first_stage=load_first_stage(config, first_stage_weights))
 
 
 def save_model(model: SRModel, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
