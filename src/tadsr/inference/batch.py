@@ -40,6 +40,12 @@ class Summary:
         return (f"{self.done} done, {self.skipped} skipped, {self.failed} failed "
                 f"in {self.seconds:.1f} s{rate}")
 
+    def fail(self, message: str, report: Callable[[str], None]) -> None:
+        """Count a file that failed and say why, in one line."""
+        self.failed += 1
+        self.errors.append(message)
+        report(message)
+
     @classmethod
     def combined(cls, parts: list[Summary]) -> Summary:
         """The summary of a sharded run: counts and megapixels added, the slowest rank's time (they run at once);
@@ -133,6 +139,18 @@ def check_output_size(source: Path, size: tuple[int, int], max_pixels: int) -> N
                          "-s/--outscale or raise --max-pixels")
 
 
+def _target_problem(job: Job, targets: dict[Path, Path]) -> str | None:
+    """Why ``job``'s output cannot be written (``targets``: the outputs planned so far, by their input), or None."""
+    if job.target in targets:
+        return f"{job.source}: output {job.target} would overwrite that of {targets[job.target]}"
+    if len(job.target.name.encode()) > NAME_MAX:
+        return (f"{job.source}: the output name {job.target.name[:40]}... is longer than {NAME_MAX} bytes (shorten "
+                "--suffix or the input's name)")
+    if job.target.is_dir():
+        return f"{job.source}: the output {job.target} is an existing folder"
+    return None
+
+
 def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
              show_progress: bool = True, report: Callable[[str], None] = print,
              notice: Callable[[str], None] | None = None) -> Summary:
@@ -143,22 +161,10 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
     start = time.perf_counter()
     bar = tqdm(jobs, desc="images", unit="img", disable=not show_progress)
     for job in bar:
-        if job.target in targets:
-            summary.failed += 1
-            summary.errors.append(f"{job.source}: output {job.target} would overwrite that of {targets[job.target]}")
-            report(summary.errors[-1])
-            continue
-        targets[job.target] = job.source
-        if len(job.target.name.encode()) > NAME_MAX:
-            summary.failed += 1
-            summary.errors.append(f"{job.source}: the output name {job.target.name[:40]}... is longer than "
-                                  f"{NAME_MAX} bytes (shorten --suffix or the input's name)")
-            report(summary.errors[-1])
-            continue
-        if job.target.is_dir():
-            summary.failed += 1
-            summary.errors.append(f"{job.source}: the output {job.target} is an existing folder")
-            report(summary.errors[-1])
+        problem = _target_problem(job, targets)
+        targets.setdefault(job.target, job.source)
+        if problem is not None:
+            summary.fail(problem, report)
             continue
         if job.target.exists() and not overwrite:
             summary.skipped += 1
@@ -180,13 +186,9 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
             job.target.parent.mkdir(parents=True, exist_ok=True)
             write_image(job.target, result)
         except ImageError as err:
-            summary.failed += 1
-            summary.errors.append(str(err))
-            report(str(err))
+            summary.fail(str(err), report)
         except (OSError, RuntimeError, ValueError) as err:  # keep the batch going; name the file
-            summary.failed += 1
-            summary.errors.append(f"{job.source}: {type(err).__name__}: {first_line(err)}")
-            report(summary.errors[-1])
+            summary.fail(f"{job.source}: {type(err).__name__}: {first_line(err)}", report)
         else:
             summary.done += 1
             summary.megapixels += result.pixels.shape[0] * result.pixels.shape[1] / 1e6
