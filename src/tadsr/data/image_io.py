@@ -163,9 +163,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                          "TIFF, BMP); nothing was decoded")
     if header.format not in READ_FORMATS:
         raise ImageError(f"{path}: a {header.format} image; tadsr reads PNG, JPEG, WebP, TIFF and BMP")
-    icc = exif_bytes = None
-    orientation = 1
-    pil_mode = None
+    exif_bytes = None
     with header:
         width, height = header.size
         if max_pixels and width * height > max_pixels:
@@ -200,7 +198,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if min(pixels.shape[:2]) < MIN_SIDE:
         raise ImageError(f"{path}: image too small ({pixels.shape[1]}x{pixels.shape[0]}); "
                          f"each side needs at least {MIN_SIDE} pixels")
-    pixels = _to_rgb_order(pixels, gray=pil_mode is not None and pil_mode.split(";")[0] in ("L", "LA", "I", "1"))
+    pixels = _to_rgb_order(pixels, gray=pil_mode.split(";")[0] in ("L", "LA", "I", "1"))
     return ImageData(apply_orientation(pixels, orientation), icc_profile=icc, exif=exif_bytes)
 
 
@@ -249,6 +247,15 @@ def _png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> byt
     return png[:end_of_ihdr] + extra + png[end_of_ihdr:]
 
 
+def gray_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """Gray (H, W), (H, W, 1) or gray + alpha (H, W, 2) as RGB (H, W, 3) or RGBA (H, W, 4); colour unchanged."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] in (1, 2):
+        pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+    return pixels
+
+
 def to_8bit(pixels: np.ndarray) -> np.ndarray:
     """uint16 pixels rounded to uint8 (x / 257); uint8 pixels unchanged."""
     if pixels.dtype == np.uint16:
@@ -264,7 +271,7 @@ def encode_image(image: ImageData, fmt: str) -> bytes:
         pixels = pixels[:, :, 0] if pixels.shape[2] == 2 else pixels[:, :, :3]
     if pixels.dtype == np.uint16 and fmt in ("png", "tif"):
         if pixels.ndim == 3 and pixels.shape[2] == 2:  # OpenCV writes no 16-bit gray+alpha: store as RGBA
-            pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+            pixels = gray_to_rgb(pixels)
         bgr = pixels if pixels.ndim == 2 else cv2.cvtColor(
             pixels, cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
         ok, buf = cv2.imencode(f".{fmt}", bgr)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tadsr.config import Role
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, read_image, to_8bit, write_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, gray_to_rgb, read_image, to_8bit, write_image
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.inference.batch import NAME_MAX, check_output_size
 from tadsr.inference.color import COLOR_FIXES
@@ -217,12 +217,7 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
 
 def to_preview(pixels: np.ndarray) -> np.ndarray:
     """8-bit RGB or RGBA of any (H, W[, C]) uint8/uint16 pixels, as a browser shows it."""
-    pixels = to_8bit(pixels)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    if pixels.shape[2] in (1, 2):  # gray (+ alpha)
-        pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
-    return pixels
+    return gray_to_rgb(to_8bit(pixels))
 
 
 def preview_size(width: int, height: int, side: int = PREVIEW_SIDE) -> tuple[int, int]:
