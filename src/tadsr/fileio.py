@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tadsr.errors import OutputError
+
 TEMPORARY_STEM_BYTES = 200  # "." + 200 + "." + 8 random + ".tmp" = 214 bytes: below every file-name limit
 
 
@@ -34,8 +36,6 @@ def _plain_mode() -> int:
 
 def check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and prove a file can be written there; OutputError (one line) otherwise."""
-    from tadsr.errors import OutputError
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
