@@ -2,8 +2,8 @@
 
 Errors: library code raises ``tadsr.errors.TadsrError`` (one line naming the file or setting); ``TadsrGroup``
 prints it (and an OSError: disk full, permission denied) as ``tadsr: error: ...`` and exits 1, here and nowhere
-else. ``_fail`` is for arguments that do not
-parse together (e.g. two options that exclude each other).
+else. ``_fail`` is for arguments that do not parse together (e.g. two options that exclude each other); ``_warn``
+and ``_error`` print the per-file lines that library code hands to its ``report`` callbacks.
 """
 
 from __future__ import annotations
@@ -30,8 +30,17 @@ from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_c
 SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts
 
 
+def _error(line: str) -> None:
+    """One file or pair that failed; the command goes on with the others."""
+    click.echo(f"tadsr: error: {line}", err=True)
+
+
+def _warn(line: str) -> None:
+    click.echo(f"tadsr: warning: {line}", err=True)
+
+
 def _fail(message: str) -> NoReturn:
-    click.echo(f"tadsr: error: {message}", err=True)
+    _error(message)
     sys.exit(1)
 
 
@@ -180,8 +189,7 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
     from tadsr.inference.batch import Summary, plan_jobs, run_jobs, shard
     from tadsr.inference.upscaler import Upscaler
 
-    jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive,
-                     report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
+    jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive, report=_warn)
     model_path = resolve_model_path(model)
     if not jobs:
         _fail(f"{input_spec}: no images found")
@@ -198,11 +206,9 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
         tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
         outscale=outscale, channels_last=channels_last, compile=compile_)
     if upscaler.tile_size() != tile and rank == 0:
-        click.echo(f"tadsr: warning: --tile {tile} runs as {upscaler.tile_size()}, this model's multiple", err=True)
+        _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
     mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,
-                    show_progress=not quiet and rank == 0,
-                    report=lambda line: click.echo(f"tadsr: error: {line}", err=True),
-                    notice=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
+                    show_progress=not quiet and rank == 0, report=_error, notice=_warn)
     summary = Summary.combined(distributed.gather(mine))
     if rank == 0:
         click.echo(f"tadsr: {summary.line()}" + (f" ({world} processes)" if world > 1 else ""))
@@ -238,7 +244,7 @@ def serve(model_paths: tuple[Path, ...], models_dir: Path | None, host: str, por
 
     serve_page(model_paths, models_dir, host=host, port=port, device=device,
                dtype=DTYPES[precision] if precision else None, max_pixels=max_pixels, queue_size=queue_size,
-               share=share, report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
+               share=share, report=_warn)
 
 
 @main.command()
@@ -264,8 +270,7 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
     from tadsr.data.testset import build_test_set
 
     summary = build_test_set(hr_dir, out_dir, degradation_preset(preset), preset, seed=seed, gt_size=gt_size,
-                             max_pixels=max_pixels, show_progress=not quiet,
-                             report=lambda line: click.echo(f"tadsr: error: {line}", err=True))
+                             max_pixels=max_pixels, show_progress=not quiet, report=_error)
     click.echo(f"tadsr: {summary.written} pair(s) written to {out_dir}, {summary.failed} failed")
     if summary.failed:
         sys.exit(1)
@@ -327,7 +332,7 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
     run_evaluation(out_dir, None if no_ref else gt_dir, metrics, lr_dir=lr_dir,
                    models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
                    tile=tile, realesrgan_weights=realesrgan_weights,
-                   report=lambda line: click.echo(f"tadsr: warning: {line}", err=True), show_progress=not quiet,
+                   report=_warn, show_progress=not quiet,
                    max_pixels=max_pixels, dtype=dtype)
     if distributed.rank() == 0:  # under torchrun, rank 0 wrote the one report
         click.echo((out_dir / "report.md").read_text())
@@ -345,7 +350,7 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
     from tadsr.demo import run_demo
 
     report = run_demo(out_dir, quick=quick, device=resolve_device(device), show_progress=not quiet,
-                      report=lambda line: click.echo(f"tadsr: warning: {line}", err=True))
+                      report=_warn)
     click.echo(report.read_text())
     click.echo(f"tadsr: report, per-image CSV and comparison sheet in {out_dir}/")
 
