@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,11 @@ def test_evaluate_argument_errors(tmp_path: Path) -> None:
     code, _, stderr = _run("evaluate", "--pred", str(tmp_path / "x"), "--gt", str(tmp_path / "x"), "--metrics",
                            "psnr,foo", "-o", str(tmp_path / "r"))
     assert code == 1 and "unknown metric(s) foo" in stderr
+    # two model files with one stem would overwrite each other's row: refused before anything is written
+    code, _, stderr = _run("evaluate", "--lr", str(tmp_path / "x"), "--gt", str(tmp_path / "x"), "--models",
+                           "a/final.safetensors:1,b/final.safetensors:1", "-o", str(tmp_path / "r2"))
+    assert code == 1 and "would share the label final:1" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
 
 
 def test_evaluate_computes_in_fp32_unless_told_and_says_so(tmp_path: Path, tiny_student_file: Path) -> None:
@@ -177,3 +183,79 @@ def test_evaluate_computes_in_fp32_unless_told_and_says_so(tmp_path: Path, tiny_
         outputs[dtype] = np.asarray(Image.open(out / "outputs" / "tiny-student_1" / "p.png"), dtype=np.int16)
     difference = np.abs(outputs["fp32"] - outputs["bf16"])
     assert 0 < difference.max() <= 16  # bf16 moves a few levels; fp32 is the default
+
+
+def _detail_pairs(tmp_path: Path) -> tuple[Path, Path]:
+    """A colour and a gray GT (textured), each with a blurred prediction: a known chroma error on the colour one."""
+    import cv2
+
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    texture = np.asarray(Image.open(Path(__file__).parent / "data" / "chelsea_crop.png"))[:96, :96]
+    gray = np.repeat(texture.mean(2, keepdims=True).astype(np.uint8), 3, axis=2)
+    for name, gt in (("colour", texture), ("gray", gray)):
+        _save(gt_dir / f"{name}.png", gt)
+        blurred = cv2.GaussianBlur(gt, (0, 0), 1.5)
+        if name == "colour":
+            blurred = np.clip(blurred.astype(int) + [6, 0, 0], 0, 255).astype(np.uint8)
+        else:
+            blurred = np.clip(blurred.astype(int) + [2, 0, -2], 0, 255).astype(np.uint8)  # colour added to gray
+        _save(pred_dir / f"{name}.png", blurred)
+    return gt_dir, pred_dir
+
+
+def test_chroma_gray_and_detail_columns_and_their_set_figures(tmp_path: Path) -> None:
+    from tadsr.metrics.detail import chroma_mse, detail_ratio, false_colour, mse_to_psnr
+
+    gt_dir, pred_dir = _detail_pairs(tmp_path)
+    out = tmp_path / "r"
+    code, _, stderr = _run("evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics",
+                           "psnr,chroma,gray,detail", "--scale", "4", "-o", str(out), "-q")
+    assert code == 0, stderr
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "per_image.csv"))}
+    assert rows["colour"]["gray"] == ""  # does not apply to a colour GT: empty, not zero
+    pred = {n: np.asarray(Image.open(pred_dir / f"{n}.png")).astype(np.float64) for n in rows}
+    gt = {n: np.asarray(Image.open(gt_dir / f"{n}.png")).astype(np.float64) for n in rows}
+    assert float(rows["gray"]["gray"]) == pytest.approx(false_colour(pred["gray"]), abs=1e-5) and float(
+        rows["gray"]["gray"]) > 1
+    for n in rows:
+        assert float(rows[n]["detail"]) == pytest.approx(detail_ratio(pred[n], gt[n], 4), rel=1e-5)
+        assert float(rows[n]["detail"]) < 0.5  # blurred: less detail than the GT
+    summary = json.loads((out / "report.json").read_text())["pred"]
+    pooled = mse_to_psnr(np.mean([chroma_mse(pred[n], gt[n]) for n in rows]))
+    assert summary["chroma"] == pytest.approx(pooled, abs=1e-4)  # the pooled MSE, not the mean of dBs
+    assert summary["detail"] == pytest.approx(np.median([float(rows[n]["detail"]) for n in rows]), rel=1e-5)
+    assert summary["gray"] == pytest.approx(float(rows["gray"]["gray"]))
+    report = (out / "report.md").read_text()
+    assert "chroma (pooled MSE)" in report and "detail (median)" in report
+
+
+def test_gray_on_a_set_without_gray_photos_is_empty_and_detail_at_the_lr_scale(tmp_path: Path) -> None:
+    lr_dir, gt_dir = tmp_path / "lq", tmp_path / "gt"
+    gt = np.asarray(Image.open(Path(__file__).parent / "data" / "chelsea_crop.png"))[:96, :96]
+    _save(gt_dir / "p.png", gt)
+    _save(lr_dir / "p.png", np.asarray(Image.fromarray(gt).resize((24, 24), Image.BICUBIC)))
+    out = tmp_path / "r"
+    code, stdout, stderr = _run("evaluate", "--lr", str(lr_dir), "--gt", str(gt_dir), "--models", "bicubic",
+                                "--metrics", "gray,detail", "-o", str(out), "-q")
+    assert code == 0, stderr
+    from tadsr.metrics.detail import detail_ratio
+
+    row = next(csv.DictReader(open(out / "per_image.csv")))
+    pred = np.asarray(Image.open(out / "outputs" / "bicubic" / "p.png")).astype(np.float64)
+    # the metric saw the float output, the file holds it in 8 bits: equal within 3%
+    assert row["gray"] == "" and float(row["detail"]) == pytest.approx(detail_ratio(pred, gt.astype(float), 4),
+                                                                        rel=0.03)
+    assert abs(float(row["detail"]) - detail_ratio(pred, gt.astype(float), 2)) > 0.01
+    assert json.loads((out / "report.json").read_text())["bicubic"]["gray"] is None
+    assert "| bicubic | — |" in (out / "report.md").read_text()
+
+
+def test_detail_on_a_pair_too_small_is_one_line_and_the_rest_is_measured(tmp_path: Path) -> None:
+    gt_dir, pred_dir = _detail_pairs(tmp_path)
+    _save(gt_dir / "tiny.png", np.zeros((6, 6, 3), np.uint8))
+    _save(pred_dir / "tiny.png", np.zeros((6, 6, 3), np.uint8))
+    code, _, stderr = _run("evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "detail",
+                           "-o", str(tmp_path / "r"), "-q")
+    assert code == 1 and "tiny.png: 6x6: too small for detail at x4" in stderr
+    rows = list(csv.DictReader(open(tmp_path / "r" / "per_image.csv")))
+    assert {r["name"] for r in rows} == {"colour", "gray"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tadsr.data.degradation import preset
-from tadsr.data.photos import PhotoCache, PhotoCropDataset, crop_to_float, dihedral, draw_crop
+from tadsr.data.photos import PhotoCache, PhotoCropDataset, crop_to_float, dihedral, draw_crop, texture_score
 from tadsr.training.config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, train_config
 from tadsr.training.teacher import draw_timesteps
 
@@ -120,10 +120,41 @@ def test_a_bad_photo_is_named_once_and_skipped(photos: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("kwargs, message", [({"scale_range": (0.0, 1.0)}, "scale_range"),
                                              ({"scale_range": (0.5, 1.5)}, "scale_range"),
-                                             ({"gray_prob": 2.0}, "gray_prob"), ({"gt_size": 30}, "multiple")])
+                                             ({"gray_prob": 2.0}, "gray_prob"), ({"gt_size": 30}, "multiple"),
+                                             ({"texture_ref": -1.0}, "texture_ref"),
+                                             ({"texture_tries": 0}, "texture_tries")])
 def test_bad_settings_are_refused(photos: Path, tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PhotoCropDataset(photos, preset("bicubic"), tmp_path / "cache", **{"gt_size": 32, **kwargs})
+
+
+def half_flat_photo(height: int = 512, width: int = 512) -> np.ndarray:
+    """Left half flat gray, right half seeded noise: crops range from flat to textured."""
+    img = np.full((height, width, 3), 128, np.uint8)
+    img[:, width // 2:] = np.random.default_rng(0).integers(0, 256, (height, width - width // 2, 3))
+    return img
+
+
+def test_texture_score_is_zero_when_flat_and_grows_with_texture() -> None:
+    flat, ramp = np.full((16, 16, 3), 0.5, np.float32), np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))
+    assert texture_score(flat) == 0.0
+    assert texture_score(np.repeat(ramp[..., None], 3, 2)) == pytest.approx(255 / 15 / 2, rel=1e-5)
+
+
+def test_texture_aware_crops_prefer_texture_and_stay_deterministic(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "half.png"), half_flat_photo())
+    make = lambda cache, ref: PhotoCropDataset(folder, preset("bicubic"), tmp_path / cache, gt_size=64,  # noqa: E731
+                                               scale_range=(1.0, 1.0), seed=3, texture_ref=ref)
+    plain, textured = make("c1", 0.0), make("c2", 30.0)
+    scores = {name: [texture_score(d.sample(i, 0)["gt"].permute(1, 2, 0).numpy()) for i in range(40)]
+              for name, d in (("plain", plain), ("textured", textured))}
+    flat = {name: sum(s < 1 for s in v) for name, v in scores.items()}
+    assert flat["plain"] >= 8 and flat["textured"] <= flat["plain"] // 4  # flat crops mostly rejected
+    assert np.median(scores["textured"]) > np.median(scores["plain"])
+    again = make("c3", 30.0)
+    assert all(torch.equal(again.sample(i, 0)["gt"], textured.sample(i, 0)["gt"]) for i in (0, 7))
 
 
 def test_trainer_config_selects_native_crops_and_old_configs_still_load() -> None:
@@ -141,7 +172,9 @@ def test_trainer_config_selects_native_crops_and_old_configs_still_load() -> Non
 
 
 @pytest.mark.parametrize("override, message", [("data.crop=thumbnail", "data.crop"),
-                                               ("teacher.t_last_prob=1.5", "t_last_prob")])
+                                               ("teacher.t_last_prob=1.5", "t_last_prob"),
+                                               ("data.texture_ref=8", "need data.crop=native"),
+                                               ("data.texture_tries=0", "texture_tries")])
 def test_bad_data_and_teacher_settings_are_refused(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         apply_overrides(train_config("tiny", "train-teacher"), [override])

@@ -42,8 +42,9 @@ def test_a_distillation_step_moves_student_and_discriminator_not_teacher(photo_d
     trainer = _trainer(photo_dir, teacher_file, tmp_path)
     teacher, student, disc = _params(trainer.teacher.unet), _params(trainer.student), _params(trainer.discriminator)
     terms = trainer.train_step(next(trainer.batches()))
-    assert set(terms) == {"d_loss", "distill", "hsd", "adv", "loss"}
+    assert set(terms) == {"d_loss", "d_acc", "d_gap", "distill", "hsd", "adv", "loss"}
     assert all(np.isfinite(v) for v in terms.values())
+    assert 0 <= terms["d_acc"] <= 1
     assert all(torch.equal(a, b) for a, b in zip(teacher, _params(trainer.teacher.unet), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(student, _params(trainer.student), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(disc, _params(trainer.discriminator), strict=True))
@@ -75,13 +76,32 @@ def test_the_discriminator_is_frozen_during_the_generator_step(photo_dir: Path, 
 
 
 @pytest.mark.parametrize(("overrides", "keys"), [
-    (("distill.score_distill=sds", "distill.discriminator=plain"), {"d_loss", "distill", "sds", "adv", "loss"}),
+    (("distill.score_distill=sds", "distill.discriminator=plain"),
+     {"d_loss", "d_acc", "d_gap", "distill", "sds", "adv", "loss"}),
     (("distill.score_distill=none", "distill.discriminator=none"), {"distill", "loss"}),
 ])
 def test_ablation_switches_change_the_objective(photo_dir: Path, teacher_file: Path, tmp_path: Path,
                                                 overrides: tuple[str, ...], keys: set[str]) -> None:
     trainer = _trainer(photo_dir, teacher_file, tmp_path, *overrides)
     assert set(trainer.train_step(next(trainer.batches()))) == keys
+
+
+def test_the_discriminator_logs_its_separation_and_keeps_to_its_t_range(photo_dir: Path, teacher_file: Path,
+                                                                        tmp_path: Path) -> None:
+    """d_acc: the share of samples on the right side of 0; d_gap: mean D(real) - mean D(fake), both before the D
+    step; ``distill.dis_t_max`` bounds the discriminator's t (0: the paper's t < T-1)."""
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "distill.dis_t_max=1", "run.batch_size=4")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    trainer.discriminator.register_forward_hook(lambda module, args, out: seen.append((args[1], out.detach())))
+    terms = trainer.train_step(next(trainer.batches()))
+    t, out = seen[0]  # the D step's forward: real then fake, at the same t
+    assert (t == 0).all()
+    real, fake = out.chunk(2)
+    assert terms["d_gap"] == pytest.approx(float(real.mean() - fake.mean()), abs=1e-6)
+    assert terms["d_acc"] == pytest.approx(float(((real > 0).float().mean() + (fake < 0).float().mean()) / 2))
+    last = trainer.schedule.num_steps - 1
+    with pytest.raises(ValueError, match=f"dis_t_max={last + 1}.*below T-1"):
+        _trainer(photo_dir, teacher_file, tmp_path / "b", f"distill.dis_t_max={last + 1}")
 
 
 def test_tiny_distillation_lowers_the_distillation_loss(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:

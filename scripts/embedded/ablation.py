@@ -1,17 +1,20 @@
-"""A small-scale reproduction of the paper's ablation (Table V): SDS+GAN, SDS+t-GAN, HSD+GAN, HSD+t-GAN.
+"""A small-scale per-loss ablation of TAD-SR (the paper's Table V, cumulative): L_distill only; + HSD; + a plain
+latent discriminator; + the time-aware one (the full method).
 
-Same teacher, same data (the recipe's native-resolution crops), same budget (steps, batch, one shared teacher cache)
-for the four students; each is measured one-step on the validation set that evaluate.py builds (WORK/valset), with
-`tadsr evaluate` (PSNR-Y, NIQE) and evaluate.py's detail figures (chroma PSNR, detail above the LR's Nyquist).
-Writes docs/ablation.md (the table) and docs/ablation-losses.png (the loss curves), whatever the outcome.
+Same teacher, same data (the recipe's texture-aware native-resolution crops), same budget (steps, batch, one shared
+teacher cache, seed) for the four students; each is measured one-step on the textured validation split that
+evaluate.py builds (WORK/valtex, WORK/valtex-gray) with `tadsr evaluate` (its report.json: PSNR-Y, chroma PSNR,
+detail above the LR's Nyquist, NIQE; colour on gray). Writes docs/ablation.md (the table), docs/ablation-losses.png
+(L_distill, the discriminator's hinge loss and its real/fake margin over training) and docs/ablation-sheet.png
+(textured crops of the four students beside bicubic and the GT), whatever the outcome.
 
-Usage: python scripts/embedded/ablation.py DATA_DIR WORK_DIR TEACHER.safetensors [--steps 200]
+Usage: python scripts/embedded/ablation.py DATA_DIR WORK_DIR TEACHER.safetensors [--steps 600] [ARG=VALUE ...]
+(run evaluate.py once first: it writes the split; extra key=value overrides go to every row's `tadsr distill`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
@@ -21,12 +24,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from evaluate import detail_figures  # noqa: E402  (this folder's evaluate.py)
+from evaluate import comparison_sheet, output_folder, run_models  # noqa: E402  (this folder's evaluate.py)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-ROWS = {"SDS + GAN": ("sds", "plain"), "SDS + t-GAN": ("sds", "time-aware"),
-        "HSD + GAN": ("hsd", "plain"), "HSD + t-GAN": ("hsd", "time-aware")}
+ROWS = {"L_distill only": ("none", "none"), "+ HSD": ("hsd", "none"), "+ HSD + GAN": ("hsd", "plain"),
+        "+ HSD + t-GAN (TAD-SR)": ("hsd", "time-aware")}
+SETTINGS = ["data.crop=native", "data.degradation=realesrgan-mild", "data.gray_prob=0.1", "data.texture_ref=8",
+            "data.gt_size=64", "run.batch_size=8", "data.workers=1", "distill.teacher_cache=512", "optim.lr=1e-4",
+            "optim.warmup=50", "optim.ema_rate=0.995", "run.log_every=10", "run.val_every=100000",
+            "run.save_every=200", "run.keep_last=1"]
+
+
+def train(run: Path, teacher: Path, data: Path, work: Path, steps: int, score: str, disc: str,
+          extra: list[str]) -> None:
+    command = ["tadsr", "distill", "--preset", "tiny", "--teacher", str(teacher), "--data", str(data / "train.txt"),
+               "--out", str(run), "--steps", str(steps), "-q", *SETTINGS, f"data.cache_dir={work / 'photo-cache'}",
+               f"distill.score_distill={score}", f"distill.discriminator={disc}", *extra]
+    if (run / "checkpoints").is_dir():
+        command.append("--resume")
+    subprocess.run(command, check=True)
 
 
 def main() -> None:
@@ -34,53 +50,55 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("work", type=Path)
     parser.add_argument("teacher", type=Path)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("overrides", nargs="*", help="key=value for every row's tadsr distill")
     args = parser.parse_args()
-    results, curves = {}, {}
-    cache = None
+    valset, grayset = args.work / "valtex", args.work / "valtex-gray"
+    models, curves, cache = {}, {}, None
     for label, (score, disc) in ROWS.items():
-        run = args.work / "ablation" / label.replace(" + ", "_").replace("-", "")
+        run = args.work / "ablation" / "_".join(label.replace("+", "").replace("(TAD-SR)", "").split()).lower()
+        run.mkdir(parents=True, exist_ok=True)
         if cache is not None and not (run / cache.name).exists():  # the same pairs and targets for every row
-            run.mkdir(parents=True, exist_ok=True)
             shutil.copy(cache, run / cache.name)
         if not (run / "final.safetensors").exists():
-            subprocess.run(["tadsr", "distill", "--preset", "tiny", "--teacher", str(args.teacher), "--data",
-                            str(args.data / "train.txt"), "--out", str(run), "--steps", str(args.steps), "-q",
-                            "data.crop=native", "data.degradation=realesrgan-mild", "data.gray_prob=0.1",
-                            f"data.cache_dir={args.work / 'photo-cache'}",
-                            "data.gt_size=64", "run.batch_size=8", "data.workers=1", "distill.teacher_cache=256",
-                            f"distill.score_distill={score}", f"distill.discriminator={disc}", "optim.lr=1e-4",
-                            "optim.lr_d=1e-4", "optim.warmup=50", "optim.ema_rate=0.995", "run.log_every=5",
-                            "run.val_every=100000", "run.save_every=100000", "run.seed=7"], check=True)
-        report = run / "val-report"
-        subprocess.run(["tadsr", "evaluate", "--lr", str(args.work / "valset" / "lq"), "--gt",
-                        str(args.work / "valset" / "gt"), "--models", f"{run / 'final.safetensors'}:1",
-                        "--metrics", "psnr,ssim,niqe", "--y-channel", "-o", str(report), "-q"], check=True,
-                       stdout=subprocess.DEVNULL)
+            train(run, args.teacher, args.data, args.work, args.steps, score, disc, args.overrides)
         cache = run / "teacher_cache.pt"
-        rows = list(csv.DictReader(open(report / "per_image.csv")))
-        results[label] = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("psnr", "ssim", "niqe")}
-        results[label].update(detail_figures(report, args.work / "valset" / "gt", rows[0]["model"]))
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        curves[label] = [(r["step"], r["distill"], r.get("d_loss")) for r in log if "distill" in r]
+        models[label] = f"{run / 'final.safetensors'}:1"
+        curves[label] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    report = args.work / "ablation" / "report"
+    colour = run_models(valset, report, ["bicubic", *models.values()], "psnr,chroma,detail,niqe")
+    gray = run_models(grayset, args.work / "ablation" / "report-gray", ["bicubic", *models.values()], "gray")
+    labels = list(colour)  # bicubic, then the rows in order (each model's label is its file's stem + ":1")
+    shown = dict(zip(labels, ["bicubic", *models], strict=True))
     lines = ["<!-- written by scripts/embedded/ablation.py -->", "",
-             f"Embedded tiny teacher, {args.steps} distillation steps each (batch 8, GT 64, one teacher cache of 256 "
-             "pairs, seed 7), one-step students on the validation crops (`realesrgan-test` x4, 64 -> 256). Detail: "
-             "energy above the LR's Nyquist / the GT's (median); lower NIQE is better.",
-             "", "| score distillation + discriminator | PSNR-Y | SSIM-Y | chroma PSNR | detail | NIQE |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {k} | {v['psnr']:.3f} | {v['ssim']:.4f} | {v['chroma']:.2f} | {v['detail']:.3f} | {v['niqe']:.3f} |"
-              for k, v in results.items()]
+             f"Embedded tiny teacher (shipped), {args.steps} distillation steps each (batch 8, GT 64, texture-aware "
+             "crops, one teacher cache of 512 pairs, seed 0, lr 1e-4, the paper's lambdas unless stated: "
+             f"{' '.join(args.overrides) or 'none'}), one-step students on the textured validation split "
+             "(`realesrgan-test` x4, 64 -> 256). Detail: energy above the LR's Nyquist / the GT's (median); colour "
+             "on gray: mean |channel - gray| of 255 on the gray copies; lower NIQE is better.", "",
+             "| losses | PSNR-Y | chroma PSNR | colour on gray | detail | NIQE | D real-fake margin (last 100 steps) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label in labels:
+        f, g = colour[label], gray[label]["gray"]
+        log = curves.get(shown[label], [])
+        gaps = [r["d_gap"] for r in log if "d_gap" in r and r["step"] > args.steps - 100]
+        margin = f"{sum(gaps) / len(gaps):.3f}" if gaps else "-"
+        lines.append(f"| {shown[label]} | {f['psnr']:.2f} | {f['chroma']:.2f} | {g:.2f} | {f['detail']:.3f} | "
+                     f"{f['niqe']:.2f} | {margin} |")
     (DOCS / "ablation.md").write_text("\n".join(lines) + "\n")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for label, points in curves.items():
-        steps = [p[0] for p in points]
-        axes[0].plot(steps, [p[1] for p in points], label=label)
-        if points[0][2] is not None:
-            axes[1].plot(steps, [p[2] for p in points], label=label)
+    comparison_sheet({shown[label]: output_folder(report, label) for label in labels}, valset / "gt",
+                     DOCS / "ablation-sheet.png")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    for label, log in curves.items():
+        rows = [r for r in log if "distill" in r]
+        axes[0].plot([r["step"] for r in rows], [r["distill"] for r in rows], label=label)
+        if rows and "d_loss" in rows[0]:
+            axes[1].plot([r["step"] for r in rows], [r["d_loss"] for r in rows], label=label)
+            axes[2].plot([r["step"] for r in rows], [r["d_gap"] for r in rows], label=label)
     axes[0].set(title="L_distill", xlabel="step", yscale="log")
-    axes[1].set(title="discriminator hinge loss", xlabel="step")
-    axes[0].legend()
+    axes[1].set(title="discriminator hinge loss (Eq. 12)", xlabel="step")
+    axes[2].set(title="mean D(real) - mean D(fake)", xlabel="step")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(DOCS / "ablation-losses.png", dpi=80)
     print((DOCS / "ablation.md").read_text())

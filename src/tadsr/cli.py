@@ -286,7 +286,10 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
 @click.option("--models", default="bicubic", help="Comma-separated NAME[:STEPS]: bicubic, realesrgan, teacher, "
                                                   "student, or a .safetensors path.")
 @click.option("--metrics", "metric_names", default="psnr,ssim",
-              help="Comma-separated: psnr, ssim, lpips, niqe (clipiqa, musiq, maniqa, fid: see the README).")
+              help="Comma-separated: psnr, ssim, lpips, niqe, chroma, gray, detail (clipiqa, musiq, maniqa, fid: "
+                   "see the README).")
+@click.option("--scale", type=click.IntRange(min=1), default=4,
+              help="SR factor for the detail metric of --pred folders (with --lr: GT size / LR size).")
 @click.option("--y-channel", is_flag=True, help="PSNR/SSIM on the BT.601 Y channel (pyiqa's test_y_channel).")
 @click.option("--crop-border", type=click.IntRange(min=0), default=0, help="Pixels dropped on each side.")
 @click.option("--no-ref", is_flag=True, help="No ground truth (real-world LR sets): no-reference metrics only.")
@@ -306,15 +309,16 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
               help="Compute precision of the models (fp16/bf16 under autocast); fp32 on every device by default.")
 @click.option("-q", "--quiet", is_flag=True)
 def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, models: str, metric_names: str,
-             y_channel: bool, crop_border: int, no_ref: bool, out_dir: Path, realesrgan_weights: Path | None,
-             lpips_net: str, lpips_backbone: Path | None, lpips_heads: Path | None, device: str, seed: int,
-             tile: int, max_pixels: int, dtype: str, quiet: bool) -> None:
+             scale: int, y_channel: bool, crop_border: int, no_ref: bool, out_dir: Path,
+             realesrgan_weights: Path | None, lpips_net: str, lpips_backbone: Path | None, lpips_heads: Path | None,
+             device: str, seed: int, tile: int, max_pixels: int, dtype: str, quiet: bool) -> None:
     """Measure SR results against ground truth (by file name) and write a report, a CSV and a comparison sheet.
 
     \b
     Examples:
       tadsr evaluate --lr testset/lq --gt testset/gt --models bicubic,realesrgan,student:1 -o report/
       tadsr evaluate --pred results/ --gt testset/gt --metrics psnr,ssim --y-channel -o report/
+      tadsr evaluate --lr testset/lq --gt testset/gt --models bicubic,student --metrics psnr,chroma,gray,detail -o r/
       tadsr evaluate --lr RealSet65/ --no-ref --models bicubic,realesrgan --metrics niqe -o report/
     """
     from tadsr.evaluate import build_metric_set
@@ -333,7 +337,7 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
                    models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
                    tile=tile, realesrgan_weights=realesrgan_weights,
                    report=_warn, show_progress=not quiet,
-                   max_pixels=max_pixels, dtype=dtype)
+                   max_pixels=max_pixels, dtype=dtype, scale=scale)
     if distributed.rank() == 0:  # under torchrun, rank 0 wrote the one report
         click.echo((out_dir / "report.md").read_text())
 

@@ -2,7 +2,8 @@
 
 The bundled photos (``tadsr/demo_photos``, not in the training data) are degraded with the ``realesrgan-test``
 preset (x4, seed 0) and super-resolved by every method; ``tadsr evaluate`` then writes ``report.md``,
-``per_image.csv`` and ``sheet.png`` into the output folder (PSNR and SSIM on Y, NIQE).
+``per_image.csv`` and ``sheet.png`` into the output folder (PSNR and SSIM on Y, NIQE, and the artefact figures:
+chroma PSNR, colour added to gray photos where one is gray, detail above the LR's Nyquist).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def run_demo(out_dir: Path, quick: bool = False, device: str = "cpu", show_progr
     models = ["bicubic", "teacher:15", "student:1"]
     if packaged_ncnn_files() is not None:
         models.insert(1, "realesrgan")
-    metrics = build_metric_set(["psnr", "ssim", "niqe"], y_channel=True, device=device)
+    metrics = build_metric_set(["psnr", "ssim", "niqe", "chroma", "gray", "detail"], y_channel=True,
+                               device=device)
     evaluate(out_dir, out_dir / "gt", metrics, lr_dir=out_dir / "lq", models=models, device=device,
              report=report, show_progress=show_progress)
     return out_dir / "report.md"

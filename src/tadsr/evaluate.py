@@ -1,13 +1,25 @@
 """`tadsr evaluate`: run SR models (or read predictions) and measure them against ground truth, by file name.
 
-Outputs in ``out_dir``: ``report.md`` (mean ± std per metric and model, seconds per image, peak memory),
-``per_image.csv`` (header ``model,name,<metric>...``), ``sheet.png`` (the same crop from every method side by
-side, labelled) and, for models run here, their outputs under ``outputs/<model>/``.
+Outputs in ``out_dir``: ``report.md`` (per metric and model its set figure, ``summarize``; the median seconds per
+image, robust to the first call's warm-up; peak memory), ``report.json`` (the same figures as numbers),
+``per_image.csv`` (header ``model,name,<metric>...``; a metric that does not apply to a pair is left empty),
+``sheet.png`` (the same crop from every method side by side, labelled) and, for models run here, their outputs under
+``outputs/<model>/``.
+
+The artefact-sensitive metrics (``tadsr.metrics.detail``), for ground-truth pairs:
+
+* ``chroma``: PSNR of Cb and Cr together (BT.601); the set figure pools the MSE over the pairs, so that gray photos
+  (no chroma error) do not dominate a mean of dBs;
+* ``gray``: the colour the output adds, mean |channel - gray| of 255, only where the ground truth is gray (R = G = B);
+  the set figure is the mean over those pairs;
+* ``detail``: the output's spectral energy above the LR's Nyquist frequency over the GT's (Y, Hann window), at the
+  scale GT size / LR size (``--scale`` when measuring predictions); the set figure is the median over pairs.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,12 +36,28 @@ from tadsr.data.datasets import list_images, load_rgb, pair_by_name
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, to_uint8, write_image
 from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, resolve_device, synchronize
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
+from tadsr.metrics.detail import chroma_mse, detail_ratio, false_colour, is_gray, mse_to_psnr
 from tadsr.metrics.full_reference import prepare, psnr, ssim
 from tadsr.training import distributed
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
+ARTEFACT = ("chroma", "gray", "detail")  # tadsr.metrics.detail; need ground truth
 NO_REFERENCE = ("niqe",)
 PYIQA_METRICS = ("clipiqa", "musiq", "maniqa", "fid")
+SET_FIGURE = {"chroma": "pooled MSE", "detail": "median"}  # the rest: mean ± std over pairs
+
+
+def summarize(name: str, values: Sequence[float]) -> float:
+    """The set figure of metric ``name`` from its per-pair values: chroma PSNR from the pooled MSE, the median
+    detail ratio, otherwise the mean (NaN when no pair has the metric)."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return float("nan")
+    if name == "chroma":
+        return mse_to_psnr(float(np.mean([255.0**2 / 10 ** (v / 10) for v in values])))
+    if name == "detail":
+        return float(np.median(values))
+    return float(np.mean(values))
 
 
 def load_float(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -56,18 +84,23 @@ class MetricSet:
     pyiqa: dict[str, Callable] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
 
-    def measure(self, pred: np.ndarray, gt: np.ndarray | None) -> dict[str, float]:
+    def measure(self, pred: np.ndarray, gt: np.ndarray | None, scale: int = 4) -> dict[str, float]:
+        """The metrics of one pair (float RGB in [0, 1]); ``scale``: GT size / LR size, for ``detail``. A metric
+        that does not apply (no GT, ``gray`` on a colour GT) is absent from the result."""
         out: dict[str, float] = {}
         p = _tensor(pred)
         for name in self.names:
             if name in self.unavailable:
                 continue
-            if name in FULL_REFERENCE:
+            if name in (*FULL_REFERENCE, *ARTEFACT):
                 if gt is None:
                     continue
                 if gt.shape != pred.shape:
                     raise ImageError(f"the prediction is {pred.shape[1]}x{pred.shape[0]} but the GT is "
                                      f"{gt.shape[1]}x{gt.shape[0]}")
+                if name in ARTEFACT:
+                    out |= self._artefact(name, pred, gt, scale)
+                    continue
                 side = min(gt.shape[:2]) - 2 * self.crop_border
                 if side < (11 if name == "ssim" else 1):
                     raise ImageError(f"{gt.shape[1]}x{gt.shape[0]} with --crop-border {self.crop_border} leaves "
@@ -87,6 +120,18 @@ class MetricSet:
                 with torch.no_grad():
                     out[name] = float(self.pyiqa[name](p.float()))
         return out
+
+    def _artefact(self, name: str, pred: np.ndarray, gt: np.ndarray, scale: int) -> dict[str, float]:
+        """``chroma``, ``gray`` or ``detail`` of one pair (module docstring), on 8-bit levels and the crop border."""
+        b = self.crop_border
+        pred8, gt8 = (img[b:img.shape[0] - b, b:img.shape[1] - b] * 255 for img in (pred, gt))
+        if name == "chroma":
+            return {name: mse_to_psnr(chroma_mse(pred8, gt8))}
+        if name == "gray":
+            return {name: false_colour(pred8)} if is_gray(gt8) else {}
+        if min(gt8.shape[:2]) < 2 * scale:
+            raise ImageError(f"{gt.shape[1]}x{gt.shape[0]}: too small for detail at x{scale}")
+        return {name: detail_ratio(pred8, gt8, scale)}
 
     def set_level(self, pred_dir: Path, gt_dir: Path | None) -> dict[str, float]:
         """Metrics of a whole set (FID, through pyiqa, between two folders)."""
@@ -139,6 +184,17 @@ def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None,
     return label, run_model
 
 
+def set_figures(result: ModelResult, metrics: MetricSet) -> dict[str, float]:
+    """Each available metric's set figure for one model (``summarize``; FID as measured on the set)."""
+    out = {}
+    for m in metrics.names:
+        if m in metrics.unavailable:
+            continue
+        out[m] = result.set_values[m] if m in result.set_values else summarize(
+            m, [v[m] for v in result.rows.values() if m in v])
+    return out
+
+
 def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, header: str) -> None:
     names = list(metrics.names)
     with open(out_dir / "per_image.csv", "w", newline="") as f:
@@ -147,26 +203,34 @@ def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, 
         for result in results:
             for image, values in result.rows.items():
                 writer.writerow([result.label, image, *[_fmt(values.get(m)) for m in names]])
-    lines = [f"# tadsr evaluation\n\n{header}\n", "| model | " + " | ".join(names) + " | s / image | peak MiB |",
+    heads = [f"{m} ({SET_FIGURE[m]})" if m in SET_FIGURE else m for m in names]
+    lines = [f"# tadsr evaluation\n\n{header}\n", "| model | " + " | ".join(heads) + " | s / image | peak MiB |",
              "|---|" + "---:|" * (len(names) + 2)]
+    summary = {}
     for result in results:
-        cells = []
+        figures, cells = set_figures(result, metrics), []
         for m in names:
+            values = [v[m] for v in result.rows.values() if m in v and math.isfinite(v[m])]
             if m in metrics.unavailable:
                 cells.append("not available")
-                continue
-            if m in result.set_values:
-                cells.append(f"{result.set_values[m]:.4f}")
-                continue
-            values = [v[m] for v in result.rows.values() if m in v and math.isfinite(v[m])]
-            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "—")
-        sec = f"{np.mean(result.seconds):.3f}" if result.seconds else "—"
+            elif not math.isfinite(figures[m]):
+                cells.append("—")
+            elif m in result.set_values or m in SET_FIGURE:
+                cells.append(f"{figures[m]:.4f}")
+            else:
+                cells.append(f"{figures[m]:.4f} ± {np.std(values):.4f}")
+        sec = f"{np.median(result.seconds):.3f}" if result.seconds else "—"
         peak = f"{result.peak_mib:.0f}" if result.peak_mib else "—"
         lines.append(f"| {result.label} | " + " | ".join(cells) + f" | {sec} | {peak} |")
+        summary[result.label] = {**{m: v if math.isfinite(v) else None for m, v in figures.items()},
+                                 "pairs": len(result.rows),
+                                 "seconds_per_image": float(np.median(result.seconds)) if result.seconds else None,
+                                 "peak_mib": result.peak_mib or None}
     if metrics.unavailable:
         lines.append("")
         lines += [f"- {m}: not available ({why})" for m, why in metrics.unavailable.items()]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def _fmt(value: float | None) -> str:
@@ -193,21 +257,36 @@ def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 12
                            for t in tiles], axis=1)
 
 
+def check_labels(models: Sequence[str]) -> None:
+    """Refuse, before any work, two models that would share a report row: a model file is labelled by its stem
+    (``runs/a/final.safetensors:1`` and ``runs/b/final.safetensors:1`` are both ``final:1``)."""
+    seen: dict[tuple[str, str], str] = {}
+    for spec in models:
+        name, _, steps = spec.partition(":")
+        key = (Path(name).stem if name.endswith(".safetensors") else name, steps)
+        if key in seen:
+            raise ConfigError(f"--models: {seen[key]} and {spec} would share the label {key[0]}:{steps or '...'} "
+                              "in the report; rename one of the files")
+        seen[key] = spec
+
+
 def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Path | None = None,
              models: Sequence[str] = (), pred_dir: Path | None = None, device: str = "cpu", seed: int = 0,
              tile: int = 0, realesrgan_weights: Path | None = None, report: Callable[[str], None] = print,
              show_progress: bool = True, sheet_images: int = 4,
-             max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "fp32") -> list[ModelResult]:
+             max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "fp32", scale: int = 4) -> list[ModelResult]:
     """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs.
 
     A pair that cannot be measured (unreadable, a size that does not match the GT, too small for a metric) is
     reported through ``report`` in one line and left out; the report is written for the others, and then
-    ``EvaluationIncomplete`` says how many were left out.
+    ``EvaluationIncomplete`` says how many were left out. ``scale`` is the SR factor that ``detail`` assumes for
+    predictions; for models run here it is each pair's GT size / LR size.
 
     Under torchrun the models' pairs are split across the ranks (by a hash of the pair's name, one device per
     rank), each rank measures its own, and rank 0 writes one report of all of them: the same figures as one
     process (the noise is per image). Measuring existing predictions (``pred_dir``) runs on rank 0 alone.
     """
+    check_labels(models)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world, dev = distributed.init(resolve_device(device))
     if world > 1 and pred_dir is not None and rank != 0:
@@ -248,7 +327,7 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
 
             def measure_pred(name: str = name, path: Path = path, gt_path: Path | None = gt_path) -> np.ndarray:
                 pred = load_float(path, max_pixels)
-                result.rows[name] = metrics.measure(pred, gt_of(gt_path))
+                result.rows[name] = metrics.measure(pred, gt_of(gt_path), scale)
                 return pred
 
             pred = attempt(name, path, measure_pred)
@@ -281,7 +360,9 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
                 result.seconds.append(time.perf_counter() - start)
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
-                measured = attempt(name, path, lambda pred=pred, gt_path=gt_path: metrics.measure(pred, gt_of(gt_path)))
+                factor = max(1, round(pred.shape[0] / lrs[name].shape[0]))
+                measured = attempt(name, path, lambda pred=pred, gt_path=gt_path, factor=factor: metrics.measure(
+                    pred, gt_of(gt_path), factor))
                 if measured is not None:
                     result.rows[name] = measured
                 outs[name] = pred
@@ -337,7 +418,7 @@ def build_metric_set(names: Sequence[str], y_channel: bool = False, crop_border:
                      lpips_backbone: Path | None = None, lpips_heads: Path | None = None,
                      device: str = "cpu") -> MetricSet:
     """Resolve metric names; what cannot run here (no weights, no pyiqa) is marked unavailable with the reason."""
-    known = (*FULL_REFERENCE, *NO_REFERENCE, *PYIQA_METRICS)
+    known = (*FULL_REFERENCE, *ARTEFACT, *NO_REFERENCE, *PYIQA_METRICS)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")

@@ -38,7 +38,9 @@ class DataConfig:
     ``crop``: ``"resize"`` takes a square of side min(H, W) resized to ``gt_size`` (ResShift's, for photos near
     the GT size); ``"native"`` cuts multi-scale crops at the photo's native resolution (``tadsr.data.photos``:
     downscale by s ~ U[``scale_range``], crop, 8 flips/rotations, a gray copy with ``gray_prob``), decoding each
-    photo once into ``cache_dir`` (empty: ``RUN_DIR/photo-cache``).
+    photo once into ``cache_dir`` (empty: ``RUN_DIR/photo-cache``). ``texture_ref`` > 0 down-weights flat native
+    crops: a candidate is kept with probability min(1, its mean luma gradient / ``texture_ref``), up to
+    ``texture_tries`` candidates (``tadsr.data.photos``; 0 = every crop as drawn).
     """
 
     path: str = ""
@@ -51,12 +53,17 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.25, 1.0)
     gray_prob: float = 0.0
     cache_dir: str = ""
+    texture_ref: float = 0.0
+    texture_tries: int = 8
 
     def __post_init__(self) -> None:
         if self.crop not in ("resize", "native"):
             raise ConfigError(f"data.crop {self.crop!r}: choose 'resize' or 'native'")
+        if self.texture_ref > 0 and self.crop != "native":
+            raise ConfigError(f"data.texture_ref = {self.texture_ref}: texture-aware crops need data.crop=native")
         check_ranges(self, "data", {"gt_size": (8, 8192), "workers": (0, 256), "val_count": (0, 100000),
-                                    "scale_range": (0.01, 1), "gray_prob": (0, 1)})
+                                    "scale_range": (0.01, 1), "gray_prob": (0, 1),
+                                    "texture_ref": (0, 255), "texture_tries": (1, 1000)})
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class DistillConfig:
     lambda_score: float = 1.0
     lambda_adv: float = 0.02
     hsd_t_max: int = 3  # t' drawn from code indices [0, hsd_t_max): paper steps 1..3
+    dis_t_max: int = 0  # the discriminator's t from code indices [0, dis_t_max); 0: [0, T-1), the paper's
     c_dim: int = 64
     teacher_cache: int = 0  # > 0: precompute this many (LR, HR, noise, teacher target) tuples and train on them
     uniform_noise: bool = False
@@ -101,6 +109,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "distill", {"lambda_score": (0, 1e6), "lambda_adv": (0, 1e6), "hsd_t_max": (1, 1000),
+                                       "dis_t_max": (0, 1000),
                                        "c_dim": (1, 4096), "teacher_cache": (0, 10**7)})
 
 

@@ -75,6 +75,10 @@ class DistillTrainer(Trainer):
         self.validation_steps = 1
         d = cfg.distill
         self.discriminator = None
+        last = self.schedule.num_steps - 1
+        if d.dis_t_max > last:
+            raise ValueError(f"distill.dis_t_max={d.dis_t_max}: the discriminator's t must stay below T-1 = {last}")
+        self.dis_t_max = d.dis_t_max or last  # its t from [0, dis_t_max)
         if d.discriminator != "none":
             unet = teacher.unet
             self.discriminator = LatentDiscriminator(unet.feature_channels, unet.config.model_channels, d.c_dim,
@@ -124,7 +128,9 @@ class DistillTrainer(Trainer):
         data, run = self.config.data, self.config.run
         return json.dumps({"teacher_sha256": digest.hexdigest(), "size": self.config.distill.teacher_cache,
                            "data": str(Path(data.path).resolve()), "degradation": data.degradation,
-                           "gt_size": data.gt_size, "seed": run.seed, "batch_size": run.batch_size}, sort_keys=True)
+                           "gt_size": data.gt_size, "crop": data.crop, "scale_range": list(data.scale_range),
+                           "gray_prob": data.gray_prob, "texture": [data.texture_ref, data.texture_tries],
+                           "seed": run.seed, "batch_size": run.batch_size}, sort_keys=True)
 
     @torch.no_grad()
     def _load_or_build_cache(self) -> dict[str, Tensor]:
@@ -189,6 +195,7 @@ class DistillTrainer(Trainer):
         fake = t_dis = None
         if self.discriminator is not None:
             terms["d_loss"], fake, t_dis = self.discriminator_step(pair, z_s)
+            terms["d_acc"], terms["d_gap"] = self.d_accuracy, self.d_gap
         terms |= self.generator_step(pair, z_s, fake, t_dis)
         self.ema.update(self.network)
         return {k: float(v) for k, v in terms.items()}
@@ -205,10 +212,11 @@ class DistillTrainer(Trainer):
 
     def discriminator_step(self, pair: _Pair, z_s: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """One hinge-loss step of D on real (noised GT latent) and fake (noised student output, detached) features
-        at a shared random t < T-1. Returns (d_loss, the fake features with their graph to the student, t)."""
+        at a shared random t < ``distill.dis_t_max`` (default T-1). Returns (d_loss, the fake features with their
+        graph to the student, t)."""
         assert self.discriminator_ddp is not None and self.opt_d is not None
         n = pair.lq.shape[0]
-        t_dis = torch.randint(0, self.schedule.num_steps - 1, (n,), generator=self.rng).to(self.device)
+        t_dis = torch.randint(0, self.dis_t_max, (n,), generator=self.rng).to(self.device)
         n_dis = self._noise_like(pair.z_y, self.config.distill.uniform_noise)
         with self.forward_context():
             with torch.no_grad():
@@ -220,6 +228,10 @@ class DistillTrainer(Trainer):
             d_loss = discriminator_hinge_loss(d_real, d_fake).mean()
         self.check_finite({"d_loss": d_loss})
         self.optimizer_step(self.opt_d, d_loss)
+        # how well D separates real from fake before this step: the share of samples on the right side of 0
+        # and the margin between them, mean D(real) - mean D(fake) (hinge losses stay at 2 while it is ~0)
+        self.d_accuracy = ((d_real.detach() > 0).float().mean() + (d_fake.detach() < 0).float().mean()) / 2
+        self.d_gap = d_real.detach().mean() - d_fake.detach().mean()
         return d_loss.detach(), fake, t_dis
 
     def generator_step(self, pair: _Pair, z_s: Tensor, fake: list[Tensor] | None,

@@ -198,7 +198,8 @@ class Trainer:
         if data.crop == "native":
             return PhotoCropDataset(data.path, degradation, data.cache_dir or self.run_dir / "photo-cache",
                                     gt_size=data.gt_size, scale_range=data.scale_range, gray_prob=data.gray_prob,
-                                    seed=self.config.run.seed)
+                                    seed=self.config.run.seed, texture_ref=data.texture_ref,
+                                    texture_tries=data.texture_tries)
         return DegradedImageDataset(data.path, degradation, gt_size=data.gt_size, seed=self.config.run.seed)
 
     def batches(self) -> Any:
