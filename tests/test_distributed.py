@@ -102,3 +102,34 @@ def test_sharded_evaluate_reports_what_one_process_reports(tmp_path: Path, tiny_
     rows = [list(csv.reader(open(tmp_path / run / "per_image.csv"))) for run in ("one", "two")]
     assert rows[0] == rows[1] and len(rows[0]) == 1 + 2 * 5
     assert (tmp_path / "two" / "sheet.png").is_file()
+
+
+def test_similar_names_use_every_rank_and_the_split_is_balanced(tmp_path: Path) -> None:
+    """crc32(name) mod world sent im0..im6 (some in a sub-folder) all to rank 0 of 2; ``assign`` must not."""
+    from PIL import Image
+
+    from tadsr.distributed import assign
+    from tadsr.inference.batch import Job, shard
+
+    names = [f"im{i}.png" for i in range(4)] + [f"sub/im{i}.png" for i in range(4, 7)]
+    for world in (2, 3, 7):
+        ranks = assign(names, world)
+        assert set(ranks) == set(range(world)) and max(map(ranks.count, range(world))) - min(
+            map(ranks.count, range(world))) <= 1
+        assert assign(list(reversed(names)), world) == list(reversed(ranks))  # by key, not by list order
+    assert assign(names, 1) == [0] * 7
+    assert assign(["a", "b", "a"], 2) == [0, 1, 0]  # one key, one rank (a clash is reported where it meets)
+    # with sizes: largest first to the least loaded rank
+    assert assign(["a", "b", "c", "d"], 2, [100, 10, 60, 50]) == [0, 0, 1, 1]  # a -> 0, c -> 1, d -> 1, b -> 0: 110 each
+    jobs = []
+    for i, name in enumerate(names):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8 + 8 * i, 8)).save(tmp_path / name)
+        jobs.append(Job(tmp_path / name, tmp_path / "out" / name))
+    jobs.append(Job(tmp_path / "missing.png", tmp_path / "out" / "missing.png"))  # unreadable: size 1
+    parts = [shard(jobs, r, 2) for r in range(2)]
+    assert all(parts) and sorted(j.target for p in parts for j in p) == sorted(j.target for j in jobs)
+    pixels = [sum((8 + 8 * names.index(j.source.relative_to(tmp_path).as_posix())) * 8 if j.source.exists() else 1
+                  for j in p) for p in parts]
+    assert abs(pixels[0] - pixels[1]) <= 64 * 8
+    assert shard(jobs, 0, 1) == jobs

@@ -284,7 +284,7 @@ def test_distill_takes_the_recipe_of_its_teachers_architecture(teacher_file: Pat
 
 def test_each_rank_takes_its_own_gpu_and_cpu_stays_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Device selection per LOCAL_RANK (torch.cuda mocked: 4 GPUs), and the backend that follows from it."""
-    from tadsr.training import distributed
+    from tadsr import distributed
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert [distributed.rank_device(torch.device("cuda"), r) for r in (0, 1, 5)] == [

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 import torch
 
+from tadsr import distributed
 from tadsr.config import Role, config_to_json, model_config_from_json
 from tadsr.data.degradation import PRESETS as DEGRADATION_PRESETS
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
@@ -24,7 +25,6 @@ from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.model import SRModel, load_model, model_from_official, read_model_config, resolve_model_path, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
-from tadsr.training import distributed
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
 
 SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts

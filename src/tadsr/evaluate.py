@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tadsr import distributed
 from tadsr.data.datasets import list_images, load_rgb, pair_by_name
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, to_uint8, write_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, pixel_count, to_uint8, write_image
 from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, resolve_device, synchronize
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.metrics.detail import chroma_mse, detail_ratio, false_colour, is_gray, mse_to_psnr
 from tadsr.metrics.full_reference import prepare, psnr, ssim
-from tadsr.training import distributed
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
 ARTEFACT = ("chroma", "gray", "detail")  # tadsr.metrics.detail; need ground truth
@@ -282,9 +282,10 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
     ``EvaluationIncomplete`` says how many were left out. ``scale`` is the SR factor that ``detail`` assumes for
     predictions; for models run here it is each pair's GT size / LR size.
 
-    Under torchrun the models' pairs are split across the ranks (by a hash of the pair's name, one device per
-    rank), each rank measures its own, and rank 0 writes one report of all of them: the same figures as one
-    process (the noise is per image). Measuring existing predictions (``pred_dir``) runs on rank 0 alone.
+    Under torchrun the models' pairs are split across the ranks (``distributed.assign``, balanced by the LR's
+    pixel count; one device per rank), each rank measures its own, and rank 0 writes one report of all of them: the
+    same figures as one process (the noise is per image). Measuring existing predictions (``pred_dir``) runs on
+    rank 0 alone.
     """
     check_labels(models)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,8 +339,10 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
         columns.append(("pred", preds))
     else:
         lrs = {}
-        for name, path, _ in pairs:
-            if distributed.owner(name, world) != rank:
+        sizes = [pixel_count(p) for _, p, _ in pairs] if world > 1 else None
+        ranks = distributed.assign([name for name, _, _ in pairs], world, sizes)
+        for (name, path, _), owner in zip(pairs, ranks, strict=True):
+            if owner != rank:
                 continue  # another rank's pair
             lr = attempt(name, path, lambda path=path: load_float(path, max_pixels))
             if lr is not None:

@@ -303,3 +303,13 @@ def write_image(path: str | os.PathLike, image: ImageData, fmt: str | None = Non
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ImageError(f"{path}: cannot write ({reason})") from None
+
+
+def pixel_count(path: str | os.PathLike) -> int:
+    """Width x height from the image header, without decoding the pixels (to balance work across processes); 1 for
+    a file that cannot be read (it fails later, with its one line, where it is processed)."""
+    try:
+        with _quiet_decoders(), Image.open(path) as img:
+            return img.width * img.height
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        return 1

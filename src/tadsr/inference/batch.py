@@ -14,10 +14,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, output_format, read_image, write_image
+from tadsr import distributed
+from tadsr.data.image_io import (
+    DEFAULT_MAX_PIXELS,
+    READ_EXTENSIONS,
+    ImageError,
+    output_format,
+    pixel_count,
+    read_image,
+    write_image,
+)
 from tadsr.errors import ConfigError, NotFoundError, first_line
 from tadsr.inference.upscaler import Upscaler
-from tadsr.training import distributed
 
 
 @dataclass(frozen=True)
@@ -56,12 +64,13 @@ class Summary:
 
 
 def shard(jobs: list[Job], rank: int, world: int) -> list[Job]:
-    """This rank's share of the jobs under torchrun: a job goes to rank crc32(its output path) mod world, so the
-    split is the same on every rank and every rerun, and two inputs that would write one output meet on one rank
-    (which reports the clash)."""
+    """This rank's share of the jobs under torchrun (``distributed.assign`` by output path, weighted by the input's
+    pixel count from its header, 1 when unreadable): balanced, the same on every rank and every rerun, and two
+    inputs that would write one output meet on one rank (which reports the clash)."""
     if world == 1:
         return jobs
-    return [job for job in jobs if distributed.owner(str(job.target), world) == rank]
+    ranks = distributed.assign([str(job.target) for job in jobs], world, [pixel_count(job.source) for job in jobs])
+    return [job for job, r in zip(jobs, ranks, strict=True) if r == rank]
 
 
 def find_inputs(spec: str, recursive: bool = True,

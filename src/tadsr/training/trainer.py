@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from tadsr import distributed
 from tadsr.data.datasets import (
     DegradedImageDataset,
     EpochDataset,
@@ -44,7 +45,6 @@ from tadsr.inference.pipeline import super_resolve
 from tadsr.metrics import psnr, ssim
 from tadsr.model import SRModel, save_model
 from tadsr.nets.common import upsample_lr
-from tadsr.training import distributed
 from tadsr.training.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict
 from tadsr.training.ema import EMA
 from tadsr.training.state import capture_rng, restore_rng, resume_checkpoint, save_checkpoint

@@ -1,9 +1,10 @@
-"""torchrun support: the same script runs as one process, or under torchrun (gloo on CPU, nccl on CUDA)."""
+"""torchrun support for inference and training alike: the same script runs as one process, or under torchrun (gloo
+on CPU, nccl on CUDA); ``assign`` splits a job list over the ranks (sharded ``upscale`` and ``evaluate``)."""
 
 from __future__ import annotations
 
 import os
-import zlib
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -39,10 +40,26 @@ def init(requested: torch.device, timeout_minutes: float = 30.0) -> tuple[int, i
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def owner(key: str, world: int) -> int:
-    """The rank that handles the item named ``key`` when items are split across ``world`` processes: crc32(key) mod
-    world, the same on every rank and every rerun (sharded ``upscale`` and ``evaluate``)."""
-    return zlib.crc32(key.encode()) % world
+def assign(keys: Sequence[str], world: int, sizes: Sequence[float] | None = None) -> list[int]:
+    """The rank of each item when items are split across ``world`` processes, the same on every rank and every
+    rerun of the same input. Items with equal keys go to one rank. Distinct keys are taken in sorted order; with
+    ``sizes`` (e.g. pixel counts; an item of several keys counts their sum) each goes, largest first, to the rank
+    with the least work so far (ties: the lower rank), else round-robin. Every rank gets work when there are at
+    least ``world`` distinct keys."""
+    if world < 1:
+        raise ValueError(f"world size {world}: need >= 1")
+    distinct = sorted(set(keys))
+    if sizes is None:
+        rank_of = {key: i % world for i, key in enumerate(distinct)}
+    else:
+        total = dict.fromkeys(distinct, 0.0)
+        for key, size in zip(keys, sizes, strict=True):
+            total[key] += float(size)
+        load, rank_of = [0.0] * world, {}
+        for key in sorted(distinct, key=lambda k: -total[k]):  # a stable sort: equal sizes keep the key order
+            rank_of[key] = min(range(world), key=lambda r: (load[r], r))
+            load[rank_of[key]] += total[key]
+    return [rank_of[key] for key in keys]
 
 
 def is_distributed() -> bool:
