@@ -120,7 +120,7 @@ def test_similar_names_use_every_rank_and_the_split_is_balanced(tmp_path: Path) 
     assert assign(names, 1) == [0] * 7
     assert assign(["a", "b", "a"], 2) == [0, 1, 0]  # one key, one rank (a clash is reported where it meets)
     # with sizes: largest first to the least loaded rank
-    assert assign(["a", "b", "c", "d"], 2, [100, 10, 60, 50]) == [0, 0, 1, 1]  # a -> 0, c -> 1, d -> 1, b -> 0: 110 each
+    assert assign(["a", "b", "c", "d"], 2, [100, 10, 60, 50]) == [0, 0, 1, 1]  # a, b | c, d: 110 each
     jobs = []
     for i, name in enumerate(names):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -310,3 +310,38 @@ def test_the_unfrozen_teacher_quirk_keeps_no_gradients(photo_dir: Path, teacher_
     trainer.train_step(next(trainer.batches()))
     assert all(p.requires_grad for p in trainer.teacher.unet.parameters())  # the quirk: the teacher is trainable
     assert all(p.grad is None for p in trainer.teacher.unet.parameters())  # but no gradient memory is kept
+
+
+def test_a_student_setting_that_cannot_change_is_one_line_before_any_work(photo_dir: Path, teacher_file: Path,
+                                                                          tmp_path: Path) -> None:
+    from tadsr.model import read_model_config
+    from tadsr.training.config import check_student_model
+
+    teacher = read_model_config(teacher_file)
+    kappa = teacher.schedule.kappa
+    check_student_model(teacher, [f"model.schedule.kappa={kappa}", "optim.lr=1e-4"])  # restating it is fine
+    result = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "run", 2),
+                  f"model.schedule.kappa={kappa + 0.5}", "model.unet.model_channels=96")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"model.schedule.kappa={kappa + 0.5} (the teacher's: {kappa})" in line
+    assert "model.unet.model_channels=96" in line and "teacher's architecture" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_honours_bookkeeping_and_names_each_setting_it_keeps(photo_dir: Path, teacher_file: Path,
+                                                                    tmp_path: Path) -> None:
+    from tadsr.training.config import resumed_config
+
+    first = tiny_config(photo_dir, "run.steps=4", "optim.lr=1e-4")
+    again = tiny_config(photo_dir, "run.steps=8", "run.log_every=5", "optim.lr=3e-4", "distill.lambda_adv=0.1")
+    config, ignored = resumed_config(first, again)
+    assert config.run.steps == 8 and config.run.log_every == 5 and config.optim.lr == 1e-4
+    assert ignored == ["optim.lr=0.0003 (kept: 0.0001)", "distill.lambda_adv=0.1 (kept: 0.02)"]
+    assert resumed_config(first, first) == (first, [])
+    run = tmp_path / "run"
+    assert _cli(*_distill_args(photo_dir, teacher_file, run, 2)).returncode == 0
+    resumed = _cli(*_distill_args(photo_dir, teacher_file, run, 3), "--resume", "optim.lr=5e-4")
+    assert resumed.returncode == 0, resumed.stderr
+    warning = [line for line in resumed.stderr.splitlines() if "resumed with the run's own settings" in line]
+    assert len(warning) == 1 and "optim.lr=0.0005 (kept: " in warning[0] and "model." not in warning[0]

@@ -494,7 +494,7 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
       tadsr distill ... distill.score_distill=sds distill.discriminator=plain     # an ablation row
       python -m torch.distributed.run --nproc_per_node 2 -m tadsr.cli distill ...   # DDP
     """
-    from tadsr.training.config import infer_train_preset
+    from tadsr.training.config import check_student_model, infer_train_preset
     from tadsr.training.distill import DistillTrainer
 
     if preset is None and config_path is None and teacher.is_file():  # the recipe of the teacher's architecture
@@ -503,6 +503,7 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
     config = _training_config("distill", config_path, preset or "tiny", data_path, steps, seed, overrides, dry_run)
     if not teacher.is_file():
         _fail(f"{teacher}: no such teacher file")
+    check_student_model(read_model_config(teacher), overrides)
     trainer = DistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device), resume=resume,
                              show_progress=not quiet)
     final = trainer.run()

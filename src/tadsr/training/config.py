@@ -281,6 +281,55 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return config_from_dict(data)
 
 
+def flat_settings(config: TrainConfig) -> dict[str, Any]:
+    """Every setting of ``config`` as ``{"section.key[.subkey]": value}``, the keys the overrides use."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            out[prefix] = node
+
+    walk("", config_to_dict(config))
+    return out
+
+
+def check_student_model(teacher: ModelConfig, overrides: Sequence[str]) -> None:
+    """A distilled student is the teacher's architecture and schedule (``DistillTrainer``), so a ``model.*``
+    override can only restate the teacher's value: any other is a ConfigError naming each key, before any work."""
+    given = [item for item in overrides if item.startswith("model.")]
+    if not given:
+        return
+    base = dataclasses.replace(train_config("tiny"), model=teacher)
+    before, after = flat_settings(base), flat_settings(apply_overrides(base, given))
+    changed = [f"{k}={after[k]} (the teacher's: {before[k]})" for k in after
+               if k.startswith("model.") and k != "model.role" and after[k] != before[k]]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: the student takes its teacher's architecture and schedule; drop "
+                          "the setting (or train a teacher with it)")
+
+
+# what a resumed run takes from the command line; every other setting is the checkpoint's own
+RESUMABLE_SETTINGS = ("run.steps", "run.log_every", "run.save_every", "run.val_every", "run.keep_last",
+                      "run.dist_timeout_minutes", "data.workers")
+
+
+def resumed_config(saved: TrainConfig, given: TrainConfig,
+                   not_compared: Sequence[str] = ()) -> tuple[TrainConfig, list[str]]:
+    """The config of a resumed run: the checkpoint's, with the bookkeeping settings of ``RESUMABLE_SETTINGS`` from
+    ``given`` (length, logging, saving, workers); and the other settings where ``given`` differs, as
+    ``"key=given (kept: saved)"``, for the one-line warning that they were not applied. Keys starting with a prefix
+    in ``not_compared`` are settings the trainer does not take from its config (a student's ``model.``)."""
+    mine, theirs = flat_settings(saved), flat_settings(given)
+    taken = [f"{k}={json.dumps(theirs[k])}" for k in RESUMABLE_SETTINGS if k in theirs and theirs[k] != mine.get(k)]
+    ignored = [f"{k}={theirs[k]} (kept: {mine[k]})" for k in theirs
+               if k not in RESUMABLE_SETTINGS and k in mine and theirs[k] != mine[k]
+               and not k.startswith(tuple(not_compared))]
+    return (apply_overrides(saved, taken) if taken else saved), ignored
+
+
 def resolve_config(command: Command, config_path: str | Path | None = None, preset: str = "tiny",
                    data_path: str | None = None, steps: int | None = None, seed: int | None = None,
                    overrides: Sequence[str] = ()) -> TrainConfig:

@@ -54,6 +54,7 @@ class DistillTrainer(Trainer):
     """Distils a teacher file (``tadsr convert`` / ``tadsr train-teacher`` output) into a one-step student."""
 
     command = "distill"
+    settings_from_elsewhere = ("model.",)  # the student is the teacher's architecture and schedule
 
     def __init__(self, config: Any, run_dir: Path, teacher: str | Path, **kwargs: Any) -> None:
         self.teacher_path = Path(teacher)

@@ -11,7 +11,6 @@ with the first stage).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import random
 import sys
@@ -45,7 +44,7 @@ from tadsr.inference.pipeline import super_resolve
 from tadsr.metrics import psnr, ssim
 from tadsr.model import SRModel, save_model
 from tadsr.nets.common import upsample_lr
-from tadsr.training.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict
+from tadsr.training.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict, resumed_config
 from tadsr.training.ema import EMA
 from tadsr.training.state import capture_rng, restore_rng, resume_checkpoint, save_checkpoint
 from tadsr.training.stream import batch_stream
@@ -76,6 +75,7 @@ class Trainer:
     network: nn.Module  # the network being trained (its EMA copy is what the run produces)
     ema: EMA
     validation_steps: int  # sampling steps of the validation images
+    settings_from_elsewhere: tuple[str, ...] = ()  # config keys (prefixes) the trainer takes from elsewhere
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
                  show_progress: bool = True) -> None:
@@ -87,8 +87,11 @@ class Trainer:
             self.warn(f"{self.run_dir}: no checkpoint yet; starting at step 0")
         if checkpoint is not None:
             saved = config_from_dict(json.loads(checkpoint["config"]), warn_renamed=False)
-            # the run length may change on resume; the rest must be the run's own config
-            config = dataclasses.replace(saved, run=dataclasses.replace(saved.run, steps=config.run.steps))
+            # the run length, logging and saving may change on resume; the rest is the run's own config
+            config, ignored = resumed_config(saved, config, self.settings_from_elsewhere)
+            if ignored:
+                self.warn(f"{self.run_dir}: resumed with the run's own settings, not {', '.join(ignored)} "
+                          "(a resumed run continues the training it checkpointed; start a new run to change them)")
         self.config = config
         run = config.run
         if run.batch_size % self.world:
