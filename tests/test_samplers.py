@@ -122,3 +122,25 @@ def test_the_denoiser_scales_the_input_and_adds_z_y_only_when_residual() -> None
     residual = ResShiftDenoiser(RecordingNet(), s, residual=True)(z_t, t, lq, z_y)
     torch.testing.assert_close(plain, 0.5 * z_t / torch.sqrt(4 * eta + 1) + 0.3 * lq + 0.01 * t.view(-1, 1, 1, 1))
     torch.testing.assert_close(residual, plain + z_y)
+
+
+def test_stochastic_step_noise_is_used_in_order_from_t_minus_1_down() -> None:
+    """Given draws equal the generator's own draws (in the same order), the given-noise path is the same sampler;
+    the wrong shape is refused."""
+    schedule = build_schedule("realsr-x4-v1")  # T = 15
+    z_y = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(z_y.shape, generator=torch.Generator().manual_seed(2))
+
+    def denoiser(z, t, lq, zy):  # noqa: ANN001, ANN202
+        return 0.5 * z + 0.1 * t.float().view(-1, 1, 1, 1)
+
+    drawn = sample(denoiser, schedule, z_y, z_y, noise=noise, sampler="stochastic",
+                   generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    steps = torch.stack([torch.randn(z_y.shape, generator=gen) for _ in range(14)])
+    given = sample(denoiser, schedule, z_y, z_y, noise=noise, sampler="stochastic", step_noise=steps)
+    torch.testing.assert_close(given, drawn, rtol=0, atol=0)
+    other = sample(denoiser, schedule, z_y, z_y, noise=noise, sampler="stochastic", step_noise=steps.flip(0))
+    assert not torch.equal(other, drawn)
+    with pytest.raises(ValueError, match="step_noise shape"):
+        sample(denoiser, schedule, z_y, z_y, noise=noise, sampler="stochastic", step_noise=steps[:2])

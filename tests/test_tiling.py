@@ -70,3 +70,30 @@ def test_progress_reports_every_tile(tiny_student_file) -> None:  # noqa: ANN001
                         progress=lambda done, total: calls.append((done, total)))
     # 40x70 is padded to 64x96: tile starts 0/24/32 by 0/24/48/64, 12 tiles in batches of 2
     assert calls == [(2, 12), (4, 12), (6, 12), (8, 12), (10, 12), (12, 12)]
+
+
+def test_the_stochastic_sampler_tiles_slice_one_per_step_draw(teacher_file, monkeypatch) -> None:  # noqa: ANN001
+    """Eq. 2's per-step noise, like the prior's, is one draw per image that tiles slice: with a pointwise stand-in
+    for the sampler (output = LR + prior noise + the sum of the step draws), tiled equals untiled exactly; the
+    per-step draws follow the prior's on one seeded generator."""
+    model = load_model(teacher_file)  # T = 4
+    seen = []
+
+    def pointwise(model, lr, noise, step_noise=None, sampler="deterministic", **_):  # noqa: ANN001, ANN202
+        seen.append((sampler, None if step_noise is None else tuple(step_noise.shape)))
+        total = noise if step_noise is None else noise + step_noise.sum(0)
+        return F.interpolate(lr + total[:, :3], scale_factor=4, mode="nearest")
+
+    monkeypatch.setattr(tiling, "super_resolve", pointwise)
+    lr = _smooth_lr()
+    full = tiled_super_resolve(model, lr, tile=0, seed=5, sampler="stochastic")
+    tiled = tiled_super_resolve(model, lr, tile=32, overlap=8, seed=5, batch_size=2, sampler="stochastic")
+    torch.testing.assert_close(tiled, full, atol=1e-6, rtol=0)
+    assert seen[0] == ("stochastic", (3, 1, 48, 80, 112)) and seen[1] == ("stochastic", (3, 2, 48, 32, 32))  # padded
+    draws = latent_noise(model, 96, 128, seed=5, draws=4)
+    assert torch.equal(draws[0], latent_noise(model, 96, 128, seed=5))  # the prior is the deterministic one's
+    gen = torch.Generator().manual_seed(5)
+    assert torch.equal(draws[1:], torch.stack([torch.randn(1, 48, 96, 128, generator=gen) for _ in range(4)])[1:])
+    seen.clear()
+    tiled_super_resolve(model, lr, tile=0, seed=5, steps=1, sampler="stochastic")  # one step: no per-step draws
+    assert seen == [("stochastic", None)]

@@ -266,3 +266,22 @@ def test_a_small_input_and_a_tile_the_model_cannot_run_are_said_once_each(tmp_pa
     assert code == 0 and len(warned) == 2
     assert "--tile 40 runs as 64, this model's multiple" in warned[0]
     assert "small.png: 24x20 is padded to 32x32" in warned[1]
+
+
+def test_the_sampler_option_reaches_the_teacher(photo_folder: Path, teacher_file: Path, tiny_student_file: Path,
+                                                tmp_path: Path) -> None:
+    """--sampler stochastic (Eq. 2) changes a teacher's T-step result and reproduces bit-exactly with the same seed;
+    one step (a student) is the same under both samplers; an unknown sampler is a usage error."""
+    def run(model: Path, sampler: str, out: str) -> np.ndarray:
+        code, _, stderr = _run("upscale", "-i", str(photo_folder / "rgb.png"), "-o", str(tmp_path / out), "--model",
+                               str(model), "--sampler", sampler, "--tile", "0", "-q")
+        assert code == 0, stderr
+        return np.asarray(Image.open(tmp_path / out / "rgb.png"))
+
+    det, sto, again = (run(teacher_file, s, o) for s, o in (("deterministic", "d"), ("stochastic", "s"),
+                                                             ("stochastic", "s2")))
+    assert det.shape == sto.shape and np.abs(det.astype(int) - sto).mean() > 0.5
+    assert np.array_equal(sto, again)
+    assert np.array_equal(run(tiny_student_file, "deterministic", "sd"), run(tiny_student_file, "stochastic", "ss"))
+    code, _, stderr = _run("upscale", "-i", str(photo_folder), "-o", str(tmp_path / "x"), "--sampler", "ddim")
+    assert code == 2 and "--sampler" in stderr and not (tmp_path / "x").exists()

@@ -146,6 +146,9 @@ def info(model: str) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
                    "[default: 1 for a student, T for a teacher]")
+@click.option("--sampler", type=click.Choice(["deterministic", "stochastic"]), default="deterministic",
+              show_default=True, help="The T-step sampler: deterministic (Eq. 3) or stochastic (Eq. 2, ResShift's; "
+                                      "its per-step noise from --seed). One step is the same under both.")
 @click.option("-s", "--outscale", type=click.FloatRange(min=0, max=16, min_open=True), default=None,
               help="Final scale (at most 16): the model's native scale, then a high-quality resize. "
                    "[default: native]")
@@ -172,7 +175,8 @@ def info(model: str) -> None:
               help="Refuse inputs with more pixels (decompression-bomb guard); 0 = no limit.")
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None, outscale: float | None, tile: int,
+def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None, sampler: str,
+            outscale: float | None, tile: int,
             tile_overlap: int, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
             device: str, seed: int, color_fix: str,
             ext: str, suffix: str, recursive: bool, overwrite: bool, max_pixels: int, dry_run: bool,
@@ -203,8 +207,8 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
     rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
     upscaler = Upscaler.from_pretrained(
         model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,
-        tile_overlap=tile_overlap, steps=steps, seed=seed, color_fix=color_fix, batch_size=batch_size,
-        outscale=outscale, channels_last=channels_last, compile=compile_)
+        tile_overlap=tile_overlap, steps=steps, sampler=sampler, seed=seed, color_fix=color_fix,
+        batch_size=batch_size, outscale=outscale, channels_last=channels_last, compile=compile_)
     if upscaler.tile_size() != tile and rank == 0:
         _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
     mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,

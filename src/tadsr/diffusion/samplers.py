@@ -51,6 +51,7 @@ def sample(
     sampler: SamplerName = "deterministic",
     one_step: bool = False,
     generator: torch.Generator | None = None,
+    step_noise: Tensor | None = None,
 ) -> Tensor:
     """Run the reverse process from z_T = z_y + kappa sqrt(eta_T) noise and return the final latent.
 
@@ -64,6 +65,8 @@ def sample(
             (Eq. 2, ResShift's ancestral sampler; per-step noise from ``generator``).
         one_step: return x0_hat of the single call at t = T-1 (the TAD-SR student's inference).
         generator: source of every random draw the sampler makes.
+        step_noise: (T-1, N, C, H, W) standard normal draws of the stochastic sampler, used at t = T-1 .. 1 in that
+            order (a tiled image slices one draw for the whole picture); drawn from ``generator`` when None.
 
     Returns:
         (N, C, H, W) z_0 estimate, not clipped (latent space).
@@ -74,6 +77,9 @@ def sample(
         noise = _randn_like(z_y, generator)
     if noise.shape != z_y.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} differs from z_y shape {tuple(z_y.shape)}")
+    steps = schedule.num_steps
+    if step_noise is not None and tuple(step_noise.shape) != (steps - 1, *z_y.shape):
+        raise ValueError(f"step_noise shape {tuple(step_noise.shape)}: need {(steps - 1, *z_y.shape)}")
     z = prior_sample(schedule, z_y, noise)
     n = z_y.shape[0]
     for step in reversed(range(schedule.num_steps)):
@@ -84,7 +90,8 @@ def sample(
         if sampler == "deterministic":
             z = deterministic_step(schedule, z, x0_hat, z_y, t)
         elif step > 0:
-            z = stochastic_step(schedule, z, x0_hat, t, _randn_like(z, generator))
+            n_t = _randn_like(z, generator) if step_noise is None else step_noise[steps - 1 - step].to(z)
+            z = stochastic_step(schedule, z, x0_hat, t, n_t)
         else:
             z = x0_hat  # posterior at t = 0 has mean x0_hat and zero variance
     return z

@@ -30,6 +30,16 @@ def encode_upsampled(first_stage: FirstStage, lr: Tensor, scale: int) -> Tensor:
     return first_stage.encode(upsample_lr(lr, scale))
 
 
+def resolve_steps(role: str, num_steps: int, steps: int | None) -> int:
+    """The network calls a model makes: ``steps``, by default 1 for a student and T (``num_steps``) for a teacher.
+    Only 1 (one call at t = T-1) and T (the full sampler) exist; anything else is a ValueError."""
+    if steps is None:
+        return 1 if role == "student" else num_steps
+    if steps not in (1, num_steps):
+        raise ValueError(f"steps must be 1 (one step) or {num_steps} (the schedule's T), got {steps}")
+    return steps
+
+
 @torch.inference_mode()
 def super_resolve(
     model: SRModel,
@@ -40,6 +50,7 @@ def super_resolve(
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     output: Literal["image", "latent"] = "image",
+    step_noise: Tensor | None = None,
 ) -> Tensor:
     """Super-resolve a batch of LR images.
 
@@ -53,13 +64,12 @@ def super_resolve(
         generator: source of the prior noise (and of the stochastic sampler's per-step noise).
         autocast_dtype: float16 / bfloat16 to run under autocast; None for the model's own dtype.
         output: "image" (N, 3, h s, w s) clamped to [-1, 1], or "latent" (the sampled z_0 of the padded input).
+        step_noise: (T-1, N, C, H', W') the stochastic sampler's per-step draws (``diffusion.samplers.sample``);
+            drawn from ``generator`` when None.
     """
     cfg = model.config
     num_steps = cfg.schedule.num_steps
-    if steps is None:
-        steps = 1 if cfg.role == "student" else num_steps
-    if steps not in (1, num_steps):
-        raise ValueError(f"steps must be 1 (one step) or {num_steps} (the schedule's T), got {steps}")
+    steps = resolve_steps(cfg.role, num_steps, steps)
     if lr.dim() != 4 or lr.shape[1] != 3:
         raise ValueError(f"lr must be (N, 3, H, W), got {tuple(lr.shape)}")
     param = next(model.unet.parameters())
@@ -68,7 +78,7 @@ def super_resolve(
     with autocast(param.device, autocast_dtype):
         z_y = encode_lr(model, padded)
         z_0 = sample(model.denoiser, model.schedule, z_y, padded, noise=noise, sampler=sampler,
-                     one_step=steps == 1 and num_steps > 1, generator=generator)
+                     one_step=steps == 1 and num_steps > 1, generator=generator, step_noise=step_noise)
         if output == "latent":
             return z_0.float()
         hr = model.first_stage.decode(z_0)

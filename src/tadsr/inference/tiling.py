@@ -17,8 +17,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from tadsr.diffusion.samplers import SamplerName
 from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
-from tadsr.inference.pipeline import super_resolve
+from tadsr.inference.pipeline import resolve_steps, super_resolve
 from tadsr.model import SRModel
 
 
@@ -47,11 +48,16 @@ def blend_ramp(size: int, ramp: int, left: bool, right: bool) -> Tensor:
     return w
 
 
-def latent_noise(model: SRModel, height: int, width: int, seed: int) -> Tensor:
-    """Standard normal prior noise (1, C, h, w) for a padded LR image of height x width, from ``seed`` on the CPU."""
+def latent_noise(model: SRModel, height: int, width: int, seed: int, draws: int = 1) -> Tensor:
+    """Standard normal prior noise (1, C, h, w) for a padded LR image of height x width, from ``seed`` on the CPU;
+    with ``draws`` > 1, (draws, 1, C, h, w) from the same generator: draw 0 is that prior noise (the same whatever
+    ``draws``), draws 1.. the stochastic sampler's per-step noise at t = T-1 .. 1."""
     f = model.config.unet.lq_factor  # LR pixels per latent pixel
     shape = (1, model.unet.config.in_channels, height // f, width // f)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    if draws == 1:
+        return torch.randn(shape, generator=gen)
+    return torch.stack([torch.randn(shape, generator=gen) for _ in range(draws)])
 
 
 def tiled_super_resolve(
@@ -65,12 +71,14 @@ def tiled_super_resolve(
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
     blend: Literal["cosine", "flat"] = "cosine",
+    sampler: SamplerName = "deterministic",
 ) -> Tensor:
     """Super-resolve one LR image (1, 3, h, w) in [-1, 1] -> (1, 3, h s, w s) in [-1, 1], tile by tile.
 
     ``tile`` (LR pixels, rounded up to the model's size multiple; 0 = whole image) and ``overlap`` (LR pixels)
     set the tiling; ``batch_size`` tiles go through the network together. ``progress(done, total)`` is called
-    after each batch of tiles. The deterministic sampler is used for multi-step (teacher) sampling.
+    after each batch of tiles. ``sampler`` is the T-step sampler: "deterministic" (Eq. 3) or "stochastic" (Eq. 2),
+    whose per-step noise, like the prior's, is one draw for the whole image that each tile slices.
     ``blend="flat"`` averages overlaps uniformly, as ResShift does (for comparison).
     """
     if lr.dim() != 4 or lr.shape[0] != 1:
@@ -79,10 +87,13 @@ def tiled_super_resolve(
     m, s, f = cfg.lr_multiple, cfg.scale, cfg.unet.lq_factor  # f: LR pixels per latent pixel
     padded, (h, w) = pad_to_multiple(lr, m)
     hp, wp = padded.shape[-2:]
-    noise = latent_noise(model, hp, wp, seed)
-    run = dict(steps=steps, autocast_dtype=autocast_dtype)
+    num_steps = cfg.schedule.num_steps
+    noise, step_noise = latent_noise(model, hp, wp, seed), None
+    if sampler == "stochastic" and resolve_steps(cfg.role, num_steps, steps) > 1:
+        step_noise = latent_noise(model, hp, wp, seed, num_steps)[1:]  # (T-1, 1, C, h, w)
+    run = dict(steps=steps, autocast_dtype=autocast_dtype, sampler=sampler)
     if tile <= 0 or (hp <= tile and wp <= tile):
-        out = super_resolve(model, padded, noise=noise.to(padded.device), **run)
+        out = super_resolve(model, padded, noise=noise.to(padded.device), step_noise=step_noise, **run)
         if progress:
             progress(1, 1)
         return crop_to(out, (h * s, w * s))
@@ -99,7 +110,10 @@ def tiled_super_resolve(
             noise[..., y // f:(y + th) // f, x // f:(x + tw) // f]
             for y, x in batch
         ]).to(padded.device)
-        out = super_resolve(model, lr_tiles, noise=noise_tiles, **run).cpu()
+        step_tiles = None if step_noise is None else torch.cat([
+            step_noise[..., y // f:(y + th) // f, x // f:(x + tw) // f] for y, x in batch
+        ], dim=1)
+        out = super_resolve(model, lr_tiles, noise=noise_tiles, step_noise=step_tiles, **run).cpu()
         for (y, x), tile_out in zip(batch, out, strict=True):
             wy = blend_ramp(th * s, ramp, left=y > 0, right=y + th < hp)
             wx = blend_ramp(tw * s, ramp, left=x > 0, right=x + tw < wp)

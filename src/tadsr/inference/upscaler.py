@@ -11,7 +11,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
 import cv2
 import numpy as np
@@ -20,11 +20,12 @@ from PIL import Image
 
 from tadsr.data.image_io import MIN_SIDE, ImageData
 from tadsr.devices import resolve_device
+from tadsr.diffusion.samplers import SamplerName
 from tadsr.errors import ConfigError
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.padding import round_up
-from tadsr.inference.pipeline import upsample_lr
+from tadsr.inference.pipeline import resolve_steps, upsample_lr
 from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.model import SRModel, load_model, resolve_model_path
 
@@ -35,12 +36,16 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Ope
 class UpscaleOptions:
     """How images are upscaled. ``tile``/``tile_overlap`` are LR pixels (tile 0 = whole image at once).
 
-    ``channels_last`` and ``compile`` are the opt-in speed-ups of ``inference.fast.prepare_for_inference``.
+    ``sampler`` is the T-step sampler (``diffusion.samplers``): "deterministic" (Eq. 3, the default, the
+    distillation target) or "stochastic" (Eq. 2, ResShift's ancestral sampler, its per-step noise drawn from
+    ``seed``); one step is the same under both. ``channels_last`` and ``compile`` are the opt-in speed-ups of
+    ``inference.fast.prepare_for_inference``.
     """
 
     tile: int = 128
     tile_overlap: int = 16
     steps: int | None = None
+    sampler: SamplerName = "deterministic"
     seed: int = 0
     color_fix: ColorFix = "none"
     batch_size: int = 1
@@ -53,6 +58,8 @@ class UpscaleOptions:
             raise ConfigError("tile and tile_overlap must be >= 0 and batch_size >= 1")
         if self.tile and self.tile_overlap * 2 > self.tile:
             raise ConfigError(f"tile_overlap {self.tile_overlap} must be at most half the tile {self.tile}")
+        if self.sampler not in get_args(SamplerName):
+            raise ConfigError(f"sampler must be one of {', '.join(get_args(SamplerName))}, got {self.sampler!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ConfigError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.outscale is not None and not self.outscale > 0:
@@ -72,10 +79,10 @@ class Upscaler:
         self.model = model.to(self.device).eval()
         self.options = UpscaleOptions(**options)
         prepare_for_inference(self.model, channels_last=self.options.channels_last, compile=self.options.compile)
-        num_steps = model.config.schedule.num_steps
-        if self.options.steps is not None and self.options.steps not in (1, num_steps):
-            raise ConfigError(f"steps must be 1 or {num_steps} (the schedule's T) for this model, "
-                             f"got {self.options.steps}")
+        try:
+            resolve_steps(model.config.role, model.config.schedule.num_steps, self.options.steps)
+        except ValueError as err:
+            raise ConfigError(f"{err} for this model") from None
         if model.config.role == "student" and self.options.steps not in (None, 1):
             raise ConfigError("a student model runs one step: use steps=1")
 
@@ -98,6 +105,7 @@ class Upscaler:
             try:
                 out = tiled_super_resolve(
                     self.model, lr, tile=tile, overlap=opts.tile_overlap, steps=opts.steps, seed=opts.seed,
+                    sampler=opts.sampler,
                     autocast_dtype=None if self.dtype == torch.float32 else self.dtype,
                     batch_size=opts.batch_size, progress=progress,
                 )

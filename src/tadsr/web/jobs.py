@@ -28,6 +28,7 @@ from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, gray_
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.inference.batch import NAME_MAX, check_output_size
 from tadsr.inference.color import COLOR_FIXES
+from tadsr.inference.pipeline import resolve_steps
 from tadsr.inference.upscaler import Upscaler
 from tadsr.model import EMBEDDED_NAMES, SRModel, load_model, read_model_config, resolve_model_path
 
@@ -209,7 +210,7 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
     seconds = time.perf_counter() - start
     before, after = write_previews(image, result, out_dir)
     depth = f"{result.bit_depth}-bit {'gray' if result.is_gray else 'RGB'}{'A' if result.has_alpha else ''}"
-    steps = settings.steps or (1 if entry.role == "student" else entry.num_steps)
+    steps = resolve_steps(entry.role, entry.num_steps, settings.steps)
     summary = (f"{width}x{height} -> {out_w}x{out_h} ({depth} PNG, {output.stat().st_size / 1e6:.1f} MB) in "
                f"{seconds:.2f} s with {entry.label}, {steps} step{'s' if steps > 1 else ''}, on {models.device}")
     return JobResult(output, before, after, (width, height), (out_w, out_h), seconds, summary)
