@@ -29,6 +29,13 @@ from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_c
 
 SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts
 
+# Options shared by several commands: one definition each.
+DEVICE_OPTION = click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto (torchrun: one per rank).")
+MAX_PIXELS_OPTION = click.option(
+    "--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
+    help="Refuse images with more pixels, checked from the header before decoding (decompression-bomb guard); "
+         "0 = no limit.")
+
 
 def _error(line: str) -> None:
     """One file or pair that failed; the command goes on with the others."""
@@ -162,7 +169,7 @@ def info(model: str) -> None:
 @click.option("--channels-last", is_flag=True, help="NHWC weights and activations (often faster convolutions).")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the networks (the first tile of each size compiles first).")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
+@DEVICE_OPTION
 @click.option("--seed", type=SEED, default=0, help="Seed of the prior noise (the same for every image).")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none",
               help="Restore the LR's colours: wavelet (low frequencies) or adain (channel statistics).")
@@ -171,8 +178,7 @@ def info(model: str) -> None:
 @click.option("--suffix", default="", help="Appended to output file stems.")
 @click.option("--recursive/--no-recursive", default=True, help="Search folders recursively.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
-@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
-              help="Refuse inputs with more pixels (decompression-bomb guard); 0 = no limit.")
+@MAX_PIXELS_OPTION
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None, sampler: str,
@@ -227,12 +233,11 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
               help="Offer every tadsr .safetensors file in this folder too.")
 @click.option("--host", default="127.0.0.1", help="Address to bind; anything but this machine's gets a warning.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860)
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
+@DEVICE_OPTION
 @click.option("--fp32", "precision", flag_value="fp32", help="Float32 compute [default on CPU].")
 @click.option("--fp16", "precision", flag_value="fp16", help="Float16 autocast [default on CUDA].")
 @click.option("--bf16", "precision", flag_value="bf16", help="Bfloat16 autocast.")
-@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
-              help="Refuse uploads above this many pixels (checked before decoding), as `tadsr upscale`; 0: none.")
+@MAX_PIXELS_OPTION
 @click.option("--queue-size", type=click.IntRange(min=1), default=16, help="Jobs that may wait; more are refused.")
 @click.option("--share", is_flag=True, help="Also make a public gradio.live link (off unless asked).")
 def serve(model_paths: tuple[Path, ...], models_dir: Path | None, host: str, port: int, device: str,
@@ -260,8 +265,7 @@ def serve(model_paths: tuple[Path, ...], models_dir: Path | None, host: str, por
               help="Degradation pipeline.")
 @click.option("--seed", type=SEED, default=0, help="Base seed; each image's draws also depend on its name.")
 @click.option("--gt-size", type=click.IntRange(min=8), default=256, help="GT side (centred square crop, resized).")
-@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
-              help="Refuse inputs with more pixels; 0 = no limit.")
+@MAX_PIXELS_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, max_pixels: int, quiet: bool) -> None:
     """Build a reproducible (GT, LQ) test set from your own HR images.
@@ -304,11 +308,10 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex")
 @click.option("--lpips-backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--lpips-heads", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-@click.option("--device", default="auto")
+@DEVICE_OPTION
 @click.option("--seed", type=SEED, default=0)
 @click.option("--tile", type=click.IntRange(min=0), default=0, help="Tile size for diffusion models (0 = whole).")
-@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
-              help="Refuse images with more pixels (decompression-bomb guard); 0 = no limit.")
+@MAX_PIXELS_OPTION
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32",
               help="Compute precision of the models (fp16/bf16 under autocast); fp32 on every device by default.")
 @click.option("-q", "--quiet", is_flag=True)
@@ -350,7 +353,7 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("tadsr-demo"),
               help="Output folder.")
 @click.option("--quick", is_flag=True, help="One photo only.")
-@click.option("--device", default="auto")
+@DEVICE_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
     """Degrade the bundled photos (x4), upscale them with bicubic, Real-ESRGAN (if its package is installed), the
@@ -382,7 +385,7 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
 @click.option("--quick", is_flag=True, help="Embedded model only, LR 32 and 64 (tiled at 32), one repeat: a smoke run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results as JSON.")
-@click.option("--device", default="auto")
+@DEVICE_OPTION
 def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile: int, tile_overlap: int,
           tile_batch: int, max_tiles: int, channels_last: bool, compile_: bool, quick: bool, json_path: Path | None,
           device: str) -> None:
@@ -429,7 +432,7 @@ def _training_options(command: click.Command) -> click.Command:
         click.option("--steps", type=click.IntRange(min=1), default=None, help="Train up to this many steps."),
         click.option("--seed", type=SEED, default=None, help="Seed (each torchrun rank adds its rank)."),
         click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint."),
-        click.option("--device", default="auto", help="cpu, cuda or auto (torchrun: one GPU per rank)."),
+        DEVICE_OPTION,
         click.option("--dry-run", is_flag=True, help="Print the resolved config and exit."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
         click.argument("overrides", nargs=-1),

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tadsr.bt601 import LUMA
 from tadsr.data.kernels import KernelConfig, KernelParams, draw_choice, draw_final_sinc, draw_kernel, draw_uniform
 from tadsr.errors import ConfigError
 
@@ -228,7 +229,7 @@ def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
 
 def rgb_to_gray(x: Tensor) -> Tensor:
     """ITU-R BT.601 luma, (N, 3, H, W) -> (N, 1, H, W)."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 

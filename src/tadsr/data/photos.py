@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 
+from tadsr.bt601 import LUMA
 from tadsr.data.datasets import EpochDataset, first_readable, sample_generator, to_chw_tensor
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, read_image
@@ -114,7 +115,7 @@ def crop_to_float(img: np.ndarray, top: int, left: int, side: int, gt_size: int)
 def texture_score(img: np.ndarray) -> float:
     """Mean absolute horizontal and vertical finite difference of the BT.601 luma of an (H, W, 3) float image in
     [0, 1], in levels of 255: 0 for a flat crop, about 1.5 for the median crop of wallpapers, 10-20 for gravel."""
-    y = img @ np.array([0.299, 0.587, 0.114], dtype=img.dtype) * 255
+    y = img @ np.array(LUMA, dtype=img.dtype) * 255
     return float((np.abs(np.diff(y, axis=0)).mean() + np.abs(np.diff(y, axis=1)).mean()) / 2)
 
 
@@ -126,7 +127,7 @@ def dihedral(img: np.ndarray, k: int) -> np.ndarray:
 
 def to_gray(img: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB -> the same shape with R = G = B = the BT.601 luma 0.299 R + 0.587 G + 0.114 B."""
-    y = img @ np.array([0.299, 0.587, 0.114], dtype=img.dtype)
+    y = img @ np.array(LUMA, dtype=img.dtype)
     return np.repeat(y[:, :, None], 3, axis=2)
 
 

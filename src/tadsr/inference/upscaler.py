@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tadsr.bt601 import LUMA
 from tadsr.data.image_io import MIN_SIDE, ImageData
 from tadsr.devices import resolve_device
 from tadsr.diffusion.samplers import SamplerName
@@ -28,8 +29,6 @@ from tadsr.inference.padding import round_up
 from tadsr.inference.pipeline import resolve_steps, upsample_lr
 from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.model import SRModel, load_model, resolve_model_path
-
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as OpenCV's RGB2GRAY
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class Upscaler:
             out_h, out_w = self.output_size(h, w)
             out = _resize(out, (out_w, out_h))
         if colour_channels == 1:
-            out = np.concatenate([out[:, :, :3] @ LUMA[:, None], out[:, :, 3:]], axis=2)
+            out = np.concatenate([out[:, :, :3] @ np.array(LUMA, dtype=np.float32)[:, None], out[:, :, 3:]], axis=2)
         out = out.clip(0, 1)
         result = np.rint(out * peak).astype(pixels.dtype)
         return replace(image, pixels=result[:, :, 0] if result.shape[2] == 1 else result)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from tadsr.bt601 import YCBCR_CB, YCBCR_CR, YCBCR_Y
+
 
 def ycbcr(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(H, W, 3) RGB in [0, 255] -> Y in [16, 235], Cb and Cr in [16, 240] (BT.601 'ycbcr', float64)."""
     r, g, b = (img[..., k].astype(np.float64) / 255 for k in range(3))
-    return (16 + 65.481 * r + 128.553 * g + 24.966 * b,
-            128 - 37.797 * r - 74.203 * g + 112.0 * b,
-            128 + 112.0 * r - 93.786 * g - 18.214 * b)
+    (yr, yg, yb), (br, bg, bb), (cr, cg, cb) = YCBCR_Y, YCBCR_CB, YCBCR_CR
+    return 16 + yr * r + yg * g + yb * b, 128 + br * r + bg * g + bb * b, 128 + cr * r + cg * g + cb * b
 
 
 def chroma_mse(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tadsr.bt601 import YCBCR_Y
+
 
 def rgb_to_y(x: Tensor) -> Tensor:
     """(N, 3, H, W) RGB in [0, 1] -> (N, 1, H, W) BT.601 'ycbcr' luma in [16/255, 235/255]."""
-    w = torch.tensor([65.481, 128.553, 24.966], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = torch.tensor(YCBCR_Y, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return ((x * w).sum(1, keepdim=True) + 16.0) / 255.0
 
 

@@ -18,6 +18,8 @@ from importlib.resources import files
 import cv2
 import numpy as np
 
+from tadsr.bt601 import YCBCR_Y
+
 BLOCK = 96
 
 
@@ -129,7 +131,7 @@ def niqe(rgb: np.ndarray, crop_border: int = 0) -> float:
     if rgb.ndim == 3:
         # BasicSR's float32 path (bgr2ycbcr(img / 255) * 255): the rounding below must see the same values
         x = rgb.astype(np.float32)
-        y = ((x.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) + 16.0) / 255.0).astype(np.float32)
+        y = ((x.astype(np.float64) @ np.array(YCBCR_Y) + 16.0) / 255.0).astype(np.float32)
         y = y * np.float32(255.0)
     else:
         y = (rgb.astype(np.float32) * np.float32(255.0))
