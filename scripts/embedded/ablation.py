@@ -63,7 +63,9 @@ def main() -> None:
         if not (run / "final.safetensors").exists():
             train(run, args.teacher, args.data, args.work, args.steps, score, disc, args.overrides)
         cache = run / "teacher_cache.pt"
-        models[label] = f"{run / 'final.safetensors'}:1"
+        named = run / f"{run.name}.safetensors"  # every row's file is final.safetensors: one label each
+        shutil.copy(run / "final.safetensors", named)
+        models[label] = f"{named}:1"
         curves[label] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     report = args.work / "ablation" / "report"
     colour = run_models(valset, report, ["bicubic", *models.values()], "psnr,chroma,detail,niqe")

@@ -4,6 +4,12 @@
 # WORK/<run>/<run>-s<STEP>.safetensors (the learning rate does not depend on the run's length, so a run resumed to a
 # longer length continues the shorter one exactly). Evaluate them with evaluate.py --student.
 # Usage: scripts/embedded/texture_runs.sh WORK_DIR [RUN ...]      (WORK_DIR as given to train.sh; RUN: a name below)
+# The model card's textured-split table and docs/experiments/textured-frontier.png came from:
+#   python scripts/embedded/evaluate.py WORK/data WORK --title "the shipped pair, fp16, and the students tried" \
+#     --extra "tex 800 (paper)=WORK/tex-paper/tex-paper-s800.safetensors:1" \
+#     --extra "adv 200=WORK/tex-adv/tex-adv-s200.safetensors:1" (and adv 400, adv 800 alike) \
+#     --doc docs/embedded-metrics.md --sheet docs/experiments/textured-frontier.png
+# and the discriminator probe of the model card from scripts/embedded/discriminator_probe.py WORK/tex-adv TEACHER.
 set -euo pipefail
 WORK=${1:?usage: texture_runs.sh WORK_DIR [RUN ...]}
 shift
@@ -35,7 +41,7 @@ run_variant() {
     case $1 in
         tex-paper) student tex-paper "200 400 600 800 1000" "${TEX[@]}" ;;  # the data lever alone: the paper's lambdas
         # the discriminator at the small t where real and fake latents differ by more than the noise (model card)
-        tex-adv) student tex-adv "400 800" "${TEX[@]}" distill.lambda_adv=0.1 optim.lr_d=1e-3 distill.dis_t_max=3 ;;
+        tex-adv) student tex-adv "200 400 600 800" "${TEX[@]}" distill.lambda_adv=0.1 optim.lr_d=1e-3 distill.dis_t_max=3 ;;
         *) echo "unknown run $1" >&2; exit 2 ;;
     esac
 }

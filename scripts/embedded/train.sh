@@ -20,9 +20,8 @@ tadsr distill --preset tiny --teacher "$WORK/teacher/final.safetensors" --data "
 #    (docs/embedded-diagnostic.md) and run the ablation (docs/ablation.md)
 python "$HERE/export.py" "$WORK/teacher/final.safetensors" "$WORK/student/final.safetensors"
 python "$HERE/evaluate.py" "$WORK/data" "$WORK" --doc "$ROOT/docs/embedded-metrics.md" \
-    --sheet "$ROOT/docs/experiments/shipped.png"
-python "$HERE/evaluate.py" "$WORK/data" "$WORK" --split grid --doc "$ROOT/docs/embedded-metrics-grid.md" \
-    --sheet "$ROOT/docs/experiments/shipped-grid.png"
+    --sheet "$ROOT/docs/experiments/shipped-textured.png"
+python "$HERE/evaluate.py" "$WORK/data" "$WORK" --split grid --sheet "$ROOT/docs/experiments/shipped.png"
 python "$HERE/diagnose.py" "$ROOT/src/tadsr/weights/teacher.safetensors" "$WORK/data" "$WORK" \
     --doc "$ROOT/docs/embedded-diagnostic.md" --title "the shipped teacher"
 python "$HERE/ablation.py" "$WORK/data" "$WORK" "$WORK/teacher/final.safetensors" --steps 800
