@@ -259,3 +259,20 @@ def test_detail_on_a_pair_too_small_is_one_line_and_the_rest_is_measured(tmp_pat
     assert code == 1 and "tiny.png: 6x6: too small for detail at x4" in stderr
     rows = list(csv.DictReader(open(tmp_path / "r" / "per_image.csv")))
     assert {r["name"] for r in rows} == {"colour", "gray"}
+
+
+def test_the_sheet_shows_the_most_textured_window_at_the_asked_zoom() -> None:
+    """texture_window finds the one textured corner of a flat image; comparison_sheet cuts that window from every
+    column, enlarged without interpolation."""
+    from tadsr.evaluate import comparison_sheet, texture_window
+
+    img = np.full((256, 256, 3), 0.5)
+    img[160:224, 32:96] = np.random.default_rng(0).random((64, 64, 3))  # texture at rows 160.., columns 32..
+    top, left = texture_window(img, 64)
+    assert abs(top - 160) <= 16 and abs(left - 32) <= 16
+    sheet = comparison_sheet([("a", [img]), ("b", [img * 0])], crop=64, zoom=2, windows=[(top, left)])
+    assert sheet.shape == (24 + 128, 2 * (128 + 2), 3) and sheet.dtype == np.uint8
+    cell = sheet[24:, :128]
+    expected = np.repeat(np.repeat(np.round(img[top:top + 64, left:left + 64] * 255), 2, 0), 2, 1)
+    assert np.abs(cell.astype(int) - expected).max() <= 1
+    assert sheet[24:, 130:258].max() == 0  # the second column: the same window of its own image

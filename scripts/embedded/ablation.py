@@ -24,7 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from evaluate import comparison_sheet, output_folder, run_models  # noqa: E402  (this folder's evaluate.py)
+from evaluate import output_folder, run_models, split_sheet  # noqa: E402  (this folder's evaluate.py)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ROWS = {"L_distill only": ("none", "none"), "+ HSD": ("hsd", "none"), "+ HSD + GAN": ("hsd", "plain"),
@@ -88,7 +88,7 @@ def main() -> None:
         lines.append(f"| {shown[label]} | {f['psnr']:.2f} | {f['chroma']:.2f} | {g:.2f} | {f['detail']:.3f} | "
                      f"{f['niqe']:.2f} | {margin} |")
     (DOCS / "ablation.md").write_text("\n".join(lines) + "\n")
-    comparison_sheet({shown[label]: output_folder(report, label) for label in labels}, valset / "gt",
+    split_sheet({shown[label]: output_folder(report, label) for label in labels}, valset / "gt",
                      DOCS / "ablation-sheet.png")
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     for label, log in curves.items():

@@ -23,10 +23,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from tadsr.baselines import packaged_ncnn_files
+from tadsr.data.image_io import ImageData, write_image
+from tadsr.evaluate import comparison_sheet, load_float, texture_window
 
 MARK = "<!-- written by scripts/embedded/evaluate.py; do not edit by hand -->"
 SPLITS = {"textured": ("val-tex-hr", "valtex"), "grid": ("val-hr", "valset")}
@@ -54,45 +53,18 @@ def output_folder(report: Path, label: str) -> Path:
     return report / "outputs" / label.replace(":", "_")
 
 
-def texture_window(gt: np.ndarray, crop: int) -> tuple[int, int]:
-    """(top, left) of the ``crop`` x ``crop`` window of ``gt`` with the most luma gradient energy (stride crop/4)."""
-    y = cv2.cvtColor(gt, cv2.COLOR_BGR2GRAY).astype(np.float64)
-    energy = np.zeros_like(y)
-    energy[1:, 1:] = np.diff(y, axis=0)[:, 1:] ** 2 + np.diff(y, axis=1)[1:] ** 2
-    best, where = -1.0, (0, 0)
-    for top in range(0, y.shape[0] - crop + 1, crop // 4):
-        for left in range(0, y.shape[1] - crop + 1, crop // 4):
-            e = energy[top:top + crop, left:left + crop].sum()
-            if e > best:
-                best, where = e, (top, left)
-    return where
-
-
-def comparison_sheet(columns: dict[str, Path], gt_dir: Path, path: Path, crop: int = 96, rows: int = 4) -> None:
+def split_sheet(columns: dict[str, Path], gt_dir: Path, path: Path, crop: int = 96, rows: int = 4) -> None:
     """Rows: up to ``rows`` crops of the split (evenly chosen); columns: each method's folder of outputs
-    (``columns``: label -> folder), then the GT; each cell the GT's most textured 96x96 window, enlarged 2x
-    without interpolation; labels on top."""
+    (``columns``: label -> folder), then the GT; each cell the GT's most textured 96x96 window, enlarged 2x without
+    interpolation (``tadsr.evaluate.comparison_sheet``, the sheet of `tadsr evaluate`)."""
     names = sorted(p.name for p in gt_dir.glob("*.png"))
-    names = [names[round(i * (len(names) - 1) / max(1, rows - 1))] for i in range(min(rows, len(names)))]
-    labels = [*columns, "GT"]
-    out = []
-    for name in dict.fromkeys(names):
-        gt = cv2.imread(str(gt_dir / name), cv2.IMREAD_COLOR)
-        top, left = texture_window(gt, crop)
-        tiles = []
-        for label in labels:
-            img = gt if label == "GT" else cv2.imread(str(columns[label] / name), cv2.IMREAD_COLOR)
-            tiles.append(cv2.resize(img[top:top + crop, left:left + crop], (2 * crop, 2 * crop),
-                                    interpolation=cv2.INTER_NEAREST))
-            tiles.append(np.full((2 * crop, 2, 3), 255, np.uint8))
-        out.append(np.concatenate(tiles, 1))
-        out.append(np.full((2, out[-1].shape[1], 3), 255, np.uint8))
-    head = np.full((24, out[0].shape[1], 3), 255, np.uint8)
-    for k, label in enumerate(labels):
-        cv2.putText(head, label[-22:], (k * (2 * crop + 2) + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+    names = list(dict.fromkeys(names[round(i * (len(names) - 1) / max(1, rows - 1))]
+                               for i in range(min(rows, len(names)))))
+    gts = [load_float(gt_dir / name) for name in names]
+    windows = [texture_window(gt, crop) for gt in gts]
+    table = [(label, [load_float(folder / name) for name in names]) for label, folder in columns.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.concatenate([head, *out], 0))
+    write_image(path, ImageData(comparison_sheet([*table, ("GT", gts)], crop, zoom=2, windows=windows)))
 
 
 def targets(fig: dict[str, dict], teacher: str, student: str) -> list[tuple[str, float, str, float]]:
@@ -168,7 +140,7 @@ def main() -> None:
     if args.doc:
         args.doc.write_text(text)
     if args.sheet:
-        comparison_sheet({shown[label]: folders[label] for label in labels}, valset / "gt", args.sheet)
+        split_sheet({shown[label]: folders[label] for label in labels}, valset / "gt", args.sheet)
     print(text)
 
 

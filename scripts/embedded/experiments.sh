@@ -37,7 +37,7 @@ measure "$WORK/student/report" "$WORK/student/final.safetensors:1"
 cd "$HERE" && python - "$WORK" "$ROOT" <<'PY'
 import json, sys
 from pathlib import Path
-from evaluate import comparison_sheet, output_folder
+from evaluate import output_folder, split_sheet
 work, root = Path(sys.argv[1]), Path(sys.argv[2])
 runs = {"previous student": work / "previous/report", "student": work / "student/report",
         "student, lambda_hsd 2": work / "student-hsd2/report"}
@@ -45,7 +45,7 @@ for name, report in runs.items():
     (label, f), = json.loads(Path(f"{report}-valset/report.json").read_text()).items()
     gray = json.loads(Path(f"{report}-valset-gray/report.json").read_text())[label]["gray"]
     print(f"| {name} | {f['psnr']:.2f} | {f['chroma']:.2f} | {gray:.2f} | {f['detail']:.3f} | {f['niqe']:.2f} |")
-comparison_sheet({"bicubic": output_folder(work / "valset-baselines", "bicubic"),
+split_sheet({"bicubic": output_folder(work / "valset-baselines", "bicubic"),
                   "previous": output_folder(work / "previous/report-valset", "student:1"),
                   "student": output_folder(work / "student/report-valset", "final:1")}, work / "valset/gt",
                  root / "docs/experiments/previous-vs-new-student.png")

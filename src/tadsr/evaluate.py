@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from tadsr import distributed
+from tadsr.bt601 import LUMA
 from tadsr.data.datasets import list_images, load_rgb, pair_by_name
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, pixel_count, to_uint8, write_image
 from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, resolve_device, synchronize
@@ -237,21 +238,41 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 128) -> np.ndarray:
-    """Rows of images (one per input), a column per method, each the same centred crop, labels on top."""
-    label_h = 24
+def texture_window(img: np.ndarray, crop: int) -> tuple[int, int]:
+    """(top, left) of the ``crop`` x ``crop`` window of an (H, W, 3) image with the most luma gradient energy
+    (squared finite differences, BT.601 luma, windows on a stride of crop / 4): where detail can be judged."""
+    y = img.astype(np.float64) @ np.array(LUMA)
+    energy = np.zeros_like(y)
+    energy[1:, 1:] = np.diff(y, axis=0)[:, 1:] ** 2 + np.diff(y, axis=1)[1:] ** 2
+    c = min(crop, *y.shape)
+    integral = np.pad(energy, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    best, where = -1.0, (0, 0)
+    for top in range(0, y.shape[0] - c + 1, max(1, c // 4)):
+        for left in range(0, y.shape[1] - c + 1, max(1, c // 4)):
+            e = integral[top + c, left + c] - integral[top, left + c] - integral[top + c, left] + integral[top, left]
+            if e > best:
+                best, where = e, (top, left)
+    return where
+
+
+def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 128, zoom: int = 1,
+                     windows: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Rows of images (one per input), a column per method, each cell the same window of every method's image
+    (``windows``: (top, left) per row in the first column's pixels, else centred), ``crop`` pixels enlarged
+    ``zoom`` times without interpolation; labels on top. (H, W, 3) uint8 RGB."""
+    label_h, side = 24, crop * zoom
     tiles = []
     for label, images in columns:
         cells = []
-        for img in images:
+        for row, img in enumerate(images):
             h, w = img.shape[:2]
             c = min(crop, h, w)
-            top, left = (h - c) // 2, (w - c) // 2
+            top, left = windows[row] if windows is not None else ((h - c) // 2, (w - c) // 2)
             cell = img[top:top + c, left:left + c]
-            cells.append(cv2.resize(to_uint8(cell), (crop, crop), interpolation=cv2.INTER_NEAREST))
+            cells.append(cv2.resize(to_uint8(cell), (side, side), interpolation=cv2.INTER_NEAREST))
         column = np.concatenate(cells, axis=0)
-        head = np.full((label_h, crop, 3), 255, np.uint8)
-        cv2.putText(head, label[:18], (3, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        head = np.full((label_h, side, 3), 255, np.uint8)
+        cv2.putText(head, label[:side // 7], (3, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(np.concatenate([head, column], axis=0))
     return np.concatenate([np.concatenate([t, np.full((t.shape[0], 2, 3), 255, np.uint8)], axis=1)
                            for t in tiles], axis=1)
@@ -268,6 +289,135 @@ def check_labels(models: Sequence[str]) -> None:
             raise ConfigError(f"--models: {seen[key]} and {spec} would share the label {key[0]}:{steps or '...'} "
                               "in the report; rename one of the files")
         seen[key] = spec
+
+
+Pair = tuple[str, Path, "Path | None"]  # (name, LR or prediction file, GT file or None)
+
+
+class LeftOut:
+    """The pairs left out of the means, each with the first problem found; ``attempt`` runs one step of one pair."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report, self.problems = report, {}
+
+    def attempt(self, name: str, path: Path, action: Callable[[], Any]) -> Any:
+        """Run ``action`` for one pair; a TadsrError (unreadable, wrong size, too small) leaves the pair out."""
+        try:
+            return action()
+        except TadsrError as err:
+            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+            self.report(f"{message}; left out")
+            self.problems.setdefault(name, message)
+            return None
+
+
+def list_pairs(source: Path, gt_dir: Path | None, report: Callable[[str], None]) -> list[Pair]:
+    """The pairs to measure, by name; unpaired files are reported and left out."""
+    if gt_dir is None:
+        pairs: list[Pair] = [(p.relative_to(source).with_suffix("").as_posix(), p, None) for p in list_images(source)]
+    else:
+        pairs, only_src, only_gt = pair_by_name(source, gt_dir)
+        for name in only_src:
+            report(f"{source}: {name} has no ground truth in {gt_dir}; left out")
+        for name in only_gt:
+            report(f"{gt_dir}: {name} has no counterpart in {source}; left out")
+    if not pairs:
+        raise NotFoundError(f"{source}: no images to evaluate" + (f" with a match in {gt_dir}" if gt_dir else ""))
+    return pairs
+
+
+def _gt(gt_path: Path | None, max_pixels: int) -> np.ndarray | None:
+    return load_float(gt_path, max_pixels) if gt_path else None
+
+
+def measure_predictions(pairs: list[Pair], pred_dir: Path, gt_dir: Path | None, metrics: MetricSet, scale: int,
+                        left_out: LeftOut, max_pixels: int, show_progress: bool
+                        ) -> tuple[ModelResult, dict[str, np.ndarray]]:
+    """Existing predictions against their GT: the figures and the images read (for the sheet)."""
+    result, preds = ModelResult("pred"), {}
+    for name, path, gt_path in tqdm(pairs, desc="pred", disable=not show_progress):
+
+        def measure_pred(path: Path = path, gt_path: Path | None = gt_path, name: str = name) -> np.ndarray:
+            pred = load_float(path, max_pixels)
+            result.rows[name] = metrics.measure(pred, _gt(gt_path, max_pixels), scale)
+            return pred
+
+        pred = left_out.attempt(name, path, measure_pred)
+        if pred is not None:
+            preds[name] = pred
+    result.set_values = metrics.set_level(pred_dir, gt_dir)
+    return result, preds
+
+
+def read_own_lrs(pairs: list[Pair], rank: int, world: int, left_out: LeftOut,
+                 max_pixels: int) -> dict[str, np.ndarray]:
+    """The LR images of this rank's pairs (``distributed.assign``, balanced by pixel count under torchrun)."""
+    sizes = [pixel_count(p) for _, p, _ in pairs] if world > 1 else None
+    ranks = distributed.assign([name for name, _, _ in pairs], world, sizes)
+    lrs = {}
+    for (name, path, _), owner in zip(pairs, ranks, strict=True):
+        if owner == rank:
+            lr = left_out.attempt(name, path, lambda path=path: load_float(path, max_pixels))
+            if lr is not None:
+                lrs[name] = lr
+    return lrs
+
+
+def run_and_measure(label: str, run: Callable[[np.ndarray], np.ndarray], pairs: list[Pair],
+                    lrs: dict[str, np.ndarray], folder: Path, metrics: MetricSet, left_out: LeftOut,
+                    dev: torch.device, max_pixels: int, show_progress: bool
+                    ) -> tuple[ModelResult, dict[str, np.ndarray]]:
+    """One model on this rank's LR images: its outputs written to ``folder``, timed, measured at each pair's
+    scale (GT size / LR size). Returns the figures and the outputs."""
+    result, outs = ModelResult(label), {}
+    reset_peak_memory(dev)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
+        if name not in lrs:
+            continue
+        start = time.perf_counter()
+        pred = run(lrs[name])
+        synchronize(dev)
+        result.seconds.append(time.perf_counter() - start)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
+        factor = max(1, round(pred.shape[0] / lrs[name].shape[0]))
+        measured = left_out.attempt(name, path, lambda pred=pred, gt_path=gt_path, factor=factor: metrics.measure(
+            pred, _gt(gt_path, max_pixels), factor))
+        if measured is not None:
+            result.rows[name] = measured
+        outs[name] = pred
+    result.peak_mib = peak_memory_mib(dev)
+    return result, outs
+
+
+def merge_ranks(result: ModelResult, pairs: list[Pair]) -> None:
+    """Under torchrun: every rank's rows, times and peak memory into ``result``, rows in the pairs' order."""
+    gathered = distributed.gather((result.rows, result.seconds, result.peak_mib))
+    merged = {k: v for rows, _, _ in gathered for k, v in rows.items()}
+    result.rows = {name: merged[name] for name, _, _ in pairs if name in merged}
+    result.seconds = [s for _, seconds, _ in gathered for s in seconds]
+    result.peak_mib = max(peak for _, _, peak in gathered)
+    distributed.barrier()  # every rank's outputs are written before set-level metrics read them
+
+
+def write_sheet(out_dir: Path, columns: list[tuple[str, dict[str, np.ndarray]]], pairs: list[Pair],
+                left_out: dict[str, str], gt_dir: Path | None, sheet_images: int) -> None:
+    """``sheet.png``: the first ``sheet_images`` measured pairs, one column per method (LR pixel for pixel), GT last;
+    each row the GT's most textured 128x128 window (``texture_window``; centred without GT)."""
+    shown = [name for name, _, _ in pairs if name not in left_out][:sheet_images]
+    if not shown:
+        return
+    windows = None
+    if gt_dir is not None:
+        columns = [*columns, ("GT", {name: load_float(gt, 0) for name, _, gt in pairs if name in shown})]
+        windows = [texture_window(columns[-1][1][name], 128) for name in shown]
+    sheet = [(label, [images[n] for n in shown]) for label, images in columns]
+    if sheet[0][0] == "LR" and len(sheet) > 1:
+        target = sheet[1][1]
+        sheet[0] = ("LR", [cv2.resize(lr, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
+                           for lr, t in zip(sheet[0][1], target, strict=True)])
+    write_image(out_dir / "sheet.png", ImageData(comparison_sheet(sheet, windows=windows)))
 
 
 def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Path | None = None,
@@ -292,129 +442,61 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
     rank, world, dev = distributed.init(resolve_device(device))
     if world > 1 and pred_dir is not None and rank != 0:
         return []
-    results: list[ModelResult] = []
-    columns: list[tuple[str, dict[str, np.ndarray]]] = []  # the sheet: label -> pair name -> image
     source = pred_dir if pred_dir is not None else lr_dir
     assert source is not None
-    if gt_dir is not None:
-        pairs, only_src, only_gt = pair_by_name(source, gt_dir)
-        for name in only_src:
-            report(f"{source}: {name} has no ground truth in {gt_dir}; left out")
-        for name in only_gt:
-            report(f"{gt_dir}: {name} has no counterpart in {source}; left out")
-    else:
-        pairs = [(p.relative_to(source).with_suffix("").as_posix(), p, None) for p in list_images(source)]
-    if not pairs:
-        raise NotFoundError(f"{source}: no images to evaluate" + (f" with a match in {gt_dir}" if gt_dir else ""))
-    left_out: dict[str, str] = {}  # pair name -> why (first problem only)
-
-    def attempt(name: str, path: Path, action: Callable[[], Any]) -> Any:
-        """Run ``action`` for one pair; a TadsrError (unreadable, wrong size, too small) leaves the pair out."""
-        try:
-            return action()
-        except TadsrError as err:
-            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
-            report(f"{message}; left out")
-            left_out.setdefault(name, message)
-            return None
-
-    def gt_of(gt_path: Path | None) -> np.ndarray | None:
-        return load_float(gt_path, max_pixels) if gt_path else None
-
+    pairs = list_pairs(source, gt_dir, report)
+    left_out = LeftOut(report)
+    results: list[ModelResult] = []
+    columns: list[tuple[str, dict[str, np.ndarray]]] = []  # the sheet: label -> pair name -> image
     if pred_dir is not None:
-        result = ModelResult("pred")
-        preds: dict[str, np.ndarray] = {}
-        for name, path, gt_path in tqdm(pairs, desc="pred", disable=not show_progress):
-
-            def measure_pred(name: str = name, path: Path = path, gt_path: Path | None = gt_path) -> np.ndarray:
-                pred = load_float(path, max_pixels)
-                result.rows[name] = metrics.measure(pred, gt_of(gt_path), scale)
-                return pred
-
-            pred = attempt(name, path, measure_pred)
-            if pred is not None:
-                preds[name] = pred
-        result.set_values = metrics.set_level(pred_dir, gt_dir)
+        result, preds = measure_predictions(pairs, pred_dir, gt_dir, metrics, scale, left_out, max_pixels,
+                                            show_progress)
         results.append(result)
         columns.append(("pred", preds))
     else:
-        lrs = {}
-        sizes = [pixel_count(p) for _, p, _ in pairs] if world > 1 else None
-        ranks = distributed.assign([name for name, _, _ in pairs], world, sizes)
-        for (name, path, _), owner in zip(pairs, ranks, strict=True):
-            if owner != rank:
-                continue  # another rank's pair
-            lr = attempt(name, path, lambda path=path: load_float(path, max_pixels))
-            if lr is not None:
-                lrs[name] = lr
-        columns.append(("LR", lrs))
+        columns.append(("LR", read_own_lrs(pairs, rank, world, left_out, max_pixels)))
         for spec in models:
             label, run = make_model(spec, dev, realesrgan_weights, seed, tile, dtype)
-            result, outs = ModelResult(label), {}
-            reset_peak_memory(dev)
             folder = out_dir / "outputs" / label.replace(":", "_")
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, path, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
-                if name not in lrs:
-                    continue
-                start = time.perf_counter()
-                pred = run(lrs[name])
-                synchronize(dev)
-                result.seconds.append(time.perf_counter() - start)
-                (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
-                factor = max(1, round(pred.shape[0] / lrs[name].shape[0]))
-                measured = attempt(name, path, lambda pred=pred, gt_path=gt_path, factor=factor: metrics.measure(
-                    pred, gt_of(gt_path), factor))
-                if measured is not None:
-                    result.rows[name] = measured
-                outs[name] = pred
-            result.peak_mib = peak_memory_mib(dev)
-            if world > 1:  # every rank's rows, times and peak, in the pairs' order
-                gathered = distributed.gather((result.rows, result.seconds, result.peak_mib))
-                merged = {k: v for rows, _, _ in gathered for k, v in rows.items()}
-                result.rows = {name: merged[name] for name, _, _ in pairs if name in merged}
-                result.seconds = [s for _, seconds, _ in gathered for s in seconds]
-                result.peak_mib = max(peak for _, _, peak in gathered)
-                distributed.barrier()  # every rank's outputs are written before set-level metrics read them
+            result, outs = run_and_measure(label, run, pairs, columns[0][1], folder, metrics, left_out, dev,
+                                           max_pixels, show_progress)
+            if world > 1:
+                merge_ranks(result, pairs)
             result.set_values = metrics.set_level(folder, gt_dir) if rank == 0 else {}
             results.append(result)
             columns.append((label, outs))
         if world > 1:
-            for problems in distributed.gather(left_out):
+            for problems in distributed.gather(left_out.problems):
                 for name, message in problems.items():
-                    left_out.setdefault(name, message)
+                    left_out.problems.setdefault(name, message)
             if rank != 0:
-                if left_out:
-                    raise EvaluationIncomplete(f"{len(left_out)} of {len(pairs)} pair(s) left out (rank {rank}; rank "
-                                               "0 writes the report)")
+                if left_out.problems:
+                    raise EvaluationIncomplete(f"{len(left_out.problems)} of {len(pairs)} pair(s) left out (rank "
+                                               f"{rank}; rank 0 writes the report)")
                 return results
             for label, images in columns:  # the sheet's images from the other ranks, read back
                 folder = out_dir / "outputs" / label.replace(":", "_")
-                for name, path, _ in pairs[:sheet_images + len(left_out)]:
-                    if name not in images and name not in left_out:
+                for name, path, _ in pairs[:sheet_images + len(left_out.problems)]:
+                    if name not in images and name not in left_out.problems:
                         images[name] = load_float(path if label == "LR" else folder / f"{name}.png", 0)
-    shown = [name for name, _, _ in pairs if name not in left_out][:sheet_images]
-    if gt_dir is not None:
-        columns.append(("GT", {name: load_float(gt, 0) for name, _, gt in pairs if name in shown}))
-    sheet = [(label, [images[n] for n in shown]) for label, images in columns]
-    if shown and sheet[0][0] == "LR" and len(sheet) > 1:  # LR shown at the output size, pixel for pixel
-        target = sheet[1][1]
-        sheet[0] = ("LR", [cv2.resize(lr, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
-                           for lr, t in zip(sheet[0][1], target, strict=True)])
-    if shown:
-        write_image(out_dir / "sheet.png", ImageData(comparison_sheet(sheet)))
-    space = "Y channel (BT.601 ycbcr)" if metrics.y_channel else "RGB"
-    conventions = (f"{len(pairs) - len(left_out)} image(s); {space}; crop border {metrics.crop_border}; "
-                   "files paired by name" + (f"; models computed in {dtype} on {dev.type}." if models else "."))
-    if left_out:
-        conventions += (f" {len(left_out)} pair(s) left out of the means, each for the first problem found: "
-                        + "; ".join(left_out.values()) + ".")
-    write_report(out_dir, results, metrics, conventions)
-    if left_out:
-        raise EvaluationIncomplete(f"{len(left_out)} of {len(pairs)} pair(s) left out (each named above); "
+    write_sheet(out_dir, columns, pairs, left_out.problems, gt_dir, sheet_images)
+    write_report(out_dir, results, metrics, conventions(pairs, left_out.problems, metrics, models, dtype, dev))
+    if left_out.problems:
+        raise EvaluationIncomplete(f"{len(left_out.problems)} of {len(pairs)} pair(s) left out (each named above); "
                                    f"{out_dir / 'report.md'} covers the others")
     return results
+
+
+def conventions(pairs: list[Pair], left_out: dict[str, str], metrics: MetricSet, models: Sequence[str], dtype: str,
+                dev: torch.device) -> str:
+    """The report's first line: what was measured, how, and what was left out and why."""
+    space = "Y channel (BT.601 ycbcr)" if metrics.y_channel else "RGB"
+    text = (f"{len(pairs) - len(left_out)} image(s); {space}; crop border {metrics.crop_border}; "
+            "files paired by name" + (f"; models computed in {dtype} on {dev.type}." if models else "."))
+    if left_out:
+        text += (f" {len(left_out)} pair(s) left out of the means, each for the first problem found: "
+                 + "; ".join(left_out.values()) + ".")
+    return text
 
 
 def build_metric_set(names: Sequence[str], y_channel: bool = False, crop_border: int = 0, lpips_net: str = "alex",
