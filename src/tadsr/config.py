@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tadsr.checks import check_ranges, check_type
+from tadsr.config_checks import check_ranges, check_type
 from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.errors import ConfigError
 from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQConfig

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, read_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, READ_EXTENSIONS, ImageError, gray_to_rgb, read_image
 from tadsr.data.kernels import draw_uniform
 from tadsr.errors import ConfigError, NotFoundError
 
@@ -65,9 +65,7 @@ def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, dtype: type = np.
     """(H, W, 3) RGB in [0, 1] of any readable image (gray replicated, alpha dropped, 16-bit kept), as ``dtype``."""
     pixels = read_image(path, max_pixels=max_pixels).pixels
     peak = 65535.0 if pixels.dtype == np.uint16 else 255.0
-    img = pixels.astype(dtype) / peak
-    if img.ndim == 2 or img.shape[2] == 2:
-        img = np.repeat(img[:, :, :1] if img.ndim == 3 else img[:, :, None], 3, axis=2)
+    img = gray_to_rgb(pixels.astype(dtype) / peak)
     return np.ascontiguousarray(img[:, :, :3])
 
 

@@ -35,7 +35,7 @@ import torch
 from tadsr.bt601 import LUMA
 from tadsr.data.datasets import EpochDataset, first_readable, sample_generator, to_chw_tensor
 from tadsr.data.degradation import DegradationConfig, degrade, draw_params
-from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, read_image
+from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageError, gray_to_rgb, read_image
 from tadsr.data.kernels import draw_uniform
 from tadsr.errors import ConfigError
 from tadsr.fileio import atomic_write
@@ -75,11 +75,7 @@ class PhotoCache:
     def _decode(self, path: Path) -> np.ndarray:
         pixels = read_image(path, max_pixels=self.max_pixels).pixels
         self.decodes += 1
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        if pixels.shape[2] < 3:  # gray or gray + alpha
-            pixels = np.repeat(pixels[:, :, :1], 3, axis=2)
-        return np.ascontiguousarray(pixels[:, :, :3])
+        return np.ascontiguousarray(gray_to_rgb(pixels)[:, :, :3])
 
     def _write(self, entry: Path, img: np.ndarray) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)

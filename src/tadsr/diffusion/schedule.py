@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tadsr.checks import check_ranges
+from tadsr.config_checks import check_ranges
 from tadsr.errors import ConfigError
 
 EtaStartRule = Literal["resshift", "sinsr"]

@@ -1,4 +1,6 @@
-"""Inference: padding, and the LR -> HR diffusion pipeline."""
+"""Inference: the LR -> HR diffusion pipeline (``pipeline``), tiling with one noise draw per image (``tiling``),
+the ``Upscaler`` of images with their colour, alpha and bit depth (``upscaler``), batches of files with their
+guarantees (``batch``), padding, colour fixes and the opt-in speed-ups (``fast``)."""
 
 from tadsr.inference.pipeline import encode_lr, super_resolve, upsample_lr
 

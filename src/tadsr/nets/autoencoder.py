@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tadsr.checks import check_ranges
+from tadsr.config_checks import check_ranges
 from tadsr.errors import ConfigError
 from tadsr.nets.common import Conv1x1, GroupNorm32, Upsample
 

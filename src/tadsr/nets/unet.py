@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tadsr.checks import check_ranges
+from tadsr.config_checks import check_ranges
 from tadsr.errors import ConfigError
 from tadsr.nets.common import Conv1x1, Upsample, normalization, timestep_embedding, zero_module
 from tadsr.nets.swin import SwinLayer

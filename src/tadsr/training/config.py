@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tadsr.checks import check_ranges
 from tadsr.config import ModelConfig, from_dict, to_dict
+from tadsr.config_checks import check_ranges
 from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.errors import ConfigError, first_line
 from tadsr.nets.autoencoder import PixelUnshuffleConfig
