@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from tadsr.model import SRModel, save_model
-from tadsr.training.config import apply_overrides, tiny_model_config, train_config
+from tadsr.presets import tiny_model_config
+from tadsr.training.config import apply_overrides, train_config
 from tadsr.training.distill import DistillTrainer
 
 

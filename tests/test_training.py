@@ -271,8 +271,8 @@ def test_yaml_config_starts_from_a_preset(tmp_path: Path) -> None:
 
 
 def test_distill_takes_the_recipe_of_its_teachers_architecture(teacher_file: Path, tmp_path: Path) -> None:
-    from tadsr.presets import model_config
-    from tadsr.training.config import infer_train_preset, tiny_model_config
+    from tadsr.presets import model_config, tiny_model_config
+    from tadsr.training.config import infer_train_preset
 
     assert infer_train_preset(model_config("realsr-x4", role="student")) == "realsr-x4"
     assert infer_train_preset(model_config("faceir")) == "faceir"

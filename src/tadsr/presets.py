@@ -12,10 +12,12 @@ Public API (stable; external checks call these names):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tadsr.config import ModelConfig, Role
 from tadsr.diffusion.schedule import Schedule, ScheduleConfig
 from tadsr.errors import ConfigError
-from tadsr.nets.autoencoder import VQAutoencoder, VQConfig
+from tadsr.nets.autoencoder import PixelUnshuffleConfig, VQAutoencoder, VQConfig
 from tadsr.nets.unet import SwinUNet, UNetConfig
 
 UNET_PRESETS = ("realsr-x4", "faceir")
@@ -66,14 +68,31 @@ def build_schedule(name: str) -> Schedule:
     return Schedule(schedule_config(name))
 
 
-MODEL_PRESETS = ("realsr-x4", "faceir")
+MODEL_PRESETS = ("realsr-x4", "faceir")  # the official architectures (`tadsr convert`); model_config also has "tiny"
+
+
+def tiny_model_config() -> ModelConfig:
+    """A small x4 model for CPUs: 16x16 latent windows on the lossless pixel-unshuffle stage (48 channels).
+
+    The UNet predicts x0-hat - z_y (``ModelConfig.predict_residual``): it starts as the bicubic image, which a
+    network trained for CPU-hours instead of GPU-days needs to keep bicubic's fidelity.
+    """
+    unet = UNetConfig(image_size=16, in_channels=48, out_channels=48, model_channels=64, channel_mult=(1, 2),
+                      num_res_blocks=(1, 1), attention_resolutions=(16, 8), num_head_channels=32, swin_embed_dim=64,
+                      window_size=8, lq_size=16)
+    return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=15),
+                       scale=4, predict_residual=True)
 
 
 def model_config(name: str, schedule: str | None = None, role: Role = "teacher") -> ModelConfig:
-    """A whole official model: ``"realsr-x4"`` (Swin-UNet + VQ-f4, T=15, x4) or ``"faceir"`` (+ VQ-f8, T=4, x1).
+    """A whole model: the official ``"realsr-x4"`` (Swin-UNet + VQ-f4, T=15, x4) or ``"faceir"`` (+ VQ-f8, T=4,
+    x1), or ``"tiny"`` (``tiny_model_config``, the embedded models' architecture).
 
     ``schedule`` overrides the schedule preset (e.g. ``"faceir-tadsr"``).
     """
+    if name == "tiny":
+        tiny = tiny_model_config()
+        return replace(tiny, schedule=schedule_config(schedule), role=role) if schedule else replace(tiny, role=role)
     if name == "realsr-x4":
         parts = ("realsr-x4", "vq-f4", schedule or "realsr-x4-v1", 4)
     elif name == "faceir":

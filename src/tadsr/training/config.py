@@ -22,10 +22,7 @@ from typing import Any, Literal
 
 from tadsr.config import ModelConfig, from_dict, to_dict
 from tadsr.config_checks import check_ranges
-from tadsr.diffusion.schedule import ScheduleConfig
 from tadsr.errors import ConfigError, first_line
-from tadsr.nets.autoencoder import PixelUnshuffleConfig
-from tadsr.nets.unet import UNetConfig
 
 Command = Literal["distill", "train-teacher"]
 TRAIN_PRESETS = ("realsr-x4", "faceir", "tiny")
@@ -162,19 +159,6 @@ class TrainConfig:
                               f"(scale {self.model.scale} x its LR multiple {self.model.lr_multiple})")
 
 
-def tiny_model_config() -> ModelConfig:
-    """A small x4 model for CPUs: 16x16 latent windows on the lossless pixel-unshuffle stage (48 channels).
-
-    The UNet predicts x0-hat - z_y (``ModelConfig.predict_residual``): it starts as the bicubic image, which a
-    network trained for CPU-hours instead of GPU-days needs to keep bicubic's fidelity.
-    """
-    unet = UNetConfig(image_size=16, in_channels=48, out_channels=48, model_channels=64, channel_mult=(1, 2),
-                      num_res_blocks=(1, 1), attention_resolutions=(16, 8), num_head_channels=32, swin_embed_dim=64,
-                      window_size=8, lq_size=16)
-    return ModelConfig(unet=unet, first_stage=PixelUnshuffleConfig(factor=4), schedule=ScheduleConfig(num_steps=15),
-                       scale=4, predict_residual=True)
-
-
 def infer_train_preset(model: ModelConfig) -> str:
     """The training preset whose architecture ``model`` has: realsr-x4 or faceir for the official networks (their
     recipes: batch, GT size, degradation, lambdas), tiny for anything else."""
@@ -206,9 +190,8 @@ def train_config(name: str, command: Command = "distill") -> TrainConfig:
             distill=DistillConfig(lambda_score=0.1, lambda_adv=0.2),
         )
     if name == "tiny":
-        model = tiny_model_config()
         return TrainConfig(
-            model=dataclasses.replace(model, role="student" if distill else "teacher"),
+            model=model_config("tiny", role="student" if distill else "teacher"),
             data=DataConfig(degradation="realesrgan", gt_size=64, workers=0, val_count=2),
             optim=OptimConfig(lr=2e-4, lr_d=2e-4, warmup=20),
             run=RunConfig(steps=200, batch_size=4, seed=0, log_every=5, save_every=50, val_every=100),
