@@ -136,6 +136,20 @@ def test_the_teacher_runs_its_steps_and_other_step_counts_are_refused(models: Mo
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_page_passes_its_sampler_to_the_teacher(models: ModelCache, photo: Path, tmp_path: Path) -> None:
+    """The page's sampler control: the stochastic sampler gives the teacher other pixels than the deterministic one,
+    the same as `tadsr upscale --sampler stochastic`; an unknown sampler is refused before any work."""
+    runs = {}
+    for sampler in ("deterministic", "stochastic"):
+        result = upscale_file(photo, "photo.png", JobSettings(model=TEACHER, steps=4, tile=0, sampler=sampler),
+                              models, tmp_path / sampler)
+        assert f"4 steps ({sampler} sampler)" in result.summary
+        runs[sampler] = np.asarray(Image.open(result.output)).astype(int)
+    assert np.abs(runs["deterministic"] - runs["stochastic"]).mean() > 0.5
+    with pytest.raises(ConfigError, match="sampler must be one of deterministic, stochastic"):
+        JobSettings(model=TEACHER, sampler="ddim")
+
+
 def test_a_bad_upload_is_one_line_naming_the_users_file_not_the_upload_path(models: ModelCache,
                                                                               tmp_path: Path) -> None:
     upload = tmp_path / "0123abcd" / "notes.png"

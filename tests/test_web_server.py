@@ -46,6 +46,11 @@ def test_the_api_runs_the_teacher_at_another_scale(client: Client, tmp_path: Pat
     _, output, summary = upscale(client, _photo(tmp_path / "t.jpg", 24, 24), model=TEACHER, steps=4, outscale=2,
                                  color_fix="wavelet")
     assert Path(output).name == "t_x2.png" and Image.open(output).size == (48, 48) and "4 steps" in summary
+    # the sampler, the page's last input: left out above (a client of the earlier API), given here
+    photo = _photo(tmp_path / "s.png", 24, 24)
+    _, output, summary = client.predict(handle_file(str(photo)), TEACHER, 4, 0, 256, 4, "none", "stochastic",
+                                        api_name="/upscale")
+    assert "4 steps (stochastic sampler)" in summary and Image.open(output).size == (96, 96)
 
 
 def test_the_api_gets_the_clis_one_line_message_for_a_bad_upload(client: Client, tmp_path: Path) -> None:

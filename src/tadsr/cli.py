@@ -20,6 +20,7 @@ from tadsr.config import Role, config_to_json, model_config_from_json
 from tadsr.data.degradation import PRESETS as DEGRADATION_PRESETS
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
 from tadsr.devices import DTYPES, resolve_device
+from tadsr.diffusion.samplers import SAMPLERS
 from tadsr.errors import ConfigError, TadsrError
 from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
@@ -153,7 +154,7 @@ def info(model: str) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
                    "[default: 1 for a student, T for a teacher]")
-@click.option("--sampler", type=click.Choice(["deterministic", "stochastic"]), default="deterministic",
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="deterministic",
               show_default=True, help="The T-step sampler: deterministic (Eq. 3) or stochastic (Eq. 2, ResShift's; "
                                       "its per-step noise from --seed). One step is the same under both.")
 @click.option("-s", "--outscale", type=click.FloatRange(min=0, max=16, min_open=True), default=None,

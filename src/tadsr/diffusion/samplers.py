@@ -8,7 +8,7 @@ sampler).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -17,6 +17,7 @@ from tadsr.diffusion.denoiser import Denoiser
 from tadsr.diffusion.schedule import Schedule, extract, posterior_mean_variance, prior_sample
 
 SamplerName = Literal["deterministic", "stochastic"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
 def deterministic_step(schedule: Schedule, z_t: Tensor, x0_hat: Tensor, z_y: Tensor, t: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, get_args
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from tadsr.bt601 import LUMA
-from tadsr.data.image_io import MIN_SIDE, ImageData
+from tadsr.data.image_io import MIN_SIDE, ImageData, gray_to_rgb
 from tadsr.devices import resolve_device
-from tadsr.diffusion.samplers import SamplerName
+from tadsr.diffusion.samplers import SAMPLERS, SamplerName
 from tadsr.errors import ConfigError
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from tadsr.inference.fast import prepare_for_inference
@@ -57,8 +57,8 @@ class UpscaleOptions:
             raise ConfigError("tile and tile_overlap must be >= 0 and batch_size >= 1")
         if self.tile and self.tile_overlap * 2 > self.tile:
             raise ConfigError(f"tile_overlap {self.tile_overlap} must be at most half the tile {self.tile}")
-        if self.sampler not in get_args(SamplerName):
-            raise ConfigError(f"sampler must be one of {', '.join(get_args(SamplerName))}, got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ConfigError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.outscale is not None and not self.outscale > 0:
@@ -144,8 +144,8 @@ class Upscaler:
         if data.ndim == 2:
             data = data[:, :, None]
         colour_channels = 1 if data.shape[2] in (1, 2) else 3
-        colour, alpha = data[:, :, :colour_channels], data[:, :, colour_channels:]
-        rgb = np.repeat(colour, 3, axis=2) if colour_channels == 1 else colour
+        alpha = data[:, :, colour_channels:]
+        rgb = gray_to_rgb(data)[:, :, :3]
         lr = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None] * 2 - 1
         hr = self.upscale_tensor(lr, progress)
         out = ((hr[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1)

@@ -25,6 +25,7 @@ import torch
 
 from tadsr.config import Role
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, gray_to_rgb, read_image, to_8bit, write_image
+from tadsr.diffusion.samplers import SAMPLERS
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.inference.batch import NAME_MAX, check_output_size
 from tadsr.inference.color import COLOR_FIXES
@@ -117,7 +118,8 @@ class ModelCache:
 
 @dataclass(frozen=True)
 class JobSettings:
-    """The page's controls. ``steps`` None: the model's default; ``outscale`` None: the model's native scale."""
+    """The page's controls. ``steps`` None: the model's default; ``outscale`` None: the model's native scale;
+    ``sampler``: the T-step sampler (``UpscaleOptions.sampler``)."""
 
     model: str
     steps: int | None = None
@@ -125,8 +127,11 @@ class JobSettings:
     tile: int = 128
     outscale: float | None = None
     color_fix: str = "none"
+    sampler: str = "deterministic"
 
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ConfigError(f"colour fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if not 0 <= self.seed < 2**63:
@@ -194,7 +199,8 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
         if cancelled is not None and cancelled():
             raise Cancelled(f"{name}: cancelled")
         upscaler = Upscaler(models.get(settings.model), device=models.device, dtype=models.dtype, tile=settings.tile,
-                            steps=settings.steps, seed=settings.seed, color_fix=settings.color_fix, outscale=outscale)
+                            steps=settings.steps, sampler=settings.sampler, seed=settings.seed,
+                            color_fix=settings.color_fix, outscale=outscale)
         out_h, out_w = upscaler.output_size(height, width)
         try:
             check_output_size(source, (out_h, out_w), max_pixels)
@@ -211,8 +217,9 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
     before, after = write_previews(image, result, out_dir)
     depth = f"{result.bit_depth}-bit {'gray' if result.is_gray else 'RGB'}{'A' if result.has_alpha else ''}"
     steps = resolve_steps(entry.role, entry.num_steps, settings.steps)
+    how = f"{steps} steps ({settings.sampler} sampler)" if steps > 1 else "1 step"
     summary = (f"{width}x{height} -> {out_w}x{out_h} ({depth} PNG, {output.stat().st_size / 1e6:.1f} MB) in "
-               f"{seconds:.2f} s with {entry.label}, {steps} step{'s' if steps > 1 else ''}, on {models.device}")
+               f"{seconds:.2f} s with {entry.label}, {how}, on {models.device}")
     return JobResult(output, before, after, (width, height), (out_w, out_h), seconds, summary)
 
 

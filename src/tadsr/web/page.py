@@ -29,6 +29,7 @@ import torch
 
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, max_file_bytes
 from tadsr.devices import resolve_device
+from tadsr.diffusion.samplers import SAMPLERS
 from tadsr.errors import ConfigError, MissingExtraError, TadsrError
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.web.jobs import MAX_AGE_SECONDS, JobSettings, ModelCache, model_catalogue, remove_tree, sweep, upscale_file
@@ -145,7 +146,8 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
         return gr.Dropdown(**steps_of(label)), gr.Number(value=models.entry(label).scale)
 
     async def run(image: dict | None, model: str, steps: Any, seed: Any, tile: Any, outscale: Any, color_fix: str,
-                  request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:  # noqa: B008
+                  sampler: str | None, request: gr.Request,
+                  progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:  # noqa: B008
         """Upscale the dropped image; returns ((before, after) previews, the full-resolution PNG, a summary).
 
         The job runs in a worker thread; when Gradio cancels this task (the Cancel button, an API client's
@@ -161,7 +163,7 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
                 raise ConfigError(f"output scale must be in (0, 16], got {scale:g}")
             settings = JobSettings(model=model, steps=None if steps in (None, "") else _number(steps, "steps"),
                                    seed=_number(seed, "seed"), tile=_number(tile, "tile"),
-                                   outscale=scale, color_fix=color_fix)
+                                   outscale=scale, color_fix=color_fix, sampler=sampler or "deterministic")
         except TadsrError as err:
             raise gr.Error(str(err), print_exception=False) from None
         job_dir, flag = sessions.start_job(session, source)
@@ -208,7 +210,10 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
                     tile = gr.Number(value=PAGE_TILE, precision=0, minimum=0, label="tile (LR px; 0: whole image)")
                     outscale = gr.Number(value=first.scale, minimum=0.25, maximum=16, step=0.5,
                                          label="output scale")
-                color_fix = gr.Dropdown(choices=list(COLOR_FIXES), value="none", label="colour fix")
+                with gr.Row():
+                    color_fix = gr.Dropdown(choices=list(COLOR_FIXES), value="none", label="colour fix")
+                    sampler = gr.Dropdown(choices=list(SAMPLERS), value="deterministic", label="sampler (T steps)",
+                                          elem_id="tadsr-sampler")
                 with gr.Row():
                     go = gr.Button("Upscale", variant="primary", elem_id="tadsr-upscale")
                     stop = gr.Button("Cancel", variant="stop", elem_id="tadsr-cancel")
@@ -218,7 +223,7 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
                 summary = gr.Textbox(label="result", interactive=False, elem_id="tadsr-summary")
                 download = gr.File(label="full-resolution PNG", interactive=False, elem_id="tadsr-download")
         model.change(on_model, inputs=model, outputs=[steps, outscale], api_name=False)
-        job = go.click(run, inputs=[image, model, steps, seed, tile, outscale, color_fix],
+        job = go.click(run, inputs=[image, model, steps, seed, tile, outscale, color_fix, sampler],
                        outputs=[slider, download, summary], api_name="upscale", preprocess=False,
                        concurrency_limit=1, concurrency_id="device")
         stop.click(None, cancels=[job], api_name=False)
