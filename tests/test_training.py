@@ -51,6 +51,27 @@ def test_a_distillation_step_moves_student_and_discriminator_not_teacher(photo_d
     assert all(not p.requires_grad for p in trainer.teacher.unet.parameters())
 
 
+@pytest.mark.parametrize("target", ["teacher", "gt"])
+def test_hsd_compares_with_the_configured_target(photo_dir: Path, teacher_file: Path, tmp_path: Path,
+                                                 target: str) -> None:
+    """distill.score_target: HSD's z^tch is the teacher's T-step output (the paper) or the GT latent (the authors'
+    score_distill_target option); the loss gets exactly that tensor."""
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, f"distill.score_target={target}", "distill.teacher_cache=4")
+    seen = []
+    score = trainer.score_loss
+
+    def spy(teacher, z_s, z_target, *args):  # noqa: ANN001, ANN002, ANN202
+        seen.append(z_target)
+        return score(teacher, z_s, z_target, *args)
+
+    trainer.score_loss = spy
+    batch = next(trainer.batches())
+    pair = trainer._pair(batch)
+    trainer.train_step(batch)
+    assert len(seen) == 1 and torch.equal(seen[0], pair.z_tch if target == "teacher" else pair.z_gt)
+    assert not torch.equal(pair.z_tch, pair.z_gt)
+
+
 def test_the_discriminator_is_frozen_during_the_generator_step(photo_dir: Path, teacher_file: Path,
                                                                tmp_path: Path) -> None:
     """D trains in its own step; in the G step its weights take no gradient (it still passes one to the student)."""

@@ -42,6 +42,10 @@ run_variant() {
         tex-paper) student tex-paper "200 400 600 800 1000" "${TEX[@]}" ;;  # the data lever alone: the paper's lambdas
         # the discriminator at the small t where real and fake latents differ by more than the noise (model card)
         tex-adv) student tex-adv "200 400 600 800" "${TEX[@]}" distill.lambda_adv=0.1 optim.lr_d=1e-3 distill.dis_t_max=3 ;;
+        # HSD against the ground truth's latent instead of the teacher's sample (distill.score_target=gt): its
+        # direction is zero at the GT, so it pulls against the grain the student copies from the teacher
+        tex-hsdgt) student tex-hsdgt "200 400 800" "${TEX[@]}" distill.score_target=gt ;;
+        tex-hsdgt4) student tex-hsdgt4 "200 400 800" "${TEX[@]}" distill.score_target=gt distill.lambda_score=4 ;;
         *) echo "unknown run $1" >&2; exit 2 ;;
     esac
 }

@@ -90,6 +90,11 @@ class DistillConfig:
     Quirks of the authors' code (docs/implementation-notes.md §4.9), each off by default (the paper's method):
     ``uniform_noise`` (rand instead of randn in the HSD and discriminator perturbations), ``double_scaling``
     (the teacher sees x / (kappa^2 eta + 1) in HSD), ``unfrozen_teacher`` (teacher weights collect gradients).
+
+    ``score_target``: what HSD compares the student with (Eq. 8's z^tch): ``"teacher"``, the teacher's T-step
+    output from the same z_T (the paper), or ``"gt"``, the ground truth's latent E(x_gt) (the authors' code's
+    ``score_distill_target`` option, docs/implementation-notes.md §4.4). With ``"gt"`` the direction
+    g = eps(z_t'^stu) - eps(z_t'^gt) is zero when the student equals the ground truth instead of the teacher.
     """
 
     score_distill: Literal["hsd", "sds", "none"] = "hsd"
@@ -97,6 +102,7 @@ class DistillConfig:
     lambda_score: float = 1.0
     lambda_adv: float = 0.02
     hsd_t_max: int = 3  # t' drawn from code indices [0, hsd_t_max): paper steps 1..3
+    score_target: Literal["teacher", "gt"] = "teacher"
     dis_t_max: int = 0  # the discriminator's t from code indices [0, dis_t_max); 0: [0, T-1), the paper's
     c_dim: int = 64
     teacher_cache: int = 0  # > 0: precompute this many (LR, HR, noise, teacher target) tuples and train on them

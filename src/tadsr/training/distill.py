@@ -244,8 +244,9 @@ class DistillTrainer(Trainer):
             with self.forward_context():
                 terms = {"distill": self.distill_loss(z_s, pair.z_tch)}
                 if self.score_loss is not None:
+                    target = pair.z_tch if d.score_target == "teacher" else pair.z_gt
                     terms[d.score_distill] = d.lambda_score * self.score_loss(
-                        self.teacher_denoiser, z_s, pair.z_tch, pair.z_y, pair.lq, self.rng)
+                        self.teacher_denoiser, z_s, target, pair.z_y, pair.lq, self.rng)
                 if self.discriminator is not None:
                     assert fake is not None and t_dis is not None
                     # the updated D on the same fake features; the unwrapped module: no gradient sync for D here
