@@ -150,7 +150,11 @@ def info(model: str) -> None:
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created if needed); a folder input keeps its sub-folders.")
 @click.option("--model", default=None,
-              help="A .safetensors file from `tadsr convert`, or 'student' / 'teacher' (embedded). [default: student]")
+              help="A .safetensors file from `tadsr convert`, 'student' / 'teacher' (embedded), or a diffusers "
+                   "folder of an SD x4 upscaler (tadsr[sd]). [default: student]")
+@click.option("--prompt", default="", help="A diffusers folder's prompt (embedded once). [default: empty]")
+@click.option("--noise-level", type=click.IntRange(0, 1000), default=20, show_default=True,
+              help="A diffusers folder's LR noise level (the x4 upscaler's conditioning).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
                    "[default: 1 for a student, T for a teacher]")
@@ -182,7 +186,8 @@ def info(model: str) -> None:
 @MAX_PIXELS_OPTION
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None, sampler: str,
+def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, noise_level: int, steps: int | None,
+            sampler: str,
             outscale: float | None, tile: int,
             tile_overlap: int, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
             device: str, seed: int, color_fix: str,
@@ -201,7 +206,12 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
     from tadsr.inference.upscaler import Upscaler
 
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive, report=_warn)
-    model_path = resolve_model_path(model)
+    diffusers_folder = model is not None and Path(model).is_dir()
+    model_path = Path(model) if diffusers_folder else resolve_model_path(model)
+    if diffusers_folder:
+        from tadsr.sd.diffusers_teacher import read_index
+
+        read_index(model_path)  # a folder the backend cannot run is one line before anything is written
     if not jobs:
         _fail(f"{input_spec}: no images found")
     if dry_run:
@@ -212,12 +222,20 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, steps: int | None
         return
     check_writable(out_dir)
     rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
-    upscaler = Upscaler.from_pretrained(
-        model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,
-        tile_overlap=tile_overlap, steps=steps, sampler=sampler, seed=seed, color_fix=color_fix,
-        batch_size=batch_size, outscale=outscale, channels_last=channels_last, compile=compile_)
-    if upscaler.tile_size() != tile and rank == 0:
-        _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
+    if diffusers_folder:
+        from tadsr.sd.diffusers_teacher import DiffusersUpscaler, DiffusersUpscaleTeacher
+
+        teacher = DiffusersUpscaleTeacher.from_folder(model_path, prompt=prompt, noise_level=noise_level, device=dev)
+        upscaler = DiffusersUpscaler(teacher, steps=steps, seed=seed, color_fix=color_fix, outscale=outscale)
+        if tile and rank == 0:
+            _warn(f"--tile {tile}: {model_path} runs whole images (no tiling for diffusers models yet)")
+    else:
+        upscaler = Upscaler.from_pretrained(
+            model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,
+            tile_overlap=tile_overlap, steps=steps, sampler=sampler, seed=seed, color_fix=color_fix,
+            batch_size=batch_size, outscale=outscale, channels_last=channels_last, compile=compile_)
+        if upscaler.tile_size() != tile and rank == 0:
+            _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
     mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,
                     show_progress=not quiet and rank == 0, report=_error, notice=_warn)
     summary = Summary.combined(distributed.gather(mine))

@@ -99,16 +99,24 @@ class Upscaler:
         """(1, 3, h, w) in [-1, 1] -> (1, 3, h s, w s) in [-1, 1] at the model's native scale, colour-fixed."""
         opts = self.options
         lr = lr.to(self.device, torch.float32)
+        out = self.network_upscale(lr, progress)
+        if opts.color_fix != "none":
+            out = color_fix(out, upsample_lr(lr, self.scale).clamp(-1, 1), opts.color_fix).clamp(-1, 1)
+        return out
+
+    def network_upscale(self, lr: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """(1, 3, h, w) in [-1, 1] on the device -> (1, 3, h s, w s): the model, tiled; on CUDA out-of-memory the
+        tile is halved and the image retried."""
+        opts = self.options
         tile = opts.tile
         while True:
             try:
-                out = tiled_super_resolve(
+                return tiled_super_resolve(
                     self.model, lr, tile=tile, overlap=opts.tile_overlap, steps=opts.steps, seed=opts.seed,
                     sampler=opts.sampler,
                     autocast_dtype=None if self.dtype == torch.float32 else self.dtype,
                     batch_size=opts.batch_size, progress=progress,
                 )
-                break
             except torch.cuda.OutOfMemoryError:
                 multiple = self.model.config.lr_multiple
                 current = tile or max(lr.shape[-2:])
@@ -117,9 +125,6 @@ class Upscaler:
                 tile = max(multiple, current // 2)
                 warnings.warn(f"CUDA out of memory: retrying with tile {tile}", RuntimeWarning, stacklevel=2)
                 torch.cuda.empty_cache()
-        if opts.color_fix != "none":
-            out = color_fix(out, upsample_lr(lr, self.scale).clamp(-1, 1), opts.color_fix).clamp(-1, 1)
-        return out
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) the LR image is reflect-padded to before the network: multiples of the model's LR multiple."""

@@ -1,0 +1,235 @@
+"""An SD-based super-resolution model in a diffusers folder, run as a teacher (paper Appendix B).
+
+Supported first: the layout diffusers itself ships for Stable Diffusion x4 upscaler
+(``StableDiffusionUpscalePipeline``):
+
+* ``unet`` (``UNet2DConditionModel``) takes the latent and the LR image concatenated, (N, 4 + 3, h, w), the prompt
+  embedding as cross-attention context and the LR image's noise level as ``class_labels``;
+* ``low_res_scheduler`` (``DDPMScheduler``) noises the LR image to that level before it conditions the UNet;
+* ``scheduler`` (its sampler: DDIM, DDPM, DPM-Solver++ or Euler) and the UNet's prediction type (``epsilon`` or
+  ``v_prediction``; the released x4 upscaler is v-prediction);
+* ``vae`` (``AutoencoderKL``) whose decoder turns the LR-sized latent into the x4 image
+  (``latent / vae.config.scaling_factor``);
+* ``text_encoder`` / ``tokenizer`` (CLIP, from transformers) only to embed the prompt, once.
+
+The sampler (``sample``) is diffusers' own loop written out — the same random draws in the same order (the LR noise,
+then the initial latent) and the scheduler's ``step`` — so that on the same weights, generator and scheduler it gives
+the pipeline's output; ``tests/test_sd_teacher.py`` checks that on a tiny random pipeline. Classifier-free guidance is
+not used (guidance scale 0, as TAD-SeeSR's inference).
+
+Loading executes no code from the folder: only the classes named here are built, weights are read from
+``.safetensors`` files only (``use_safetensors=True``, local files only), and a folder that names another pipeline,
+a missing component, an unsupported scheduler or prediction type is one ``ConfigError`` line naming the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tadsr.errors import ConfigError, MissingExtraError, NotFoundError
+from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
+from tadsr.inference.upscaler import UpscaleOptions, Upscaler
+
+PIPELINES = ("StableDiffusionUpscalePipeline",)
+SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")
+PREDICTIONS = ("epsilon", "v_prediction")
+REQUIRED = ("unet", "vae", "scheduler", "low_res_scheduler")
+
+
+def import_diffusers() -> Any:
+    """The diffusers module, or a one-line MissingExtraError saying how to install it."""
+    try:
+        import diffusers
+    except ImportError:
+        raise MissingExtraError("SD-based models need diffusers, an optional extra: pip install 'tadsr[sd]'") from None
+    return diffusers
+
+
+def is_diffusers_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding a diffusers pipeline (a ``model_index.json``)."""
+    return Path(path).is_dir() and (Path(path) / "model_index.json").is_file()
+
+
+@dataclass(frozen=True)
+class PipelineIndex:
+    """What ``model_index.json`` says: the pipeline class and each component's (library, class)."""
+
+    folder: Path
+    pipeline: str
+    components: dict[str, tuple[str, str]]
+
+
+def read_index(folder: str | os.PathLike) -> PipelineIndex:
+    """Check ``folder`` is a supported diffusers pipeline with every component it needs; one line otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: no such folder")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ConfigError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        data = json.loads(index.read_text())
+        pipeline = data["_class_name"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{index}: not a diffusers model index ({type(err).__name__}: {err})") from None
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"{folder}: a {pipeline}; tadsr's diffusers backend runs {', '.join(PIPELINES)} folders")
+    components = {k: tuple(v) for k, v in data.items()
+                  if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None}
+    for name in REQUIRED:
+        if name not in components:
+            raise ConfigError(f"{folder}: component {name!r} missing from model_index.json")
+        if not (folder / name).is_dir():
+            raise ConfigError(f"{folder}: component {name!r} missing (no {name}/ folder)")
+    for name in ("unet", "vae"):
+        if not any((folder / name).glob("*.safetensors")):
+            raise ConfigError(f"{folder / name}: no .safetensors weights (tadsr reads no pickled weights)")
+    for name in ("scheduler", "low_res_scheduler"):
+        if components[name][1] not in SCHEDULERS:
+            raise ConfigError(f"{folder}: {name} is a {components[name][1]}; supported: {', '.join(SCHEDULERS)}")
+    return PipelineIndex(folder, pipeline, components)  # type: ignore[arg-type]
+
+
+class DiffusersUpscaleTeacher:
+    """A ``StableDiffusionUpscalePipeline`` folder as a teacher: ``sample`` (its multi-step sampler, on latents),
+    ``decode`` (the VAE) and ``upscale`` (both), with the prompt embedded once (``prompt_embeds``, (1, L, D))."""
+
+    def __init__(self, unet: Any, vae: Any, scheduler: Any, low_res_scheduler: Any, prompt_embeds: Tensor,
+                 noise_level: int = 20) -> None:
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTIONS:
+            raise ConfigError(f"the scheduler's prediction type {self.prediction_type!r}: supported "
+                              f"{', '.join(PREDICTIONS)}")
+        self.unet, self.vae = unet.eval(), vae.eval()
+        self.scheduler, self.low_res_scheduler = scheduler, low_res_scheduler
+        self.prompt_embeds, self.noise_level = prompt_embeds, noise_level
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        self.scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the decoder's upsampling
+        self.lr_multiple = 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet's downsampling
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, prompt: str = "", prompt_embeds: Tensor | None = None,
+                    noise_level: int = 20, device: str | torch.device = "cpu") -> DiffusersUpscaleTeacher:
+        """Load a checked folder (``read_index``). The prompt is embedded with the folder's text encoder unless
+        ``prompt_embeds`` is given; a folder without one then needs ``prompt_embeds``."""
+        index = read_index(folder)
+        diffusers = import_diffusers()
+        load = {"local_files_only": True}
+        unet = diffusers.UNet2DConditionModel.from_pretrained(index.folder, subfolder="unet", use_safetensors=True,
+                                                              **load)
+        vae = diffusers.AutoencoderKL.from_pretrained(index.folder, subfolder="vae", use_safetensors=True, **load)
+        schedulers = [getattr(diffusers, index.components[name][1]).from_pretrained(index.folder, subfolder=name,
+                                                                                      **load)
+                      for name in ("scheduler", "low_res_scheduler")]
+        if prompt_embeds is None:
+            prompt_embeds = embed_prompt(index, prompt)
+        return cls(unet.to(device), vae.to(device), *schedulers, prompt_embeds.to(device), noise_level)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def sample(self, lr: Tensor, steps: int, generator: torch.Generator | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """The multi-step sampler from pure noise: (N, 3, h, w) LR in [-1, 1] -> (N, 4, h, w) latents.
+
+        Draws from ``generator`` in the pipeline's order: the LR image's noise, then the initial latent."""
+        diffusers = import_diffusers()
+        randn = diffusers.utils.torch_utils.randn_tensor
+        device, n = self.device, lr.shape[0]
+        lr = lr.to(device, self.prompt_embeds.dtype)
+        self.scheduler.set_timesteps(steps, device=device)
+        level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
+        image = self.low_res_scheduler.add_noise(lr, randn(lr.shape, generator=generator, device=device,
+                                                            dtype=lr.dtype), level[:1])
+        channels = self.vae.config.latent_channels
+        latents = randn((n, channels, *lr.shape[2:]), generator=generator, device=device, dtype=lr.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        context = self.prompt_embeds.expand(n, -1, -1)
+        extra = _step_kwargs(self.scheduler, generator)
+        for i, t in enumerate(self.scheduler.timesteps):
+            x = torch.cat([self.scheduler.scale_model_input(latents, t), image], dim=1)
+            out = self.unet(x, t, encoder_hidden_states=context, class_labels=level, return_dict=False)[0]
+            latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
+            if progress:
+                progress(i + 1, len(self.scheduler.timesteps))
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """(N, 4, h, w) latents -> (N, 3, h s, w s) image in [-1, 1] (clamped)."""
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+
+    def upscale(self, lr: Tensor, steps: int, seed: int = 0) -> Tensor:
+        """(N, 3, h, w) LR in [-1, 1] -> (N, 3, h s, w s) in [-1, 1]: ``steps`` sampler steps from ``seed``."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        return self.decode(self.sample(lr, steps, generator))
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
+    """The extra arguments a scheduler's ``step`` takes, as the pipelines pass them (eta 0, the generator)."""
+    import inspect
+
+    params = set(inspect.signature(scheduler.step).parameters)
+    return {k: v for k, v in (("eta", 0.0), ("generator", generator)) if k in params}
+
+
+def embed_prompt(index: PipelineIndex, prompt: str) -> Tensor:
+    """The prompt's (1, L, D) embedding by the folder's CLIP text encoder (the last hidden state, as the
+    pipeline's ``encode_prompt`` without clip skip); one line when the folder or transformers lacks it."""
+    for name in ("text_encoder", "tokenizer"):
+        if name not in index.components or not (index.folder / name).is_dir():
+            raise ConfigError(f"{index.folder}: no {name} to embed the prompt (pass the prompt's embedding instead)")
+    try:
+        import transformers
+    except ImportError:
+        raise MissingExtraError(f"{index.folder}: its text encoder needs transformers: pip install 'tadsr[sd]'") \
+            from None
+    tokenizer = getattr(transformers, index.components["tokenizer"][1]).from_pretrained(
+        index.folder, subfolder="tokenizer", local_files_only=True)
+    encoder = getattr(transformers, index.components["text_encoder"][1]).from_pretrained(
+        index.folder, subfolder="text_encoder", use_safetensors=True, local_files_only=True)
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return encoder(ids)[0]
+
+
+class DiffusersUpscaler(Upscaler):
+    """``Upscaler`` around a diffusers teacher: the same image handling (bit depth, gray, alpha, colour fix,
+    ``outscale``) and file guarantees as a tadsr model; the LR image is reflect-padded to the UNet's multiple and
+    runs whole (no tiling yet), ``steps`` sampler steps (default ``DEFAULT_STEPS``) from ``seed``."""
+
+    DEFAULT_STEPS = 20
+
+    def __init__(self, teacher: DiffusersUpscaleTeacher, steps: int | None = None, seed: int = 0,
+                 color_fix: str = "none", outscale: float | None = None) -> None:
+        self.teacher, self.device, self.dtype = teacher, teacher.device, torch.float32
+        self.options = UpscaleOptions(tile=0, seed=seed, color_fix=color_fix, outscale=outscale)  # type: ignore
+        self.steps = steps or self.DEFAULT_STEPS
+
+    @property
+    def scale(self) -> int:
+        return self.teacher.scale
+
+    def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
+        padded, (h, w) = pad_to_multiple(lr, self.teacher.lr_multiple)
+        generator = torch.Generator(self.teacher.device).manual_seed(self.options.seed)
+        out = self.teacher.decode(self.teacher.sample(padded, self.steps, generator, progress))
+        return crop_to(out.float(), (h * self.scale, w * self.scale))
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        m = self.teacher.lr_multiple
+        return round_up(height, m), round_up(width, m)
+
+    def tile_size(self) -> int:
+        return 0

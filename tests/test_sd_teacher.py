@@ -1,0 +1,164 @@
+"""The diffusers backend: a tiny random StableDiffusionUpscalePipeline, saved with save_pretrained as diffusers'
+own tests do, loaded by tadsr and run by its sampler; the parity with diffusers' pipeline proves the backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")  # the test extra installs it: this runs in CI
+transformers = pytest.importorskip("transformers")
+
+from tadsr.errors import ConfigError  # noqa: E402
+from tadsr.sd.diffusers_teacher import DiffusersUpscaleTeacher, read_index  # noqa: E402
+
+
+def _tokenizer(folder: Path) -> transformers.CLIPTokenizer:
+    """A CLIP tokenizer of a few words, from files written here (nothing downloaded)."""
+    words = ["a", "cat", "photo", "sharp"]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "!": 1}
+    for i, ch in enumerate(sorted(set("".join(words)))):
+        vocab.setdefault(ch, 10 + i)
+        vocab.setdefault(f"{ch}</w>", 40 + i)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")  # no merges: words are spelled by characters
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16,
+                                      pad_token="!")
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A StableDiffusionUpscalePipeline of random tiny components (v-prediction DDIM), saved as safetensors."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=16, in_channels=7, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, use_linear_projection=True, only_cross_attention=(True, True, False),
+        num_class_embeds=100)
+    vae = diffusers.AutoencoderKL(block_out_channels=[32, 32, 64], in_channels=3, out_channels=3,
+                                  down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+                                  latent_channels=4, scaling_factor=0.08333)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=100, max_position_embeddings=16))
+    root = tmp_path_factory.mktemp("sd")
+    pipe = diffusers.StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text, tokenizer=_tokenizer(root / "tok-src"), unet=unet,
+        low_res_scheduler=diffusers.DDPMScheduler(),
+        scheduler=diffusers.DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350)
+    pipe.save_pretrained(root / "pipe", safe_serialization=True)
+    return root / "pipe"
+
+
+def _lr() -> torch.Tensor:
+    y, x = torch.meshgrid(torch.linspace(0, 1, 16), torch.linspace(0, 1, 20), indexing="ij")
+    return torch.stack([x, y, (x * y) ** 0.5])[None]  # (1, 3, 16, 20) in [0, 1]
+
+
+@pytest.mark.parametrize("prompt", ["", "a sharp photo"])
+def test_the_sampler_equals_diffusers_own_pipeline(pipeline_dir: Path, prompt: str) -> None:
+    """Same weights, generator, scheduler and steps: tadsr's sampler and decoder give the pipeline's image."""
+    pipe = diffusers.StableDiffusionUpscalePipeline.from_pretrained(pipeline_dir, local_files_only=True)
+    theirs = pipe(prompt=prompt, image=_lr(), num_inference_steps=4, guidance_scale=0.0, noise_level=20,
+                  generator=torch.Generator().manual_seed(3), output_type="pt").images
+    teacher = DiffusersUpscaleTeacher.from_folder(pipeline_dir, prompt=prompt)
+    ours = (teacher.upscale(_lr() * 2 - 1, steps=4, seed=3) + 1) / 2
+    assert ours.shape == theirs.shape == (1, 3, 64, 80) and teacher.scale == 4
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    other = (teacher.upscale(_lr() * 2 - 1, steps=4, seed=4) + 1) / 2
+    assert (other - theirs).abs().max() > 1e-3  # the seed matters: the comparison above is not vacuous
+
+
+def _copy(pipeline_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(pipeline_dir, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("no-index", "not a diffusers pipeline folder (no model_index.json)"),
+    ("other-pipeline", "a StableDiffusionPipeline; tadsr's diffusers backend runs StableDiffusionUpscalePipeline"),
+    ("no-unet", "component 'unet' missing (no unet/ folder)"),
+    ("pickled", "no .safetensors weights (tadsr reads no pickled weights)"),
+    ("scheduler", "scheduler is a LMSDiscreteScheduler; supported"),
+    ("bad-json", "not a diffusers model index"),
+])
+def test_a_folder_the_backend_cannot_run_is_one_line(pipeline_dir: Path, tmp_path: Path, damage: str,
+                                                    message: str) -> None:
+    folder = _copy(pipeline_dir, tmp_path)
+    index = folder / "model_index.json"
+    data = json.loads(index.read_text())
+    if damage == "no-index":
+        index.unlink()
+    elif damage == "other-pipeline":
+        index.write_text(json.dumps({**data, "_class_name": "StableDiffusionPipeline"}))
+    elif damage == "no-unet":
+        shutil.rmtree(folder / "unet")
+    elif damage == "pickled":
+        for f in (folder / "vae").glob("*.safetensors"):
+            f.rename(f.with_suffix(".bin"))
+    elif damage == "scheduler":
+        index.write_text(json.dumps({**data, "scheduler": ["diffusers", "LMSDiscreteScheduler"]}))
+    elif damage == "bad-json":
+        index.write_text("{not json")
+    with pytest.raises(ConfigError) as err:
+        read_index(folder)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(folder) in str(err.value)
+
+
+def test_an_unsupported_prediction_type_is_one_line(pipeline_dir: Path, tmp_path: Path) -> None:
+    folder = _copy(pipeline_dir, tmp_path)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "sample"}))
+    with pytest.raises(ConfigError, match="prediction type 'sample'"):
+        DiffusersUpscaleTeacher.from_folder(folder)
+
+
+def test_tadsr_upscale_runs_a_diffusers_folder(pipeline_dir: Path, tmp_path: Path) -> None:
+    """`tadsr upscale --model DIR --steps N`: the teacher's image through the CLI's file handling (an odd LR size
+    padded to the UNet's multiple and cropped back), the same pixels as the library gives."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from tadsr.cli import main
+    from tadsr.sd.diffusers_teacher import DiffusersUpscaler
+
+    rgb = (np.asarray(_lr()[0].permute(1, 2, 0)) * 255).round().astype(np.uint8)[:15, :18]
+    Image.fromarray(rgb).save(tmp_path / "lr.png")
+    result = CliRunner().invoke(main, ["upscale", "-i", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"),
+                                       "--model", str(pipeline_dir), "--steps", "3", "--seed", "5", "--tile", "0",
+                                       "-q"])
+    assert result.exit_code == 0, result.stderr
+    out = np.asarray(Image.open(tmp_path / "out" / "lr.png"))
+    assert out.shape == (60, 72, 3)
+    upscaler = DiffusersUpscaler(DiffusersUpscaleTeacher.from_folder(pipeline_dir), steps=3, seed=5)
+    assert np.array_equal(out, upscaler.upscale(rgb))
+
+
+def test_a_bad_folder_or_a_missing_extra_is_one_line_and_writes_nothing(pipeline_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from tadsr.cli import main
+    from tadsr.errors import MissingExtraError
+    from tadsr.sd.diffusers_teacher import import_diffusers
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "lr.png")
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["upscale", "-i", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"),
+                                       "--model", str(tmp_path / "empty"), "-q"])
+    assert result.exit_code == 1 and not (tmp_path / "out").exists()
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"tadsr: error: {tmp_path / 'empty'}: not a diffusers pipeline folder (no model_index.json)"]
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if tadsr[sd] were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'tadsr\[sd\]'"):
+        import_diffusers()
