@@ -130,6 +130,35 @@ def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | 
 
 @main.command()
 @click.argument("model", type=str)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The .onnx file to write (whole or not at all).")
+@click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0: dynamic LR size, the noise a second input (what `tadsr upscale --model FILE.onnx` runs); "
+                   "N: one N x N input with the noise of --seed embedded (for apps that feed one image).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the embedded noise (--tile N).")
+@click.option("--teacher-one-step", is_flag=True,
+              help="Export a teacher's one step (its x0-hat at t = T-1) instead of refusing it.")
+def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one_step: bool) -> None:
+    """Export a model's one-step path (LR in [0, 1] -> HR in [0, 1]) as one ONNX graph.
+
+    \b
+    Examples:
+      tadsr export student -o student.onnx                  # dynamic size; run it with tadsr upscale --model
+      tadsr export my.safetensors -o my-256.onnx --tile 256 # a fixed 256x256 image-to-image graph
+    """
+    from tadsr.export import describe, export_onnx
+
+    if output.suffix.lower() != ".onnx":
+        _fail(f"{output}: the output must be a .onnx file")
+    check_writable(output.parent if str(output.parent) else Path("."))
+    metadata = export_onnx(load_model(resolve_model_path(model)), output, tile=tile, seed=seed,
+                           teacher_one_step=teacher_one_step)
+    click.echo(f"wrote {output}: {describe(metadata)}")
+
+
+@main.command()
+@click.argument("model", type=str)
 def info(model: str) -> None:
     """Print the config and parameter counts of a model preset (realsr-x4, faceir) or a tadsr .safetensors file."""
     if model in MODEL_PRESETS:

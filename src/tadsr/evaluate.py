@@ -176,7 +176,7 @@ def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None,
     from tadsr.inference.upscaler import Upscaler
 
     up = Upscaler.from_pretrained(name, device=device, dtype=DTYPES[dtype], steps=steps, seed=seed, tile=tile)
-    label = f"{Path(name).stem if name.endswith('.safetensors') else name}:{steps or up.model.config.role}"
+    label = f"{label_stem(name)}:{steps or up.model.config.role}"
 
     def run_model(lr: np.ndarray) -> np.ndarray:
         out = up.upscale_tensor(_tensor(lr).float() * 2 - 1)
@@ -278,13 +278,18 @@ def comparison_sheet(columns: list[tuple[str, list[np.ndarray]]], crop: int = 12
                            for t in tiles], axis=1)
 
 
+def label_stem(name: str) -> str:
+    """A model's label in the report (before ``:STEPS``): a model file's stem (.safetensors, .onnx), else the name."""
+    return Path(name).stem if name.lower().endswith((".safetensors", ".onnx")) else name
+
+
 def check_labels(models: Sequence[str]) -> None:
     """Refuse, before any work, two models that would share a report row: a model file is labelled by its stem
     (``runs/a/final.safetensors:1`` and ``runs/b/final.safetensors:1`` are both ``final:1``)."""
     seen: dict[tuple[str, str], str] = {}
     for spec in models:
         name, _, steps = spec.partition(":")
-        key = (Path(name).stem if name.endswith(".safetensors") else name, steps)
+        key = (label_stem(name), steps)
         if key in seen:
             raise ConfigError(f"--models: {seen[key]} and {spec} would share the label {key[0]}:{steps or '...'} "
                               "in the report; rename one of the files")

@@ -53,7 +53,7 @@ def latent_noise(model: SRModel, height: int, width: int, seed: int, draws: int 
     with ``draws`` > 1, (draws, 1, C, h, w) from the same generator: draw 0 is that prior noise (the same whatever
     ``draws``), draws 1.. the stochastic sampler's per-step noise at t = T-1 .. 1."""
     f = model.config.unet.lq_factor  # LR pixels per latent pixel
-    shape = (1, model.unet.config.in_channels, height // f, width // f)
+    shape = (1, model.config.unet.in_channels, height // f, width // f)
     gen = torch.Generator().manual_seed(seed)
     if draws == 1:
         return torch.randn(shape, generator=gen)
@@ -72,6 +72,7 @@ def tiled_super_resolve(
     progress: Callable[[int, int], None] | None = None,
     blend: Literal["cosine", "flat"] = "cosine",
     sampler: SamplerName = "deterministic",
+    network: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Super-resolve one LR image (1, 3, h, w) in [-1, 1] -> (1, 3, h s, w s) in [-1, 1], tile by tile.
 
@@ -79,7 +80,9 @@ def tiled_super_resolve(
     set the tiling; ``batch_size`` tiles go through the network together. ``progress(done, total)`` is called
     after each batch of tiles. ``sampler`` is the T-step sampler: "deterministic" (Eq. 3) or "stochastic" (Eq. 2),
     whose per-step noise, like the prior's, is one draw for the whole image that each tile slices.
-    ``blend="flat"`` averages overlaps uniformly, as ResShift does (for comparison).
+    ``blend="flat"`` averages overlaps uniformly, as ResShift does (for comparison). ``network(lr_tiles,
+    noise_tiles)`` -> HR tiles in [-1, 1] replaces the model's own one-step call (an exported graph,
+    ``tadsr.inference.onnx``); ``model`` then only needs its ``config``.
     """
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise ValueError(f"lr must be one image (1, 3, H, W), got {tuple(lr.shape)}")
@@ -92,8 +95,14 @@ def tiled_super_resolve(
     if sampler == "stochastic" and resolve_steps(cfg.role, num_steps, steps) > 1:
         step_noise = latent_noise(model, hp, wp, seed, num_steps)[1:]  # (T-1, 1, C, h, w)
     run = dict(steps=steps, autocast_dtype=autocast_dtype, sampler=sampler)
+
+    def call(lr_tiles: Tensor, noise_tiles: Tensor, step_tiles: Tensor | None) -> Tensor:
+        if network is not None:
+            return network(lr_tiles, noise_tiles)
+        return super_resolve(model, lr_tiles, noise=noise_tiles, step_noise=step_tiles, **run)
+
     if tile <= 0 or (hp <= tile and wp <= tile):
-        out = super_resolve(model, padded, noise=noise.to(padded.device), step_noise=step_noise, **run)
+        out = call(padded, noise.to(padded.device), step_noise)
         if progress:
             progress(1, 1)
         return crop_to(out, (h * s, w * s))
@@ -113,7 +122,7 @@ def tiled_super_resolve(
         step_tiles = None if step_noise is None else torch.cat([
             step_noise[..., y // f:(y + th) // f, x // f:(x + tw) // f] for y, x in batch
         ], dim=1)
-        out = super_resolve(model, lr_tiles, noise=noise_tiles, step_noise=step_tiles, **run).cpu()
+        out = call(lr_tiles, noise_tiles, step_tiles).cpu()
         for (y, x), tile_out in zip(batch, out, strict=True):
             wy = blend_ramp(th * s, ramp, left=y > 0, right=y + th < hp)
             wx = blend_ramp(tw * s, ramp, left=x > 0, right=x + tw < wp)

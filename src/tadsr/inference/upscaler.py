@@ -88,7 +88,13 @@ class Upscaler:
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, **options: Any) -> Upscaler:
-        """Load a tadsr .safetensors file, or an embedded model by name ("student", the default, or "teacher")."""
+        """Load a tadsr .safetensors file, an embedded model by name ("student", the default, or "teacher"), or an
+        ONNX file from `tadsr export` (run by onnxruntime on the CPU: ``OnnxUpscaler``; ``device`` and ``dtype`` are
+        then the file's)."""
+        if str(path_or_name).lower().endswith(".onnx"):
+            from tadsr.inference.onnx import OnnxUpscaler
+
+            return OnnxUpscaler.from_file(path_or_name, **options)  # type: ignore[arg-type]
         return cls(load_model(resolve_model_path(path_or_name)), device=device, dtype=dtype, **options)
 
     @property

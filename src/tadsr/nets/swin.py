@@ -13,6 +13,9 @@ Two behaviours of the official network are reproduced on purpose (docs/implement
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -62,6 +65,22 @@ def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Ten
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, c, height, width)
 
 
+_PORTABLE = False
+
+
+@contextlib.contextmanager
+def portable_attention() -> Iterator[None]:
+    """Inside the block, window attention runs as plain ops (softmax(QK^T / sqrt(d) + B) V, the heads joined by
+    concatenation) instead of ``scaled_dot_product_attention``: the same function, in a form the ONNX exporter
+    translates (``tadsr.export``)."""
+    global _PORTABLE
+    previous, _PORTABLE = _PORTABLE, True
+    try:
+        yield
+    finally:
+        _PORTABLE = previous
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias, through SDPA."""
 
@@ -87,6 +106,11 @@ class WindowAttention(nn.Module):
         else:
             n_win = mask.shape[0]
             bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).repeat(bw // n_win, 1, 1, 1)  # (B * nW, heads, N, N)
+        if _PORTABLE:
+            # the same attention, spelled so that the ONNX exporter's decompositions keep the strides right: SDPA and
+            # the reshape of the transposed heads both come out mis-strided (torch 2.13); heads joined by cat
+            attn = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias.to(q.dtype), dim=-1)
+            return self.proj(torch.cat((attn @ v).unbind(1), dim=-1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
@@ -125,6 +149,8 @@ class SwinBlock(nn.Module):
     def _mask(self, height: int, width: int, ref: Tensor) -> Tensor | None:
         if self.shift == 0:
             return None
+        if _PORTABLE:  # computed in the graph from the (possibly symbolic) size, never from the cache
+            return shifted_window_mask(height, width, self.window, self.shift).to(device=ref.device, dtype=ref.dtype)
         key = (height, width, ref.device, ref.dtype)
         if key not in self._mask_cache:
             if len(self._mask_cache) > 8:

@@ -1,0 +1,142 @@
+"""`tadsr export`: the one-step path of a model as one ONNX graph, for ONNX Runtime, chaiNNer and the like.
+
+The graph (``OneStepGraph``): LR image in [0, 1] -> x2 - 1 -> bicubic x scale -> first-stage encode -> z_T = z_y +
+kappa sqrt(eta_T) noise -> one network call at t = T-1 -> decode -> HR in [0, 1], clamped. Two forms:
+
+* ``noise="input"`` (the default): inputs ``lr`` (1, 3, H, W) and ``noise`` (1, C, H / f, W / f), H and W dynamic
+  multiples of the model's size multiple. The noise is a second input so that a tiled run gives each tile its slice
+  of one draw for the whole image, as `tadsr upscale` does: ``tadsr upscale --model FILE.onnx`` (onnxruntime) then
+  reproduces the PyTorch output. Draw it as ``torch.randn((1, C, H/f, W/f), generator=torch.Generator()
+  .manual_seed(seed))`` (``tadsr.inference.tiling.latent_noise``).
+* ``noise="embedded"`` (``--tile N``): one input ``lr`` fixed at N x N, the noise of ``seed`` for that size stored
+  in the graph: a plain image-to-image model for applications that feed one tensor (fixed size, said in the
+  metadata; they tile themselves).
+
+The exporter is PyTorch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``), opset ``OPSET``; the window
+attention runs in plain ops while tracing (``tadsr.nets.swin.portable_attention``). The file's metadata
+(``metadata_props``) carries ``tadsr_version``, ``scale``, ``size_multiple``, ``noise``, ``seed``, ``tile`` and the
+model config (JSON). A file is written whole or not at all (a temporary name, renamed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from tadsr.config import config_to_json
+from tadsr.errors import ConfigError, MissingExtraError, TadsrError, first_line
+from tadsr.inference.pipeline import super_resolve
+from tadsr.model import SRModel
+
+OPSET = 18
+NoiseInput = Literal["input", "embedded"]
+
+
+class ExportError(TadsrError, RuntimeError):
+    """The exporter failed; nothing was written."""
+
+
+class OneStepGraph(nn.Module):
+    """The one-step path in [0, 1]: ``forward(lr, noise)`` or, with a fixed ``noise`` buffer, ``forward(lr)``."""
+
+    def __init__(self, model: SRModel, noise: Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("fixed_noise", noise if noise is not None else torch.empty(0), persistent=False)
+
+    def forward(self, lr: Tensor, noise: Tensor | None = None) -> Tensor:
+        noise = self.fixed_noise if noise is None else noise
+        hr = super_resolve(self.model, lr * 2 - 1, steps=1, noise=noise)
+        return (hr + 1) / 2
+
+
+def import_onnx_exporter() -> None:
+    """onnx and onnxscript (the dynamo exporter's needs), or one line saying how to install them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("tadsr export needs onnx and onnxscript, an optional extra: "
+                                "pip install 'tadsr[onnx]'") from None
+
+
+def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: int = 0,
+                teacher_one_step: bool = False) -> dict[str, str]:
+    """Write ``model``'s one-step graph to ``path`` (module docstring); returns the metadata written.
+
+    ``tile`` 0: dynamic size, noise an input; ``tile`` N: fixed N x N input (rounded up to the size multiple) with
+    the noise of ``seed`` embedded. A teacher (T > 1 steps) is refused unless ``teacher_one_step`` (then its one
+    step is the posterior-mean estimate x0-hat at t = T-1)."""
+    import_onnx_exporter()
+    cfg = model.config
+    if cfg.role == "teacher" and cfg.schedule.num_steps > 1 and not teacher_one_step:
+        raise ConfigError(f"a teacher samples {cfg.schedule.num_steps} steps; only a one-step path exports "
+                          "(distil a student, or pass --teacher-one-step for the teacher's x0-hat at T-1)")
+    path = Path(path)
+    m, f, channels = cfg.lr_multiple, cfg.unet.lq_factor, cfg.unet.in_channels
+    model = model.float().eval()
+    if tile:
+        side = -(-tile // m) * m
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, channels, side // f, side // f), generator=gen)
+        graph, args = OneStepGraph(model, noise), (torch.rand(1, 3, side, side),)
+        dynamic, kind = None, "embedded"
+    else:
+        side = 4 * m
+        graph = OneStepGraph(model)
+        args = (torch.rand(1, 3, side, side), torch.randn(1, channels, side // f, side // f))
+        kh, kw = torch.export.Dim("kh", min=1, max=4096 // m), torch.export.Dim("kw", min=1, max=4096 // m)
+        dynamic = {"lr": {2: m * kh, 3: m * kw}, "noise": {2: m // f * kh, 3: m // f * kw}}
+        kind = "input"
+    metadata = {"producer": "tadsr", "tadsr_version": _version(), "scale": str(cfg.scale), "size_multiple": str(m),
+                "noise": kind, "noise_channels": str(channels), "noise_factor": str(f), "seed": str(seed),
+                "tile": str(side if tile else 0), "role": cfg.role, "model_config": config_to_json(cfg),
+                "opset": str(OPSET), "inputs": "lr (1,3,H,W) in [0,1]" + ("" if tile else "; noise (1,C,H/f,W/f)"),
+                "output": "hr (1,3,H*scale,W*scale) in [0,1]"}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        from tadsr.nets.swin import portable_attention
+
+        with torch.no_grad(), portable_attention():
+            program = torch.onnx.export(graph, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic,
+                                        input_names=["lr"] if tile else ["lr", "noise"], output_names=["hr"],
+                                        verbose=False)
+        import onnx
+
+        proto = program.model_proto
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        os.replace(tmp, path)
+    except TadsrError:
+        raise
+    except Exception as err:  # the exporter's own failures: one line, no file left
+        raise ExportError(f"{path}: the ONNX exporter failed: {type(err).__name__}: {first_line(err)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return metadata
+
+
+def _version() -> str:
+    from tadsr import __version__
+
+    return __version__
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of an exported file (strings, as written by ``export_onnx``)."""
+    import onnx
+
+    proto = onnx.load_model(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def describe(metadata: dict[str, str]) -> str:
+    """One line for the user: what was exported."""
+    size = "dynamic size" if metadata["noise"] == "input" else f"fixed {metadata['tile']}x{metadata['tile']} input"
+    return (f"x{metadata['scale']} one-step graph, {size}, opset {metadata['opset']}, seed {metadata['seed']}, "
+            f"tadsr {metadata['tadsr_version']}")
