@@ -285,3 +285,30 @@ def test_the_sampler_option_reaches_the_teacher(photo_folder: Path, teacher_file
     assert np.array_equal(run(tiny_student_file, "deterministic", "sd"), run(tiny_student_file, "stochastic", "ss"))
     code, _, stderr = _run("upscale", "-i", str(photo_folder), "-o", str(tmp_path / "x"), "--sampler", "ddim")
     assert code == 2 and "--sampler" in stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_tile amx_bf16\n", True),
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+])
+def test_native_bf16_is_read_from_the_cpus_flags(cpuinfo: str, native: bool) -> None:
+    from tadsr.devices import cpu_bf16_native
+
+    assert cpu_bf16_native(cpuinfo) is native
+
+
+def test_bf16_on_a_cpu_without_it_warns(tiny_student_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tadsr.inference.upscaler as upscaler_module
+
+    monkeypatch.setattr(upscaler_module, "cpu_bf16_native", lambda: False)
+    with pytest.warns(RuntimeWarning, match="bf16 on this CPU is emulated"):
+        Upscaler.from_pretrained(tiny_student_file, device="cpu", dtype=torch.bfloat16)
+    monkeypatch.setattr(upscaler_module, "cpu_bf16_native", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Upscaler.from_pretrained(tiny_student_file, device="cpu", dtype=torch.bfloat16)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, synchronize
+from tadsr.devices import DTYPES, autocast, cpu_bf16_native, peak_memory_mib, reset_peak_memory, synchronize
 from tadsr.errors import ConfigError, first_line
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import encode_lr, super_resolve
@@ -210,8 +210,14 @@ def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, re
 
 def environment(device: torch.device, **settings: Any) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    extra = {"cpu_bf16": cpu_bf16_line()} if device.type == "cpu" else {}
     return {"device": name, "device_type": device.type, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(), **settings}
+            "threads": torch.get_num_threads(), "python": platform.python_version(), **extra, **settings}
+
+
+def cpu_bf16_line() -> str:
+    """What bf16 costs on this CPU, in words (``devices.cpu_bf16_native``)."""
+    return "native (AVX512-BF16, AMX or ARM BF16)" if cpu_bf16_native() else "emulated (slower than fp32)"
 
 
 def _cpu_name() -> str:

@@ -459,6 +459,10 @@ def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile
         except TadsrError as err:
             raise ConfigError(f"--models {name}: {err}") from err
 
+    if dev.type == "cpu":
+        from tadsr.bench import cpu_bf16_line
+
+        click.echo(f"tadsr: bench: bf16 on this CPU: {cpu_bf16_line()}", err=True)
     rows = run_bench(settings, load, dev, log=lambda line: click.echo(f"tadsr: bench: {line}", err=True))
     click.echo(format_table(rows))
     if json_path is not None:

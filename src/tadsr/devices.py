@@ -28,6 +28,33 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 natively (Linux /proc/cpuinfo names)
+
+
+def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively: AVX512-BF16 or AMX-BF16 on x86 (from /proc/cpuinfo's flags, or
+    ``cpuinfo`` given), FEAT_BF16 on Apple silicon (sysctl). Without native support PyTorch emulates bf16, more
+    slowly than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = set(re.findall(r"[a-z0-9_]+", " ".join(line.partition(":")[2] for line in cpuinfo.splitlines()
+                                                    if line.startswith(("flags", "Features")))))
+    if flags:
+        return any(flag in flags for flag in BF16_FLAGS) or "bf16" in flags  # "bf16": ARM's Features line
+    import platform
+    import subprocess
+
+    if platform.system() == "Darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                                 timeout=5).stdout
+            return out.strip() == "1"
+    return False
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """torch.autocast to ``dtype`` on ``device``; nothing for None or float32."""
     if dtype is None or dtype == torch.float32:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from tadsr.bt601 import LUMA
 from tadsr.data.image_io import MIN_SIDE, ImageData, gray_to_rgb
-from tadsr.devices import resolve_device
+from tadsr.devices import cpu_bf16_native, resolve_device
 from tadsr.diffusion.samplers import SAMPLERS, SamplerName
 from tadsr.errors import ConfigError
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
@@ -75,6 +75,9 @@ class Upscaler:
                  **options: Any) -> None:
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_bf16_native():
+            warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16, AMX or ARM BF16): slower than fp32",
+                          RuntimeWarning, stacklevel=2)
         self.model = model.to(self.device).eval()
         self.options = UpscaleOptions(**options)
         prepare_for_inference(self.model, channels_last=self.options.channels_last, compile=self.options.compile)
