@@ -27,10 +27,28 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_student_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random student (the realsr x4 layout on the pixel-unshuffle stage), exported with a dynamic size."""
+def vq_student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random student of the real-SR x4 layout: a VQ-f4 first stage (encode, quantised decode) under the
+    Swin-UNet with the LR concatenated, x4."""
+    from conftest import TINY_SCHEDULE, TINY_UNET, randomize
+
+    from tadsr.config import ModelConfig
+    from tadsr.model import SRModel, save_model
+    from tadsr.nets.autoencoder import VQConfig
+
+    vq = VQConfig(embed_dim=3, n_embed=64, z_channels=3, resolution=64, ch=32, ch_mult=(1, 2, 2),
+                  num_res_blocks=(1, 1, 1), attn_resolutions=())
+    config = ModelConfig(unet=TINY_UNET, first_stage=vq, schedule=TINY_SCHEDULE, scale=4, role="student")
+    path = tmp_path_factory.mktemp("vq") / "student.safetensors"
+    save_model(randomize(SRModel(config), seed=2, std=0.05).eval(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(vq_student_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``vq_student_file`` exported with a dynamic size."""
     path = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    code, stdout, stderr = _run("export", str(tiny_student_file), "-o", str(path))
+    code, stdout, stderr = _run("export", str(vq_student_file), "-o", str(path))
     assert code == 0, stderr
     assert f"wrote {path}: x4 one-step graph, dynamic size, opset 18" in stdout
     return path
@@ -43,11 +61,11 @@ def _photo(h: int, w: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tile", [0, 32])
-def test_the_onnx_file_gives_the_pytorch_pictures(exported: Path, tiny_student_file: Path, tile: int) -> None:
+def test_the_onnx_file_gives_the_pytorch_pictures(exported: Path, vq_student_file: Path, tile: int) -> None:
     """Same seed, same tiling: onnxruntime's output equals PyTorch's within 1e-3 (of [0, 1]), at a size other than
     the one exported (the size is dynamic), whole and tiled."""
     photo = _photo(45, 70)
-    torch_up = Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=tile, seed=3)
+    torch_up = Upscaler.from_pretrained(vq_student_file, device="cpu", tile=tile, seed=3)
     onnx_up = Upscaler.from_pretrained(exported, tile=tile, seed=3)
     lr = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 127.5 - 1
     ours, theirs = onnx_up.upscale_tensor(lr), torch_up.upscale_tensor(lr)
@@ -86,7 +104,7 @@ def test_a_fixed_size_file_embeds_its_noise(tiny_student_file: Path, tmp_path: P
     assert np.abs(ours.astype(int) - theirs).max() <= 1
 
 
-def test_tadsr_upscale_runs_an_onnx_file_with_its_guarantees(exported: Path, tiny_student_file: Path,
+def test_tadsr_upscale_runs_an_onnx_file_with_its_guarantees(exported: Path, vq_student_file: Path,
                                                              tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -97,7 +115,7 @@ def test_tadsr_upscale_runs_an_onnx_file_with_its_guarantees(exported: Path, tin
     assert code == 1 and "1 done, 0 skipped, 1 failed" in stdout
     assert [line for line in stderr.splitlines() if "bad.png" in line][0].startswith("tadsr: error:")
     code, _, _ = _run("upscale", "-i", str(folder / "a.png"), "-o", str(tmp_path / "ref"), "--model",
-                      str(tiny_student_file), "--tile", "32", "-q")
+                      str(vq_student_file), "--tile", "32", "-q")
     assert code == 0
     ours, theirs = (np.asarray(Image.open(tmp_path / d / "a.png")).astype(int) for d in ("out", "ref"))
     assert ours.shape == (160, 208, 3) and np.abs(ours - theirs).max() <= 1
