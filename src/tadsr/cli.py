@@ -151,7 +151,7 @@ def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one
 
     if output.suffix.lower() != ".onnx":
         _fail(f"{output}: the output must be a .onnx file")
-    check_writable(output.parent if str(output.parent) else Path("."))
+    check_writable(output.parent)
     metadata = export_onnx(load_model(resolve_model_path(model)), output, tile=tile, seed=seed,
                            teacher_one_step=teacher_one_step)
     click.echo(f"wrote {output}: {describe(metadata)}")
@@ -216,8 +216,7 @@ def info(model: str) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, noise_level: int, steps: int | None,
-            sampler: str,
-            outscale: float | None, tile: int,
+            sampler: str, outscale: float | None, tile: int,
             tile_overlap: int, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
             device: str, seed: int, color_fix: str,
             ext: str, suffix: str, recursive: bool, overwrite: bool, max_pixels: int, dry_run: bool,
@@ -258,6 +257,8 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
         upscaler = DiffusersUpscaler(teacher, steps=steps, seed=seed, color_fix=color_fix, outscale=outscale)
         if tile and rank == 0:
             _warn(f"--tile {tile}: {model_path} runs whole images (no tiling for diffusers models yet)")
+        if sampler != "deterministic" and rank == 0:
+            _warn(f"--sampler {sampler}: {model_path} samples with its own scheduler; the option is ignored")
     else:
         upscaler = Upscaler.from_pretrained(
             model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,

@@ -303,7 +303,8 @@ class LeftOut:
     """The pairs left out of the means, each with the first problem found; ``attempt`` runs one step of one pair."""
 
     def __init__(self, report: Callable[[str], None]) -> None:
-        self.report, self.problems = report, {}
+        self.report = report
+        self.problems: dict[str, str] = {}
 
     def attempt(self, name: str, path: Path, action: Callable[[], Any]) -> Any:
         """Run ``action`` for one pair; a TadsrError (unreadable, wrong size, too small) leaves the pair out."""

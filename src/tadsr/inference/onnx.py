@@ -112,7 +112,3 @@ class OnnxUpscaler(Upscaler):
 
     def tile_size(self) -> int:
         return self.onnx.tile if self.onnx.noise == "embedded" else super().tile_size()
-
-
-def is_onnx_file(path: str | os.PathLike | None) -> bool:
-    return path is not None and str(path).lower().endswith(".onnx")
