@@ -31,7 +31,6 @@ def vq_student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random student of the real-SR x4 layout: a VQ-f4 first stage (encode, quantised decode) under the
     Swin-UNet with the LR concatenated, x4."""
     from conftest import TINY_SCHEDULE, TINY_UNET, randomize
-
     from tadsr.config import ModelConfig
     from tadsr.model import SRModel, save_model
     from tadsr.nets.autoencoder import VQConfig

@@ -86,6 +86,7 @@ def _copy(pipeline_dir: Path, tmp_path: Path) -> Path:
     ("pickled", "no .safetensors weights (tadsr reads no pickled weights)"),
     ("scheduler", "scheduler is a LMSDiscreteScheduler; supported"),
     ("bad-json", "not a diffusers model index"),
+    ("text-class", "text_encoder is a AutoModel; supported: CLIPTextModel"),
 ])
 def test_a_folder_the_backend_cannot_run_is_one_line(pipeline_dir: Path, tmp_path: Path, damage: str,
                                                     message: str) -> None:
@@ -105,8 +106,10 @@ def test_a_folder_the_backend_cannot_run_is_one_line(pipeline_dir: Path, tmp_pat
         index.write_text(json.dumps({**data, "scheduler": ["diffusers", "LMSDiscreteScheduler"]}))
     elif damage == "bad-json":
         index.write_text("{not json")
+    elif damage == "text-class":  # only the CLIP classes are built from the folder's names
+        index.write_text(json.dumps({**data, "text_encoder": ["transformers", "AutoModel"]}))
     with pytest.raises(ConfigError) as err:
-        read_index(folder)
+        DiffusersUpscaleTeacher.from_folder(folder) if damage == "text-class" else read_index(folder)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert str(folder) in str(err.value)
 

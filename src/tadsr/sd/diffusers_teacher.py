@@ -42,6 +42,7 @@ PIPELINES = ("StableDiffusionUpscalePipeline",)
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")
 PREDICTIONS = ("epsilon", "v_prediction")
 REQUIRED = ("unet", "vae", "scheduler", "low_res_scheduler")
+TEXT_CLASSES = {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder": ("CLIPTextModel",)}
 
 
 def import_diffusers() -> Any:
@@ -189,6 +190,9 @@ def embed_prompt(index: PipelineIndex, prompt: str) -> Tensor:
     for name in ("text_encoder", "tokenizer"):
         if name not in index.components or not (index.folder / name).is_dir():
             raise ConfigError(f"{index.folder}: no {name} to embed the prompt (pass the prompt's embedding instead)")
+        if index.components[name][1] not in TEXT_CLASSES[name]:
+            raise ConfigError(f"{index.folder}: {name} is a {index.components[name][1]}; supported: "
+                              f"{', '.join(TEXT_CLASSES[name])}")
     try:
         import transformers
     except ImportError:
