@@ -171,3 +171,27 @@ def test_tadsr_evaluate_measures_an_onnx_file_by_its_stem(exported: Path, tmp_pa
     assert set(report) == {"bicubic", "student:1"}
     assert (tmp_path / "report" / "outputs" / "student_1" / "p.png").is_file()
     assert sorted(p.name for p in exported.parent.iterdir()) == ["student.onnx"]  # nothing written beside the model
+
+
+def test_the_page_lists_and_runs_an_onnx_file(exported: Path, vq_student_file: Path, tmp_path: Path) -> None:
+    """`tadsr serve --models-dir`: an exported file is listed (one step) and runs through the page's job with the
+    pictures of the PyTorch model; a foreign .onnx in the folder is skipped with one line."""
+    import shutil
+
+    from tadsr.web.jobs import JobSettings, ModelCache, model_catalogue, upscale_file
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(exported, folder / "student.onnx")
+    (folder / "broken.onnx").write_bytes(b"not onnx")
+    said: list[str] = []
+    catalogue = model_catalogue(models_dir=folder, report=said.append)
+    assert catalogue["student.onnx"].step_choices == [1] and catalogue["student.onnx"].scale == 4
+    assert "broken.onnx" not in catalogue and len(said) == 1 and "broken.onnx" in said[0]
+    Image.fromarray(_photo(40, 52)).save(tmp_path / "p.png")
+    models = ModelCache(catalogue, torch.device("cpu"))
+    result = upscale_file(tmp_path / "p.png", "p.png", JobSettings(model="student.onnx", tile=32, seed=2), models,
+                          tmp_path / "job")
+    ours = np.asarray(Image.open(result.output)).astype(int)
+    theirs = Upscaler.from_pretrained(vq_student_file, device="cpu", tile=32, seed=2).upscale(_photo(40, 52))
+    assert ours.shape == (160, 208, 3) and np.abs(ours - theirs).max() <= 1 and "1 step" in result.summary

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,6 +59,11 @@ class ModelEntry:
 
 
 def _entry(label: str, path: Path) -> ModelEntry:
+    if path.suffix.lower() == ".onnx":  # an exported one-step graph: its metadata holds the model's config
+        from tadsr.inference.onnx import OnnxModel
+
+        config = OnnxModel(path).config
+        return ModelEntry(label, path, "student", 1, config.scale)
     config = read_model_config(path)
     return ModelEntry(label, path, config.role, config.schedule.num_steps, config.scale)
 
@@ -65,8 +71,9 @@ def _entry(label: str, path: Path) -> ModelEntry:
 def model_catalogue(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.PathLike | None = None,
                     report: Callable[[str], None] | None = None) -> dict[str, ModelEntry]:
     """The models the page lists, by label: the embedded student and teacher, each ``model_paths`` file (an
-    unusable one is an error: the user named it), and the ``*.safetensors`` files directly in ``models_dir`` (an
-    unusable one is skipped with a line to ``report``). The page only ever sends a label back, never a path."""
+    unusable one is an error: the user named it), and the ``*.safetensors`` and ``*.onnx`` (`tadsr export`) files
+    directly in ``models_dir`` (an unusable one is skipped with a line to ``report``). The page only ever sends a
+    label back, never a path."""
     entries = [_entry(f"{name} (embedded)", resolve_model_path(name)) for name in EMBEDDED_NAMES]
     for path in map(Path, model_paths):
         if not path.is_file():
@@ -76,7 +83,7 @@ def model_catalogue(model_paths: Sequence[str | os.PathLike] = (), models_dir: s
         folder = Path(models_dir)
         if not folder.is_dir():
             raise NotFoundError(f"{folder}: no such folder (--models-dir)")
-        for path in sorted(folder.glob("*.safetensors")):
+        for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.onnx")]):
             try:
                 entries.append(_entry(path.name, path))
             except TadsrError as err:
@@ -101,19 +108,33 @@ class ModelCache:
         self.device = device
         self.dtype = dtype
         self.lock = threading.Lock()
-        self._models: dict[str, SRModel] = {}
+        self._models: dict[str, Any] = {}  # SRModel, or OnnxModel for an exported file
 
     def entry(self, label: str) -> ModelEntry:
         if label not in self.catalogue:
             raise ConfigError(f"unknown model {label!r}: choose one of {', '.join(self.catalogue)}")
         return self.catalogue[label]
 
-    def get(self, label: str) -> SRModel:
-        """The loaded model of a label (loaded now if it is the first use)."""
+    def get(self, label: str) -> Any:
+        """The loaded model of a label (loaded now if it is the first use): an SRModel, or an OnnxModel."""
         entry = self.entry(label)
         if label not in self._models:
-            self._models[label] = load_model(entry.path, device=self.device)
+            if entry.path.suffix.lower() == ".onnx":
+                from tadsr.inference.onnx import OnnxModel
+
+                self._models[label] = OnnxModel(entry.path)
+            else:
+                self._models[label] = load_model(entry.path, device=self.device)
         return self._models[label]
+
+    def upscaler(self, label: str, **options: Any) -> Upscaler:
+        """An Upscaler of the label's model with ``options`` (``UpscaleOptions``), on this cache's device."""
+        model = self.get(label)
+        if isinstance(model, SRModel):
+            return Upscaler(model, device=self.device, dtype=self.dtype, **options)
+        from tadsr.inference.onnx import OnnxUpscaler
+
+        return OnnxUpscaler(model, **options)
 
 
 @dataclass(frozen=True)
@@ -198,9 +219,8 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
         start += time.perf_counter() - waited  # the time it took, not the time it waited
         if cancelled is not None and cancelled():
             raise Cancelled(f"{name}: cancelled")
-        upscaler = Upscaler(models.get(settings.model), device=models.device, dtype=models.dtype, tile=settings.tile,
-                            steps=settings.steps, sampler=settings.sampler, seed=settings.seed,
-                            color_fix=settings.color_fix, outscale=outscale)
+        upscaler = models.upscaler(settings.model, tile=settings.tile, steps=settings.steps, sampler=settings.sampler,
+                                   seed=settings.seed, color_fix=settings.color_fix, outscale=outscale)
         out_h, out_w = upscaler.output_size(height, width)
         try:
             check_output_size(source, (out_h, out_w), max_pixels)
