@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 import torch
 
-from tadsr.bench import cpu_bf16_line
+from tadsr.bench import cpu_bf16_line, median_seconds
 from tadsr.inference.upscaler import Upscaler
 from tadsr.model import SRModel, load_model, resolve_model_path
 from tadsr.presets import model_config
 
-
-def seconds(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+CPU = torch.device("cpu")
 
 
 def main() -> None:
@@ -48,8 +39,8 @@ def main() -> None:
                 continue  # 256 -> 1024 through VQ-f4 takes minutes on two cores
             lr = torch.from_numpy(rng.random((1, 3, size, size), dtype=np.float32)) * 2 - 1
             ups = {d: Upscaler(model, device="cpu", dtype=d, tile=0) for d in (torch.float32, torch.bfloat16)}
-            t32 = seconds(lambda lr=lr, up=ups[torch.float32]: up.upscale_tensor(lr), args.repeats)
-            t16 = seconds(lambda lr=lr, up=ups[torch.bfloat16]: up.upscale_tensor(lr), args.repeats)
+            t32 = median_seconds(lambda lr=lr, up=ups[torch.float32]: up.upscale_tensor(lr), CPU, args.repeats)
+            t16 = median_seconds(lambda lr=lr, up=ups[torch.bfloat16]: up.upscale_tensor(lr), CPU, args.repeats)
             a, b = (ups[d].upscale_tensor(lr).float() for d in (torch.float32, torch.bfloat16))
             mse = float(((a - b) / 2).pow(2).mean())
             psnr = 10 * math.log10(1 / mse) if mse > 0 else float("inf")

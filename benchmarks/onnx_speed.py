@@ -18,20 +18,13 @@ import numpy as np
 import torch
 
 from tadsr.baselines import load_realesrgan, packaged_ncnn_files
+from tadsr.bench import median_seconds
 from tadsr.devices import cpu_bf16_native
 from tadsr.export import export_onnx
 from tadsr.inference.upscaler import Upscaler
 from tadsr.model import load_model, resolve_model_path
 
-
-def median_seconds(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+CPU = torch.device("cpu")
 
 
 def main() -> None:
@@ -60,12 +53,12 @@ def main() -> None:
         reference = paths["PyTorch fp32"].upscale_tensor(lr)
         times = {}
         for name, up in paths.items():
-            times[name] = median_seconds(lambda lr=lr, up=up: up.upscale_tensor(lr), args.repeats)
+            times[name] = median_seconds(lambda lr=lr, up=up: up.upscale_tensor(lr), CPU, args.repeats)
             diff = float((up.upscale_tensor(lr) - reference).abs().max()) / 2
             print(f"| {size} -> {size * 4} | student, {name} | {times[name]:.3f} | {diff:.1e} |")
         if realesrgan is not None:
             with torch.inference_mode():
-                t_esr = median_seconds(lambda lr=lr: realesrgan((lr + 1) / 2), args.repeats)
+                t_esr = median_seconds(lambda lr=lr: realesrgan((lr + 1) / 2), CPU, args.repeats)
             fastest = min(times, key=times.get)
             print(f"| {size} -> {size * 4} | Real-ESRGAN x4plus, PyTorch fp32 | {t_esr:.3f} | - |")
             print(f"| {size} -> {size * 4} | fastest student path ({fastest}) vs Real-ESRGAN | "
