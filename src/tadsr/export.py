@@ -29,7 +29,10 @@ from torch import Tensor, nn
 
 from tadsr.config import config_to_json
 from tadsr.errors import ConfigError, MissingExtraError, TadsrError, first_line
+from tadsr.fileio import atomic_write
+from tadsr.inference.padding import round_up
 from tadsr.inference.pipeline import super_resolve
+from tadsr.inference.tiling import latent_noise
 from tadsr.model import SRModel
 
 OPSET = 18
@@ -80,9 +83,8 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
     m, f, channels = cfg.lr_multiple, cfg.unet.lq_factor, cfg.unet.in_channels
     model = model.float().eval()
     if tile:
-        side = -(-tile // m) * m
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((1, channels, side // f, side // f), generator=gen)
+        side = round_up(tile, m)
+        noise = latent_noise(model, side, side, seed)  # the noise `tadsr upscale --seed` gives a side x side image
         graph, args = OneStepGraph(model, noise), (torch.rand(1, 3, side, side),)
         dynamic, kind = None, "embedded"
     else:
@@ -97,27 +99,21 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
                 "tile": str(side if tile else 0), "role": cfg.role, "model_config": config_to_json(cfg),
                 "opset": str(OPSET), "inputs": "lr (1,3,H,W) in [0,1]" + ("" if tile else "; noise (1,C,H/f,W/f)"),
                 "output": "hr (1,3,H*scale,W*scale) in [0,1]"}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        import onnx
+
         from tadsr.nets.swin import portable_attention
 
         with torch.no_grad(), portable_attention():
             program = torch.onnx.export(graph, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic,
                                         input_names=["lr"] if tile else ["lr", "noise"], output_names=["hr"],
                                         verbose=False)
-        import onnx
-
         proto = program.model_proto
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    except TadsrError:
-        raise
+        atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False))
     except Exception as err:  # the exporter's own failures: one line, no file left
         raise ExportError(f"{path}: the ONNX exporter failed: {type(err).__name__}: {first_line(err)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return metadata
 
 

@@ -135,14 +135,19 @@ class Upscaler:
                 warnings.warn(f"CUDA out of memory: retrying with tile {tile}", RuntimeWarning, stacklevel=2)
                 torch.cuda.empty_cache()
 
+    @property
+    def size_multiple(self) -> int:
+        """The LR size the network needs a multiple of (the model's ``lr_multiple``)."""
+        return self.model.config.lr_multiple
+
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """(H, W) the LR image is reflect-padded to before the network: multiples of the model's LR multiple."""
-        m = self.model.config.lr_multiple
+        """(H, W) the LR image is reflect-padded to before the network: multiples of ``size_multiple``."""
+        m = self.size_multiple
         return round_up(height, m), round_up(width, m)
 
     def tile_size(self) -> int:
-        """The LR tile the model runs (``tile`` rounded up to the model's multiple; 0: the whole image)."""
-        return round_up(self.options.tile, self.model.config.lr_multiple)
+        """The LR tile the model runs (``tile`` rounded up to ``size_multiple``; 0: the whole image)."""
+        return round_up(self.options.tile, self.size_multiple)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) of the output for an input of height x width: the native scale, then ``outscale``."""

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from tadsr.errors import ConfigError, MissingExtraError, NotFoundError
-from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
+from tadsr.inference.padding import crop_to, pad_to_multiple
 from tadsr.inference.upscaler import UpscaleOptions, Upscaler
 
 PIPELINES = ("StableDiffusionUpscalePipeline",)
@@ -112,7 +112,6 @@ class DiffusersUpscaleTeacher:
         self.unet, self.vae = unet.eval(), vae.eval()
         self.scheduler, self.low_res_scheduler = scheduler, low_res_scheduler
         self.prompt_embeds, self.noise_level = prompt_embeds, noise_level
-        self.alphas_cumprod = scheduler.alphas_cumprod
         self.scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the decoder's upsampling
         self.lr_multiple = 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet's downsampling
 
@@ -170,10 +169,11 @@ class DiffusersUpscaleTeacher:
         """(N, 4, h, w) latents -> (N, 3, h s, w s) image in [-1, 1] (clamped)."""
         return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
 
-    def upscale(self, lr: Tensor, steps: int, seed: int = 0) -> Tensor:
+    def upscale(self, lr: Tensor, steps: int, seed: int = 0,
+                progress: Callable[[int, int], None] | None = None) -> Tensor:
         """(N, 3, h, w) LR in [-1, 1] -> (N, 3, h s, w s) in [-1, 1]: ``steps`` sampler steps from ``seed``."""
         generator = torch.Generator(self.device).manual_seed(seed)
-        return self.decode(self.sample(lr, steps, generator))
+        return self.decode(self.sample(lr, steps, generator, progress))
 
 
 def _step_kwargs(scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
@@ -225,15 +225,11 @@ class DiffusersUpscaler(Upscaler):
     def scale(self) -> int:
         return self.teacher.scale
 
+    @property
+    def size_multiple(self) -> int:
+        return self.teacher.lr_multiple
+
     def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        padded, (h, w) = pad_to_multiple(lr, self.teacher.lr_multiple)
-        generator = torch.Generator(self.teacher.device).manual_seed(self.options.seed)
-        out = self.teacher.decode(self.teacher.sample(padded, self.steps, generator, progress))
+        padded, (h, w) = pad_to_multiple(lr, self.size_multiple)
+        out = self.teacher.upscale(padded, self.steps, self.options.seed, progress)
         return crop_to(out.float(), (h * self.scale, w * self.scale))
-
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        m = self.teacher.lr_multiple
-        return round_up(height, m), round_up(width, m)
-
-    def tile_size(self) -> int:
-        return 0
