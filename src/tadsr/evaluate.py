@@ -374,17 +374,29 @@ def run_and_measure(label: str, run: Callable[[np.ndarray], np.ndarray], pairs: 
                     dev: torch.device, max_pixels: int, show_progress: bool
                     ) -> tuple[ModelResult, dict[str, np.ndarray]]:
     """One model on this rank's LR images: its outputs written to ``folder``, timed, measured at each pair's
-    scale (GT size / LR size). Returns the figures and the outputs."""
+    scale (GT size / LR size). Returns the figures and the outputs.
+
+    The images run back to back after one untimed warm-up call (the first call builds the kernels), and are
+    measured after all of them ran: the metrics' NumPy work (whose BLAS threads keep spinning for a while after each
+    call) would otherwise slow down the next image's timing."""
     result, outs = ModelResult(label), {}
     reset_peak_memory(dev)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, path, gt_path in tqdm(pairs, desc=label, disable=not show_progress):
+    if lrs:
+        run(next(iter(lrs.values())))
+    for name, _, _ in tqdm(pairs, desc=label, disable=not show_progress):
         if name not in lrs:
             continue
         start = time.perf_counter()
         pred = run(lrs[name])
         synchronize(dev)
         result.seconds.append(time.perf_counter() - start)
+        outs[name] = pred
+    result.peak_mib = peak_memory_mib(dev)
+    for name, path, gt_path in pairs:
+        if name not in outs:
+            continue
+        pred = outs[name]
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         write_image(folder / f"{name}.png", ImageData(to_uint8(pred)))
         factor = max(1, round(pred.shape[0] / lrs[name].shape[0]))
@@ -392,8 +404,6 @@ def run_and_measure(label: str, run: Callable[[np.ndarray], np.ndarray], pairs: 
             pred, _gt(gt_path, max_pixels), factor))
         if measured is not None:
             result.rows[name] = measured
-        outs[name] = pred
-    result.peak_mib = peak_memory_mib(dev)
     return result, outs
 
 
