@@ -245,6 +245,28 @@ def test_teacher_training_produces_a_model_upscale_accepts(photo_dir: Path, tmp_
     assert up.upscale(np.zeros((20, 24, 3), np.uint8)).shape == (80, 96, 3)
 
 
+def test_a_teacher_fine_tuned_from_a_file_starts_from_its_weights_and_architecture(photo_dir: Path, teacher_file: Path,
+                                                                                   tmp_path: Path) -> None:
+    from tadsr.training.teacher import TeacherTrainer
+
+    config = tiny_config(photo_dir, "run.val_every=1000", "optim.lr=0")  # lr 0: the weights stay the file's
+    trainer = TeacherTrainer(config, tmp_path / "a", init=teacher_file, show_progress=False)
+    start = load_model(teacher_file)
+    assert trainer.config.model == start.config  # the file's architecture and schedule, not the tiny preset's
+    final = load_model(trainer.run())
+    assert final.config == start.config
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), start.state_dict().values(), strict=True))
+    moved = TeacherTrainer(tiny_config(photo_dir, "run.val_every=1000", "run.steps=1"), tmp_path / "b",
+                           init=teacher_file, show_progress=False)
+    moved.run()
+    assert not all(torch.equal(a, b) for a, b in zip(moved.network.state_dict().values(),
+                                                       start.unet.state_dict().values(), strict=True))
+    missing = _cli("train-teacher", "--init", str(tmp_path / "none.safetensors"), "--data", str(photo_dir), "--out",
+                   str(tmp_path / "c"), "--steps", "1", "-q")
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "none.safetensors" in missing.stderr and not (tmp_path / "c" / "final.safetensors").exists()
+
+
 def test_dry_run_prints_the_resolved_config_and_bad_overrides_fail(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["distill", "--preset", "tiny", "--teacher", "t.safetensors", "--out", str(tmp_path),

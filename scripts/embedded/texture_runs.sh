@@ -37,6 +37,15 @@ student() {  # student NAME "STEP STEP ..." OVERRIDES...: a run, kept at each st
     done
 }
 
+teacher_ft() {  # the shipped teacher, trained on: tadsr train-teacher --init, resumable at every 200 steps
+    local run="$WORK/teacher-ft" resume=()
+    [ -f "$run/final.safetensors" ] && return
+    [ -d "$run/checkpoints" ] && resume=(--resume)
+    tadsr train-teacher --init "$ROOT/src/tadsr/weights/teacher.safetensors" --data "$WORK/data/train.txt" \
+        --out "$run" --steps 2400 "${resume[@]}" "${TEACHER_ARGS[@]}" optim.lr=7.5e-5 optim.warmup=0 \
+        optim.milestones=[] run.val_every=100000 run.seed=1  # new crops, not the first run's again
+}
+
 run_variant() {
     case $1 in
         tex-paper) student tex-paper "200 400 600 800 1000" "${TEX[@]}" ;;  # the data lever alone: the paper's lambdas
@@ -46,6 +55,10 @@ run_variant() {
         # direction is zero at the GT, so it pulls against the grain the student copies from the teacher
         tex-hsdgt) student tex-hsdgt "200 400 800" "${TEX[@]}" distill.score_target=gt ;;
         tex-hsdgt4) student tex-hsdgt4 "200 400 800" "${TEX[@]}" distill.score_target=gt distill.lambda_score=4 ;;
+        # the teacher lever: the shipped teacher fine-tuned 2400 more steps at its last learning rate (3e-4 halved
+        # twice), then the shipped student recipe distilled from it
+        teacher-ft) teacher_ft ;;
+        student-ft) TEACHER=$WORK/teacher-ft/final.safetensors student student-ft "200 400" ;;
         *) echo "unknown run $1" >&2; exit 2 ;;
     esac
 }

@@ -516,9 +516,12 @@ def _training_config(command: Command, config_path: Path | None, preset: str, da
 @_training_options
 @click.option("--first-stage", "first_stage", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="VQ autoencoder weights (e.g. autoencoder_vq_f4.pth) for a VQ first stage.")
+@click.option("--init", "init", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Fine-tune this tadsr teacher file (its architecture, schedule and first stage; its weights start "
+                   "the run and its EMA) instead of training from random weights.")
 def train_teacher(config_path: Path | None, preset: str, data_path: str | None, run_dir: Path, steps: int | None,
                   seed: int | None, resume: bool, device: str, dry_run: bool, quiet: bool, overrides: tuple[str, ...],
-                  first_stage: Path | None) -> None:
+                  first_stage: Path | None, init: Path | None) -> None:
     """Train a ResShift teacher (Eq. 4) on your HR images, degraded on the fly.
 
     \b
@@ -526,13 +529,14 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
       tadsr train-teacher --preset tiny --data photos/ --out runs/teacher --steps 2000
       tadsr train-teacher --preset realsr-x4 --first-stage autoencoder_vq_f4.pth --data imagenet/ --out runs/t
       tadsr train-teacher --preset tiny --data photos/ --out runs/t run.batch_size=8 optim.lr=1e-4
+      tadsr train-teacher --init teacher.safetensors --data photos/ --out runs/t2 optim.lr=5e-5 optim.warmup=0
     """
     from tadsr.training.teacher import TeacherTrainer
 
     config = _training_config("train-teacher", config_path, preset or "tiny", data_path, steps, seed, overrides,
                               dry_run)
-    trainer = TeacherTrainer(config, run_dir, first_stage=first_stage, device=resolve_device(device), resume=resume,
-                             show_progress=not quiet)
+    trainer = TeacherTrainer(config, run_dir, first_stage=first_stage, init=init, device=resolve_device(device),
+                             resume=resume, show_progress=not quiet)
     final = trainer.run()
     if trainer.rank == 0:
         click.echo(f"tadsr: wrote {final}")

@@ -3,11 +3,13 @@
 t ~ U{0..T-1} per sample, z_t = z_0 + eta_t (z_y - z_0) + kappa sqrt(eta_t) eps (Eq. 1), and the loss is the mean
 over (C, H, W) of (D(z_t, t, y) - z_0)^2 (weights 1, as every released config), D the preconditioned denoiser
 (``tadsr.diffusion.denoiser``: the network sees z_t / sqrt(kappa^2 eta_t + 1)). The first stage is frozen (VQ
-weights loaded with ``first_stage``, or the weight-free pixel-unshuffle).
+weights loaded with ``first_stage``, or the weight-free pixel-unshuffle). ``init`` fine-tunes a teacher file
+instead of starting from random weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from tadsr.diffusion.schedule import Schedule, q_sample
+from tadsr.errors import ConfigError
 from tadsr.inference.pipeline import encode_upsampled
-from tadsr.model import build_network, denoiser, load_first_stage
+from tadsr.model import build_network, denoiser, load_first_stage, load_model
 from tadsr.training.ema import EMA
 from tadsr.training.trainer import Trainer, frozen, scheduled_lr
 
@@ -33,15 +36,30 @@ def draw_timesteps(num_steps: int, n: int, last_prob: float, generator: torch.Ge
 class TeacherTrainer(Trainer):
     command = "train-teacher"
 
-    def __init__(self, config: Any, run_dir: Path, first_stage: str | Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: Any, run_dir: Path, first_stage: str | Path | None = None,
+                 init: str | Path | None = None, **kwargs: Any) -> None:
+        """``init``: a tadsr model file to fine-tune. Its network starts the run (and its EMA), and its architecture,
+        schedule and first stage replace ``config.model``, as a student takes its teacher's. A resumed run loads its
+        checkpoint over it."""
+        if first_stage and init:
+            raise ConfigError("--first-stage and --init: a model file to fine-tune brings its own first stage")
         self.first_stage_path = Path(first_stage) if first_stage else None
+        self.init_path = Path(init) if init else None
+        if self.init_path is not None:
+            self.settings_from_elsewhere = ("model.",)
         super().__init__(config, run_dir, **kwargs)
 
     def build(self) -> None:
         cfg = self.config
-        self.first_stage = frozen(load_first_stage(cfg.model, self.first_stage_path).to(self.device))
+        if self.init_path is not None:
+            start = load_model(self.init_path)  # float32 whatever the file's dtype
+            self.config = cfg = dataclasses.replace(cfg, model=dataclasses.replace(start.config, role="teacher"))
+            self.first_stage = frozen(start.first_stage.to(self.device))
+            self.network = start.unet.to(self.device).train().requires_grad_(True)
+        else:
+            self.first_stage = frozen(load_first_stage(cfg.model, self.first_stage_path).to(self.device))
+            self.network = build_network(cfg.model).to(self.device).train()
         self.schedule = Schedule(cfg.model.schedule)
-        self.network = build_network(cfg.model).to(self.device).train()
         ddp = DistributedDataParallel(self.network) if self.world > 1 else self.network
         self.denoiser = denoiser(ddp, cfg.model, self.schedule)
         self.ema = EMA(self.network, cfg.optim.ema_rate)
