@@ -100,3 +100,16 @@ def test_group_norm_runs_in_float32_under_bfloat16() -> None:
     assert out.dtype == torch.bfloat16
     ref = F.group_norm(x.float(), 32, eps=1e-5)
     torch.testing.assert_close(out.float(), ref, atol=0.02, rtol=0.02)
+
+
+def test_attention_computes_in_float32_under_bf16_autocast() -> None:
+    block = randomize(AttnBlock(32), seed=3, std=0.2).eval()
+    x = torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fp32 = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = block(x)  # its norm, q/k/v, softmax and projection all in float32: the same sums
+            from_bf16 = block(x.bfloat16())  # a bf16 activation in: bf16 out, computed in float32
+    assert auto.dtype == torch.float32 and torch.equal(auto, fp32)
+    assert from_bf16.dtype == torch.bfloat16
+    assert torch.allclose(from_bf16.float(), block(x.bfloat16().float()).bfloat16().float())

@@ -49,7 +49,7 @@ def exported(vq_student_file: Path, tmp_path_factory: pytest.TempPathFactory) ->
     path = tmp_path_factory.mktemp("onnx") / "student.onnx"
     code, stdout, stderr = _run("export", str(vq_student_file), "-o", str(path))
     assert code == 0, stderr
-    assert f"wrote {path}: x4 one-step graph, dynamic size, opset 18" in stdout
+    assert f"wrote {path}: x4 one-step graph, dynamic size, fp32, opset 18" in stdout
     return path
 
 
@@ -84,6 +84,38 @@ def test_the_embedded_student_exports_and_matches(tmp_path: Path) -> None:
     ours = Upscaler.from_pretrained(path, tile=0).upscale(photo)
     theirs = Upscaler.from_pretrained("student", device="cpu", tile=0).upscale(photo)
     assert np.abs(ours.astype(int) - theirs).max() <= 1
+
+
+def test_an_fp16_file_is_half_the_size_and_close_to_fp32(exported: Path, vq_student_file: Path,
+                                                         tmp_path: Path) -> None:
+    """--fp16: float16 weights and compute, float32 in and out; within 3e-3 (of [0, 1]) of PyTorch fp32, tiled."""
+    path = tmp_path / "half.onnx"
+    code, stdout, stderr = _run("export", str(vq_student_file), "-o", str(path), "--fp16")
+    assert code == 0, stderr
+    assert "dynamic size, fp16, opset 18" in stdout and read_metadata(path)["precision"] == "fp16"
+    assert path.stat().st_size < 0.75 * exported.stat().st_size  # the weights halve; graph and metadata stay
+    lr = torch.from_numpy(_photo(45, 70)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    half = Upscaler.from_pretrained(path, tile=32, seed=3).upscale_tensor(lr)
+    full = Upscaler.from_pretrained(vq_student_file, device="cpu", tile=32, seed=3).upscale_tensor(lr)
+    assert half.dtype == torch.float32
+    difference = float((half - full).abs().max()) / 2
+    assert 0 < difference < 3e-3  # float16 rounding, not another picture
+
+
+def test_tadsr_bench_times_an_onnx_file_against_real_esrgan(exported: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = _run("bench", "--models", str(exported), "--sizes", "16,40", "--tile", "32", "--repeats",
+                                "1", "--json", str(tmp_path / "b.json"))
+    assert code == 0, stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    ours = [r for r in rows if r["model"] == "student.onnx"]
+    assert [(r["lr"], r["out"], r["dtype"], r["tiles"]) for r in ours] == [(16, 64, "fp32 (ORT)", 0),
+                                                                           (40, 160, "fp32 (ORT)", 32)]
+    yardstick = next(r for r in rows if r["model"] == "realesrgan-x4plus" and r["lr"] == 16)
+    assert ours[0]["x_realesrgan"] == pytest.approx(yardstick["seconds"] / ours[0]["student_1_s"])
+    assert all(r["student_1_s"] > 0 and r["student_peak_mib"] > 0 for r in ours)
+    assert "| student.onnx | 16→64 | fp32 (ORT) |" in stdout
+    missing = _run("bench", "--models", str(tmp_path / "none.onnx"), "--sizes", "16", "--repeats", "1")
+    assert missing[0] == 1 and "none.onnx: no such model file" in missing[2].strip().splitlines()[-1]
 
 
 def test_a_fixed_size_file_embeds_its_noise(tiny_student_file: Path, tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ of what the hardware gives a plain conv net. Each time is the median of ``repeat
 synchronised on CUDA. FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``. Reported ratios:
 
 * speed-up of student-1 over teacher-T, against the ideal (T U + E + D) / (U + E + D);
-* hardware efficiency: achieved FLOP/s of the student-1 pipeline / that of RRDBNet, same device and dtype.
+* hardware efficiency: achieved FLOP/s of the student-1 pipeline / that of RRDBNet, same device and dtype;
+* speed against Real-ESRGAN x4plus: RRDBNet's seconds / student-1's, same input, device and dtype ("× RRDB speed").
+
+An exported ``.onnx`` file (``tadsr export``) in ``models`` gets one row per size: ONNX Runtime on the CPU, as
+``tadsr upscale --model FILE.onnx`` runs it, at the file's own precision (``bench_onnx``).
 
 LR sizes above the tile size run tiled (``tiled_super_resolve``, as ``tadsr upscale`` does): one timed run of
 the first ``max_tiles`` tiles after a one-tile warm-up, the whole-image time estimated from it (``est``, see
@@ -208,6 +212,23 @@ def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, re
             "gflops_per_s": flops / seconds / 1e9, "peak_mib": peak}
 
 
+def bench_onnx(path: Path, lr_size: int, repeats: int, tile: int, overlap: int) -> dict[str, Any]:
+    """One row for an exported one-step graph (``tadsr export``) run by ONNX Runtime on the CPU, as ``tadsr upscale
+    --model FILE.onnx`` runs it (``OnnxUpscaler.upscale_tensor``: padding, the noise, tiling above ``tile``, a
+    fixed-size file at its own size): median seconds of the whole image, images per second, peak memory."""
+    from tadsr.inference.onnx import OnnxModel, OnnxUpscaler
+
+    onnx = OnnxModel(path)
+    tiled = lr_size > tile or onnx.tile > 0
+    up = OnnxUpscaler(onnx, tile=tile if tiled else 0, tile_overlap=overlap)
+    lr = _lr_batch(1, lr_size, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    seconds, peak = _measure(lambda: up.upscale_tensor(lr), cpu, repeats)
+    return {"model": path.name, "lr": lr_size, "out": lr_size * onnx.config.scale, "batch": 1,
+            "dtype": f"{onnx.metadata.get('precision', 'fp32')} (ORT)", "tiles": up.tile_size() if tiled else 0,
+            "student_1_s": seconds, "student_images_per_s": 1 / seconds, "student_peak_mib": peak}
+
+
 def environment(device: torch.device, **settings: Any) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     extra = {"cpu_bf16": cpu_bf16_line()} if device.type == "cpu" else {}
@@ -243,15 +264,19 @@ def _cell(value: Any, digits: int = 3) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows: one line per model, size, dtype and batch."""
     head = ["model", "LR→HR", "dtype", "batch", "tiles", "U s", "E s", "D s", "student-1 s", "teacher-T s",
-            "img/s", "speed-up", "% of ideal", "GFLOP/s", "eff. vs RRDB", "peak MiB (1 / T)"]
+            "img/s", "speed-up", "% of ideal", "GFLOP/s", "eff. vs RRDB", "× RRDB speed", "peak MiB (1 / T)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         teacher = next((v for k, v in r.items() if k.startswith("teacher_") and k.endswith("_s")), None)
         est = " (est.)" if r.get("estimated") else ""
         if r["model"] == "realesrgan-x4plus":
             cells = [r["model"], f"{r['lr']}→{r['out']}", r["dtype"], r["batch"], "", "", "", "",
-                     _cell(r["seconds"]), "", _cell(r["images_per_s"]), "", "", _cell(r["gflops_per_s"]), "1",
+                     _cell(r["seconds"]), "", _cell(r["images_per_s"]), "", "", _cell(r["gflops_per_s"]), "1", "1",
                      f"{r['peak_mib']:.0f}"]
+        elif "speedup" not in r:  # an ONNX file: one step, no teacher, no FLOP count
+            cells = [r["model"], f"{r['lr']}→{r['out']}", r["dtype"], r["batch"], r["tiles"] or "", "", "", "",
+                     _cell(r["student_1_s"]), "", _cell(r["student_images_per_s"]), "", "", "", "",
+                     _cell(r.get("x_realesrgan", "")), f"{r['student_peak_mib']:.0f}"]
         else:
             ratio = r.get("speedup_vs_ideal")
             eff = r.get("efficiency_vs_realesrgan")
@@ -261,7 +286,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      _cell(r.get("student_images_per_s", "")), _cell(r["speedup"]) + "×",
                      f"{100 * ratio:.1f}" if ratio is not None else "",
                      _cell(r.get("student_gflops_per_s", "")), f"{eff:.2f}" if eff is not None else "",
-                     f"{r['student_peak_mib']:.0f} / {r['teacher_peak_mib']:.0f}"]
+                     _cell(r.get("x_realesrgan", "")), f"{r['student_peak_mib']:.0f} / {r['teacher_peak_mib']:.0f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -299,7 +324,25 @@ def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: t
     rows: list[dict[str, Any]] = []
     yardsticks: dict[tuple[int, str, int], dict[str, Any]] = {}
     fast = dict(channels_last=settings.channels_last, compile=settings.compile)
+
+    def yardstick(size: int, dtype: str, batch: int) -> dict[str, Any]:
+        key = (size, dtype, batch)
+        if key not in yardsticks:
+            log(f"realesrgan-x4plus {size} {dtype} batch {batch}")
+            yardsticks[key] = bench_rrdbnet(size, batch, dtype, device, settings.repeats, **fast)
+            rows.append(yardsticks[key])
+        return yardsticks[key]
+
     for name in settings.models:
+        if name.lower().endswith(".onnx"):  # an exported graph: ONNX Runtime on the CPU, its own precision
+            for size in settings.sizes:
+                esr = yardstick(size, "fp32", 1) if device.type == "cpu" and size <= settings.tile else None
+                log(f"{name} {size} onnxruntime")
+                row = bench_onnx(Path(name), size, settings.repeats, settings.tile, settings.overlap)
+                if esr is not None:
+                    row["x_realesrgan"] = esr["seconds"] / row["student_1_s"]
+                rows.append(row)
+            continue
         model = prepare_for_inference(load(name).to(device), **fast)
         for size, dtype in itertools.product(settings.sizes, settings.dtypes):
             try:
@@ -309,14 +352,11 @@ def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: t
                                             settings.tile_batch, settings.max_tiles))
                     continue
                 for batch in settings.batches:
-                    key = (size, dtype, batch)
-                    if key not in yardsticks:
-                        log(f"realesrgan-x4plus {size} {dtype} batch {batch}")
-                        yardsticks[key] = bench_rrdbnet(size, batch, dtype, device, settings.repeats, **fast)
-                        rows.append(yardsticks[key])
+                    esr = yardstick(size, dtype, batch)
                     log(f"{name} {size}->{size * model.config.scale} {dtype} batch {batch}")
                     row = bench_model(model, name, size, batch, dtype, device, settings.repeats)
-                    row["efficiency_vs_realesrgan"] = row["student_gflops_per_s"] / yardsticks[key]["gflops_per_s"]
+                    row["efficiency_vs_realesrgan"] = row["student_gflops_per_s"] / esr["gflops_per_s"]
+                    row["x_realesrgan"] = esr["seconds"] / row["student_1_s"]
                     rows.append(row)
             except RuntimeError as err:  # e.g. a dtype this device's kernels lack
                 log(f"skipped {name} {size} {dtype}: {first_line(err)}")

@@ -139,13 +139,17 @@ def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | 
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the embedded noise (--tile N).")
 @click.option("--teacher-one-step", is_flag=True,
               help="Export a teacher's one step (its x0-hat at t = T-1) instead of refusing it.")
-def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one_step: bool) -> None:
+@click.option("--fp16", is_flag=True,
+              help="Float16 weights and compute (half the file; inputs and output stay float32). For GPU execution "
+                   "providers: on a CPU, ONNX Runtime runs most float16 nodes through float32 casts.")
+def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one_step: bool, fp16: bool) -> None:
     """Export a model's one-step path (LR in [0, 1] -> HR in [0, 1]) as one ONNX graph.
 
     \b
     Examples:
       tadsr export student -o student.onnx                  # dynamic size; run it with tadsr upscale --model
       tadsr export my.safetensors -o my-256.onnx --tile 256 # a fixed 256x256 image-to-image graph
+      tadsr export student -o student-fp16.onnx --fp16      # float16 weights and compute
     """
     from tadsr.export import describe, export_onnx
 
@@ -153,7 +157,7 @@ def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one
         _fail(f"{output}: the output must be a .onnx file")
     check_writable(output.parent)
     metadata = export_onnx(load_model(resolve_model_path(model)), output, tile=tile, seed=seed,
-                           teacher_one_step=teacher_one_step)
+                           teacher_one_step=teacher_one_step, fp16=fp16)
     click.echo(f"wrote {output}: {describe(metadata)}")
 
 
@@ -417,8 +421,9 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
 
 @main.command()
 @click.option("--models", default="embedded,realsr-x4",
-              help="Comma-separated: embedded (the shipped student's architecture), realsr-x4 (official, random "
-                   "weights).")
+              help="Comma-separated: embedded (the shipped student), realsr-x4 / faceir (the official "
+                   "architectures, random weights), a .safetensors model file, or an exported .onnx file (ONNX "
+                   "Runtime on the CPU).")
 @click.option("--sizes", default="64", help="LR sizes (x4 outputs), comma-separated; above --tile they run tiled.")
 @click.option("--dtypes", default="fp32", help="fp32, bf16, fp16 (comma-separated; autocast).")
 @click.option("--batches", default="1", help="Batch sizes for the untiled sizes, comma-separated.")
@@ -456,7 +461,9 @@ def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile
 
     def load(name: str) -> SRModel:
         try:
-            return load_model(resolve_model_path("student")) if name == "embedded" else SRModel(model_config(name))
+            if name == "embedded":
+                return load_model(resolve_model_path("student"))
+            return load_model(name) if name.endswith(".safetensors") else SRModel(model_config(name))
         except TadsrError as err:
             raise ConfigError(f"--models {name}: {err}") from err
 

@@ -14,12 +14,14 @@ kappa sqrt(eta_T) noise -> one network call at t = T-1 -> decode -> HR in [0, 1]
 
 The exporter is PyTorch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``), opset ``OPSET``; the window
 attention runs in plain ops while tracing (``tadsr.nets.swin.portable_attention``). The file's metadata
-(``metadata_props``) carries ``tadsr_version``, ``scale``, ``size_multiple``, ``noise``, ``seed``, ``tile`` and the
-model config (JSON). A file is written whole or not at all (a temporary name, renamed).
+(``metadata_props``) carries ``tadsr_version``, ``scale``, ``size_multiple``, ``noise``, ``seed``, ``tile``,
+``precision`` (fp32, or fp16 with ``--fp16``: float16 weights and compute, float32 inputs and output) and the model
+config (JSON). A file is written whole or not at all (a temporary name, renamed).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Literal
@@ -53,8 +55,9 @@ class OneStepGraph(nn.Module):
 
     def forward(self, lr: Tensor, noise: Tensor | None = None) -> Tensor:
         noise = self.fixed_noise if noise is None else noise
-        hr = super_resolve(self.model, lr * 2 - 1, steps=1, noise=noise)
-        return (hr + 1) / 2
+        dtype = next(self.model.unet.parameters()).dtype  # float16 for --fp16: inputs and output stay float32
+        hr = super_resolve(self.model, (lr * 2 - 1).to(dtype), steps=1, noise=noise.to(dtype))
+        return ((hr + 1) / 2).float()
 
 
 def import_onnx_exporter() -> None:
@@ -68,12 +71,13 @@ def import_onnx_exporter() -> None:
 
 
 def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: int = 0,
-                teacher_one_step: bool = False) -> dict[str, str]:
+                teacher_one_step: bool = False, fp16: bool = False) -> dict[str, str]:
     """Write ``model``'s one-step graph to ``path`` (module docstring); returns the metadata written.
 
     ``tile`` 0: dynamic size, noise an input; ``tile`` N: fixed N x N input (rounded up to the size multiple) with
     the noise of ``seed`` embedded. A teacher (T > 1 steps) is refused unless ``teacher_one_step`` (then its one
-    step is the posterior-mean estimate x0-hat at t = T-1)."""
+    step is the posterior-mean estimate x0-hat at t = T-1). ``fp16``: the model's weights and compute in float16
+    (the VQ quantiser's distances and the normalisations stay float32), inputs and output float32."""
     import_onnx_exporter()
     cfg = model.config
     if cfg.role == "teacher" and cfg.schedule.num_steps > 1 and not teacher_one_step:
@@ -81,7 +85,7 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
                           "(distil a student, or pass --teacher-one-step for the teacher's x0-hat at T-1)")
     path = Path(path)
     m, f, channels = cfg.lr_multiple, cfg.unet.lq_factor, cfg.unet.in_channels
-    model = model.float().eval()
+    model = copy.deepcopy(model).half().eval() if fp16 else model.float().eval()
     if tile:
         side = round_up(tile, m)
         noise = latent_noise(model, side, side, seed)  # the noise `tadsr upscale --seed` gives a side x side image
@@ -97,7 +101,8 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
     metadata = {"producer": "tadsr", "tadsr_version": _version(), "scale": str(cfg.scale), "size_multiple": str(m),
                 "noise": kind, "noise_channels": str(channels), "noise_factor": str(f), "seed": str(seed),
                 "tile": str(side if tile else 0), "role": cfg.role, "model_config": config_to_json(cfg),
-                "opset": str(OPSET), "inputs": "lr (1,3,H,W) in [0,1]" + ("" if tile else "; noise (1,C,H/f,W/f)"),
+                "opset": str(OPSET), "precision": "fp16" if fp16 else "fp32",
+                "inputs": "lr (1,3,H,W) in [0,1]" + ("" if tile else "; noise (1,C,H/f,W/f)"),
                 "output": "hr (1,3,H*scale,W*scale) in [0,1]"}
     try:
         import onnx
@@ -134,5 +139,5 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def describe(metadata: dict[str, str]) -> str:
     """One line for the user: what was exported."""
     size = "dynamic size" if metadata["noise"] == "input" else f"fixed {metadata['tile']}x{metadata['tile']} input"
-    return (f"x{metadata['scale']} one-step graph, {size}, opset {metadata['opset']}, seed {metadata['seed']}, "
-            f"tadsr {metadata['tadsr_version']}")
+    return (f"x{metadata['scale']} one-step graph, {size}, {metadata.get('precision', 'fp32')}, opset "
+            f"{metadata['opset']}, seed {metadata['seed']}, tadsr {metadata['tadsr_version']}")

@@ -78,7 +78,10 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with 1x1 q, k, v, proj_out, through SDPA (scale C^-0.5)."""
+    """Single-head spatial self-attention with 1x1 q, k, v, proj_out, through SDPA (scale C^-0.5).
+
+    Computed in float32 under autocast (as its GroupNorm): one head over every pixel of the feature map, whose
+    softmax in bfloat16 moves the decoded colours (``benchmarks/cpu_bf16.py``)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -90,10 +93,12 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        y = self.norm(x)
-        q, k, v = (m(y).reshape(n, 1, c, h * w).transpose(2, 3) for m in (self.q, self.k, self.v))  # (N, 1, HW, C)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(n, c, h, w)
-        return x + self.proj_out(out)
+        work = self.q.weight.dtype  # float32 unless the weights themselves were cast down
+        with torch.autocast(x.device.type, enabled=False):
+            y = self.norm(x.to(work))
+            q, k, v = (m(y).reshape(n, 1, c, h * w).transpose(2, 3) for m in (self.q, self.k, self.v))  # (N,1,HW,C)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(n, c, h, w)
+            return (x.to(work) + self.proj_out(out)).to(x.dtype)
 
 
 class Downsample(nn.Module):

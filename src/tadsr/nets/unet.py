@@ -220,7 +220,7 @@ class SwinUNet(nn.Module):
     def encode(self, x: Tensor, t: Tensor, lq: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """Encoder half: returns (middle-block output, the input-block outputs, time embedding)."""
         self._check(x, t, lq)
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels))
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
         h = torch.cat([x, self.feature_extractor(lq).to(x.dtype)], dim=1)
         skips = []
         for block in self.input_blocks:
