@@ -7,6 +7,7 @@ import torch
 
 from conftest import TINY_UNET, randomize
 from tadsr.diffusion.denoiser import ResShiftDenoiser
+from tadsr.diffusion.process import ResShiftCondition, ResShiftProcess
 from tadsr.diffusion.schedule import Schedule, ScheduleConfig
 from tadsr.losses import (
     DistillationLoss,
@@ -34,7 +35,7 @@ def affine_teacher(x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor) -> torch.
     return 0.7 * x + 0.1 * lq
 
 
-TEACHER = ResShiftDenoiser(affine_teacher, SCHEDULE)  # the denoiser the losses call
+TEACHER = ResShiftProcess(SCHEDULE, ResShiftDenoiser(affine_teacher, SCHEDULE))  # the process the losses call
 
 
 def test_distillation_loss_by_hand() -> None:
@@ -51,18 +52,18 @@ def test_hinge_losses_by_hand() -> None:
 
 def test_hsd_is_zero_when_the_student_equals_the_teacher() -> None:
     z, z_y, lq = _latents()
-    loss = ScoreDistillationLoss(SCHEDULE, "hsd")(TEACHER, z, z.clone(), z_y, lq, _gen())
+    loss = ScoreDistillationLoss(TEACHER, "hsd")(z, z.clone(), ResShiftCondition(z_y, lq), _gen())
     assert torch.equal(loss, torch.zeros(2, dtype=loss.dtype))
 
 
 def test_hsd_gradient_is_lambda_g_over_chw() -> None:
     z_s, z_tch, z_y = _latents(1)
     lq = torch.randn_like(z_s)
-    hsd = ScoreDistillationLoss(SCHEDULE, "hsd")
-    g, _ = hsd.direction(TEACHER, z_s, z_tch, z_y, lq, _gen(5))
+    hsd = ScoreDistillationLoss(TEACHER, "hsd")
+    g, _ = hsd.direction(z_s, z_tch, ResShiftCondition(z_y, lq), _gen(5))
     z = z_s.clone().requires_grad_(True)
     lam = 0.3
-    (lam * hsd(TEACHER, z, z_tch, z_y, lq, _gen(5))).sum().backward()
+    (lam * hsd(z, z_tch, ResShiftCondition(z_y, lq), _gen(5))).sum().backward()
     torch.testing.assert_close(z.grad, lam * g / (3 * 4 * 4))
 
 
@@ -71,9 +72,9 @@ def test_hsd_direction_matches_its_closed_form() -> None:
     (docs/implementation-notes.md §4.4)."""
     z_s, z_tch, z_y = _latents(2)
     lq = torch.randn_like(z_s)
-    hsd = ScoreDistillationLoss(SCHEDULE, "hsd")
+    hsd = ScoreDistillationLoss(TEACHER, "hsd")
     gen = _gen(3)
-    g, t = hsd.direction(TEACHER, z_s, z_tch, z_y, lq, gen)
+    g, t = hsd.direction(z_s, z_tch, ResShiftCondition(z_y, lq), gen)
     gen = _gen(3)
     t_again = torch.randint(0, 3, (2,), generator=gen)
     noise = torch.randn(z_s.shape, generator=gen).to(z_s)
@@ -92,7 +93,8 @@ def test_hsd_direction_matches_its_closed_form() -> None:
 def test_sds_vanishes_for_a_teacher_that_recovers_the_student() -> None:
     z_s, z_y, lq = _latents(4)
     oracle = lambda z_t, t, lq, z_y: z_s  # noqa: E731 - predicts exactly the clean latent
-    g, _ = ScoreDistillationLoss(SCHEDULE, "sds").direction(oracle, z_s, None, z_y, lq, _gen())
+    g, _ = ScoreDistillationLoss(ResShiftProcess(SCHEDULE, oracle), "sds").direction(z_s, None,
+                                                                                     ResShiftCondition(z_y, lq), _gen())
     torch.testing.assert_close(g, torch.zeros_like(g))
 
 
@@ -106,8 +108,8 @@ def test_quirk_flags_change_noise_and_scaling() -> None:
 
     for double in (False, True):
         seen.clear()
-        ScoreDistillationLoss(SCHEDULE, "sds", t_range=(2, 3), double_scaling=double).direction(
-            ResShiftDenoiser(recording, SCHEDULE), z_s, None, z_y, z_y, _gen(1))
+        process = ResShiftProcess(SCHEDULE, ResShiftDenoiser(recording, SCHEDULE), double_scaling=double)
+        ScoreDistillationLoss(process, "sds", t_range=(2, 3)).direction(z_s, None, ResShiftCondition(z_y, z_y), _gen(1))
         gen = _gen(1)
         torch.randint(2, 3, (2,), generator=gen)
         noise = torch.randn(z_s.shape, generator=gen).to(z_s)
@@ -117,8 +119,8 @@ def test_quirk_flags_change_noise_and_scaling() -> None:
         torch.testing.assert_close(seen[0], z_t / divisor)
     for kind in ("uniform", "gaussian"):  # recover the added noise n from what the teacher sees (z_y = z_s)
         seen.clear()
-        ScoreDistillationLoss(SCHEDULE, "sds", t_range=(2, 3), noise=kind).direction(
-            ResShiftDenoiser(recording, SCHEDULE), z_s, None, z_s, z_s, _gen(2))
+        ScoreDistillationLoss(ResShiftProcess(SCHEDULE, ResShiftDenoiser(recording, SCHEDULE)), "sds", t_range=(2, 3),
+                              noise=kind).direction(z_s, None, ResShiftCondition(z_s, z_s), _gen(2))
         eta = SCHEDULE.eta[2].item()
         n = (seen[0] * (4 * eta + 1) ** 0.5 - z_s) / (2 * eta**0.5)
         assert ((n >= -1e-9) & (n < 1 + 1e-9)).all() == (kind == "uniform")
@@ -126,9 +128,9 @@ def test_quirk_flags_change_noise_and_scaling() -> None:
 
 def test_score_loss_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="kind"):
-        ScoreDistillationLoss(SCHEDULE, "dmd")  # type: ignore[arg-type]
+        ScoreDistillationLoss(TEACHER, "dmd")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="t_range"):
-        ScoreDistillationLoss(SCHEDULE, t_range=(0, 20))
+        ScoreDistillationLoss(TEACHER, t_range=(0, 20))
 
 
 def test_discriminator_shapes_and_time_dependence() -> None:

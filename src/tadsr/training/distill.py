@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tadsr.diffusion.process import ResShiftCondition, ResShiftProcess
 from tadsr.diffusion.samplers import sample
-from tadsr.diffusion.schedule import prior_sample, q_sample
+from tadsr.diffusion.schedule import prior_sample
 from tadsr.errors import first_line
 from tadsr.fileio import atomic_torch_save
 from tadsr.inference.pipeline import encode_lr
@@ -95,10 +96,11 @@ class DistillTrainer(Trainer):
         self.opt_g = self.make_optimizer(self.network, scheduled_lr(o, 1))
         self.opt_d = self.make_optimizer(self.discriminator, o.lr_d) if self.discriminator is not None else None
         self.distill_loss = DistillationLoss()
+        self.process = ResShiftProcess(self.schedule, self.teacher_denoiser, d.double_scaling)
         self.score_loss = None
         if d.score_distill != "none":
-            self.score_loss = ScoreDistillationLoss(self.schedule, d.score_distill, (0, d.hsd_t_max),
-                                                    "uniform" if d.uniform_noise else "gaussian", d.double_scaling)
+            self.score_loss = ScoreDistillationLoss(self.process, d.score_distill, (0, d.hsd_t_max),
+                                                    "uniform" if d.uniform_noise else "gaussian")
 
     @property
     def student(self) -> nn.Module:
@@ -184,7 +186,8 @@ class DistillTrainer(Trainer):
 
     def _features(self, z0: Tensor, z_y: Tensor, t: Tensor, noise: Tensor, lq: Tensor) -> list[Tensor]:
         """The teacher encoder's features of z0 noised to t (Eq. 1): what the time-aware discriminator reads."""
-        return self.teacher_denoiser.encoder_features(q_sample(self.schedule, z0, z_y, t, noise), t, lq)
+        cond = ResShiftCondition(z_y, lq)
+        return self.process.encoder_features(self.process.q_sample(z0, t, noise, cond), t, cond)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         pair = self._pair(batch)
@@ -246,7 +249,7 @@ class DistillTrainer(Trainer):
                 if self.score_loss is not None:
                     target = pair.z_tch if d.score_target == "teacher" else pair.z_gt
                     terms[d.score_distill] = d.lambda_score * self.score_loss(
-                        self.teacher_denoiser, z_s, target, pair.z_y, pair.lq, self.rng)
+                        z_s, target, ResShiftCondition(pair.z_y, pair.lq), self.rng)
                 if self.discriminator is not None:
                     assert fake is not None and t_dis is not None
                     # the updated D on the same fake features; the unwrapped module: no gradient sync for D here
