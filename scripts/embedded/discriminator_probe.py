@@ -41,7 +41,7 @@ def main() -> None:
         acc = gap = 0.0
         for step in range(1, args.steps + 1):
             pair = trainer._pair(next(batches))
-            trainer.discriminator_step(pair, pair.z_tch if args.fake == "teacher" else pair.z_y)
+            trainer.discriminator_step(pair, pair.z_tch if args.fake == "teacher" else pair.cond.z_y)
             acc, gap = acc + float(trainer.d_accuracy), gap + float(trainer.d_gap)
             if step % 50 == 0:
                 print(f"step {step}: accuracy {acc / 50:.3f}, margin {gap / 50:+.4f}", flush=True)

@@ -91,14 +91,20 @@ class Upscaler:
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, **options: Any) -> Upscaler:
-        """Load a tadsr .safetensors file, an embedded model by name ("student", the default, or "teacher"), or an
+        """Load a tadsr .safetensors file, an embedded model by name ("student", the default, or "teacher"), an
         ONNX file from `tadsr export` (run by onnxruntime on the CPU: ``OnnxUpscaler``; ``device`` and ``dtype`` are
-        then the file's)."""
+        then the file's), or an SD-based student from `tadsr distill --teacher DIFFUSERS_DIR`
+        (``tadsr.sd.student.SDStudentUpscaler``, float32)."""
         if str(path_or_name).lower().endswith(".onnx"):
             from tadsr.inference.onnx import OnnxUpscaler
 
             return OnnxUpscaler.from_file(path_or_name, **options)  # type: ignore[arg-type]
-        return cls(load_model(resolve_model_path(path_or_name)), device=device, dtype=dtype, **options)
+        path = resolve_model_path(path_or_name)
+        if _is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student)
+            from tadsr.sd.student import SDStudentUpscaler
+
+            return SDStudentUpscaler.from_file(path, device=device, **options)
+        return cls(load_model(path), device=device, dtype=dtype, **options)
 
     @property
     def scale(self) -> int:
@@ -199,6 +205,17 @@ class Upscaler:
     def upscale_batch(self, images: Sequence[np.ndarray | Image.Image]) -> list[np.ndarray | Image.Image]:
         """Upscale several images; each gets the same seed, so an image's result does not depend on the batch."""
         return [self.upscale(image) for image in images]
+
+
+def _is_sd_student(path: os.PathLike) -> bool:
+    """A safetensors file whose metadata says ``tadsr-sd-student`` (read without importing diffusers)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "tadsr-sd-student"
+    except Exception:  # not safetensors: load_model says what it is
+        return False
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

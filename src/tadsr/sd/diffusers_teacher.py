@@ -37,6 +37,7 @@ from torch import Tensor
 from tadsr.errors import ConfigError, MissingExtraError, NotFoundError
 from tadsr.inference.padding import crop_to, pad_to_multiple
 from tadsr.inference.upscaler import UpscaleOptions, Upscaler
+from tadsr.sd.process import SDCondition
 
 PIPELINES = ("StableDiffusionUpscalePipeline",)
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")
@@ -138,31 +139,49 @@ class DiffusersUpscaleTeacher:
         return next(self.unet.parameters()).device
 
     @torch.no_grad()
-    def sample(self, lr: Tensor, steps: int, generator: torch.Generator | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Tensor:
-        """The multi-step sampler from pure noise: (N, 3, h, w) LR in [-1, 1] -> (N, 4, h, w) latents.
-
-        Draws from ``generator`` in the pipeline's order: the LR image's noise, then the initial latent."""
-        diffusers = import_diffusers()
-        randn = diffusers.utils.torch_utils.randn_tensor
+    def condition(self, lr: Tensor, generator: torch.Generator | None = None,
+                  lr_noise: Tensor | None = None) -> SDCondition:
+        """The UNet's conditioning for (N, 3, h, w) LR images in [-1, 1]: the LR image noised to ``noise_level`` by
+        the low-res scheduler (``lr_noise``, else drawn from ``generator``), the level, the prompt embedding."""
+        randn = import_diffusers().utils.torch_utils.randn_tensor
         device, n = self.device, lr.shape[0]
         lr = lr.to(device, self.prompt_embeds.dtype)
-        self.scheduler.set_timesteps(steps, device=device)
         level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
-        image = self.low_res_scheduler.add_noise(lr, randn(lr.shape, generator=generator, device=device,
-                                                            dtype=lr.dtype), level[:1])
-        channels = self.vae.config.latent_channels
-        latents = randn((n, channels, *lr.shape[2:]), generator=generator, device=device, dtype=lr.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        context = self.prompt_embeds.expand(n, -1, -1)
+        if lr_noise is None:
+            lr_noise = randn(lr.shape, generator=generator, device=device, dtype=lr.dtype)
+        image = self.low_res_scheduler.add_noise(lr, lr_noise.to(device, lr.dtype), level[:1])
+        return SDCondition(image, level, self.prompt_embeds.expand(n, -1, -1))
+
+    @torch.no_grad()
+    def sample(self, lr: Tensor, steps: int, generator: torch.Generator | None = None,
+               progress: Callable[[int, int], None] | None = None, cond: SDCondition | None = None,
+               latents: Tensor | None = None) -> Tensor:
+        """The multi-step sampler from pure noise: (N, 3, h, w) LR in [-1, 1] -> (N, 4, h, w) latents.
+
+        Draws from ``generator`` in the pipeline's order: the LR image's noise (unless ``cond`` is given), then the
+        initial latent (unless ``latents``, the noise z_T, is given: distillation's shared z_T)."""
+        randn = import_diffusers().utils.torch_utils.randn_tensor
+        device, n = self.device, lr.shape[0]
+        self.scheduler.set_timesteps(steps, device=device)
+        cond = cond if cond is not None else self.condition(lr, generator)
+        if latents is None:
+            channels = self.vae.config.latent_channels
+            latents = randn((n, channels, *lr.shape[2:]), generator=generator, device=device,
+                            dtype=self.prompt_embeds.dtype)
+        latents = latents.to(device, self.prompt_embeds.dtype) * self.scheduler.init_noise_sigma
         extra = _step_kwargs(self.scheduler, generator)
         for i, t in enumerate(self.scheduler.timesteps):
-            x = torch.cat([self.scheduler.scale_model_input(latents, t), image], dim=1)
-            out = self.unet(x, t, encoder_hidden_states=context, class_labels=level, return_dict=False)[0]
+            x = torch.cat([self.scheduler.scale_model_input(latents, t), cond.image], dim=1)
+            out = self.unet(x, t, encoder_hidden_states=cond.context, class_labels=cond.level, return_dict=False)[0]
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
             if progress:
                 progress(i + 1, len(self.scheduler.timesteps))
         return latents
+
+    @torch.no_grad()
+    def encode(self, image: Tensor) -> Tensor:
+        """(N, 3, H, W) image in [-1, 1] -> (N, 4, H / s, W / s) latents (the VAE posterior's mean, scaled)."""
+        return self.vae.encode(image.to(self.device)).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -150,6 +150,27 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class SDConfig:
+    """Distillation of an SD-based teacher (a diffusers folder, paper Appendix B; ``tadsr.sd.distill``); unused
+    otherwise. ``prompt``: embedded once by the folder's text encoder and stored with the student. ``noise_level``:
+    the LR image's noise level (the x4 upscaler's ``noise_level``). ``teacher_steps``: the teacher's sampler steps
+    for L_distill's target. ``student_t``: the student's timestep (-1: the last, T-1). ``hsd_t_max``: HSD's t' from
+    the VP process's timesteps [0, hsd_t_max) (200 of 1000: the small-t end, as paper steps 1-3 of ResShift's 15).
+    ``dis_t_max``: the discriminator's t from [0, dis_t_max) (0: [0, T-1))."""
+
+    prompt: str = ""
+    noise_level: int = 20
+    teacher_steps: int = 20
+    student_t: int = -1
+    hsd_t_max: int = 200
+    dis_t_max: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "sd", {"noise_level": (0, 1000), "teacher_steps": (1, 1000), "student_t": (-1, 100000),
+                                  "hsd_t_max": (1, 100000), "dis_t_max": (0, 100000)})
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
@@ -157,6 +178,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    sd: SDConfig = field(default_factory=SDConfig)
 
     def __post_init__(self) -> None:
         multiple = self.model.scale * self.model.lr_multiple  # training crops are not padded
@@ -235,7 +257,7 @@ def config_from_dict(data: dict[str, Any], warn_renamed: bool = True) -> TrainCo
         raise ConfigError("a training config needs a 'model' section")
     model = from_dict(ModelConfig, data.pop("model"))
     sections = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "distill": DistillConfig,
-                "teacher": TeacherConfig}
+                "teacher": TeacherConfig, "sd": SDConfig}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown training config section(s): {', '.join(unknown)}")

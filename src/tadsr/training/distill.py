@@ -137,7 +137,7 @@ class DistillTrainer(Trainer):
 
     @torch.no_grad()
     def _load_or_build_cache(self) -> dict[str, Tensor]:
-        """(lq, gt, z_y, z_gt, noise, z_tch) for ``teacher_cache`` fixed pairs: T teacher calls each, once."""
+        """lq, gt and ``targets`` for ``teacher_cache`` fixed pairs: the teacher's sampler once for each."""
         path, cache_key = self._cache_path(), self._cache_key()
         if path.is_file():
             try:
@@ -151,16 +151,13 @@ class DistillTrainer(Trainer):
         data = self.dataset()
         items = [data.sample(i % len(data), i // len(data)) for i in range(size)]
         gen = torch.Generator().manual_seed(self.config.run.seed + 104729)
-        parts: dict[str, list[Tensor]] = {k: [] for k in ("lq", "gt", "z_y", "z_gt", "noise", "z_tch")}
+        parts: dict[str, list[Tensor]] = {}
         for first in range(0, size, self.config.run.batch_size):
             chunk = items[first:first + self.config.run.batch_size]
             lq = torch.stack([x["lq"] for x in chunk]).to(self.device)
             gt = torch.stack([x["gt"] for x in chunk]).to(self.device)
-            z_y, z_gt = self._encode(lq, gt)
-            noise = torch.randn(z_y.shape, generator=gen).to(self.device)
-            z_tch = self._teacher_target(z_y, lq, noise)
-            for key, value in zip(parts, (lq, gt, z_y, z_gt, noise, z_tch), strict=True):
-                parts[key].append(value.float().cpu())
+            for key, value in {"lq": lq, "gt": gt, **self.targets(lq, gt, gen)}.items():
+                parts.setdefault(key, []).append(value.float().cpu())
         cache = {k: torch.cat(v) for k, v in parts.items()}
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +172,26 @@ class DistillTrainer(Trainer):
             return encode_lr(self.teacher, lq).float(), self.teacher.first_stage.encode(gt).float()
 
     @torch.no_grad()
+    def targets(self, lq: Tensor, gt: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """What one batch of pairs needs beyond (lq, gt), its noise drawn from ``generator``: z_y, the GT latent,
+        the prior noise and the teacher's T-step output from it (cached, or drawn each step)."""
+        z_y, z_gt = self._encode(lq, gt)
+        noise = torch.randn(z_y.shape, generator=generator, dtype=torch.float32).to(z_y)
+        return {"z_y": z_y, "z_gt": z_gt, "noise": noise, "z_tch": self._teacher_target(z_y, lq, noise)}
+
+    def condition(self, batch: dict[str, Tensor]) -> ResShiftCondition:
+        """The teacher process's conditioning of a batch (``tadsr.diffusion.process``)."""
+        return ResShiftCondition(batch["z_y"], batch["lq"])
+
+    def student_output(self, pair: _Pair) -> Tensor:
+        """The one-step student's z_0 from the prior z_T = z_y + kappa sqrt(eta_T) noise at t = T-1."""
+        n, last = pair.lq.shape[0], self.schedule.num_steps - 1
+        z_T = prior_sample(self.schedule, pair.cond.z_y, pair.noise)
+        with self.forward_context():
+            return self.student_denoiser(z_T, torch.full((n,), last, device=self.device), pair.lq,
+                                         pair.cond.z_y).float()
+
+    @torch.no_grad()
     def _teacher_target(self, z_y: Tensor, lq: Tensor, noise: Tensor) -> Tensor:
         """The teacher's deterministic T-step output from the same z_T (Eq. 6's target)."""
         with self.forward_context():
@@ -184,17 +201,13 @@ class DistillTrainer(Trainer):
         draw = torch.rand if uniform else torch.randn
         return draw(x.shape, generator=self.rng, dtype=torch.float32).to(x)
 
-    def _features(self, z0: Tensor, z_y: Tensor, t: Tensor, noise: Tensor, lq: Tensor) -> list[Tensor]:
+    def _features(self, z0: Tensor, cond: Any, t: Tensor, noise: Tensor) -> list[Tensor]:
         """The teacher encoder's features of z0 noised to t (Eq. 1): what the time-aware discriminator reads."""
-        cond = ResShiftCondition(z_y, lq)
         return self.process.encoder_features(self.process.q_sample(z0, t, noise, cond), t, cond)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         pair = self._pair(batch)
-        n, last = pair.lq.shape[0], self.schedule.num_steps - 1
-        z_T = prior_sample(self.schedule, pair.z_y, pair.noise)
-        with self.forward_context():
-            z_s = self.student_denoiser(z_T, torch.full((n,), last, device=self.device), pair.lq, pair.z_y).float()
+        z_s = self.student_output(pair)
         terms: dict[str, Tensor] = {}
         fake = t_dis = None
         if self.discriminator is not None:
@@ -207,12 +220,10 @@ class DistillTrainer(Trainer):
     def _pair(self, batch: dict[str, Any]) -> _Pair:
         lq, gt = batch["lq"].to(self.device), batch["gt"].to(self.device)
         if "z_tch" in batch:  # from the teacher cache
-            z_y, z_gt, noise, z_tch = (batch[k].to(self.device) for k in ("z_y", "z_gt", "noise", "z_tch"))
+            parts = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
         else:
-            z_y, z_gt = self._encode(lq, gt)
-            noise = self._noise_like(z_y)
-            z_tch = self._teacher_target(z_y, lq, noise)
-        return _Pair(lq, z_y, z_gt, noise, z_tch)
+            parts = {"lq": lq, **self.targets(lq, gt, self.rng)}
+        return _Pair(lq, self.condition(parts), parts["z_gt"], parts["noise"], parts["z_tch"])
 
     def discriminator_step(self, pair: _Pair, z_s: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """One hinge-loss step of D on real (noised GT latent) and fake (noised student output, detached) features
@@ -221,11 +232,11 @@ class DistillTrainer(Trainer):
         assert self.discriminator_ddp is not None and self.opt_d is not None
         n = pair.lq.shape[0]
         t_dis = torch.randint(0, self.dis_t_max, (n,), generator=self.rng).to(self.device)
-        n_dis = self._noise_like(pair.z_y, self.config.distill.uniform_noise)
+        n_dis = self._noise_like(pair.z_gt, self.config.distill.uniform_noise)
         with self.forward_context():
             with torch.no_grad():
-                real = self._features(pair.z_gt, pair.z_y, t_dis, n_dis, pair.lq)
-            fake = self._features(z_s, pair.z_y, t_dis, n_dis, pair.lq)
+                real = self._features(pair.z_gt, pair.cond, t_dis, n_dis)
+            fake = self._features(z_s, pair.cond, t_dis, n_dis)
             # real and (detached) fake through D in one forward: one DDP forward per backward
             both = [torch.cat([r, f.detach()]) for r, f in zip(real, fake, strict=True)]
             d_real, d_fake = self.discriminator_ddp(both, t_dis.repeat(2)).chunk(2)
@@ -248,8 +259,7 @@ class DistillTrainer(Trainer):
                 terms = {"distill": self.distill_loss(z_s, pair.z_tch)}
                 if self.score_loss is not None:
                     target = pair.z_tch if d.score_target == "teacher" else pair.z_gt
-                    terms[d.score_distill] = d.lambda_score * self.score_loss(
-                        z_s, target, ResShiftCondition(pair.z_y, pair.lq), self.rng)
+                    terms[d.score_distill] = d.lambda_score * self.score_loss(z_s, target, pair.cond, self.rng)
                 if self.discriminator is not None:
                     assert fake is not None and t_dis is not None
                     # the updated D on the same fake features; the unwrapped module: no gradient sync for D here
@@ -282,10 +292,11 @@ class DistillTrainer(Trainer):
 
 
 class _Pair(NamedTuple):
-    """One batch of the distillation: LR, z_y, the GT latent, the prior noise and the teacher's output from it."""
+    """One batch of the distillation: LR, the teacher process's conditioning (ResShift: z_y and LR), the GT latent,
+    the prior noise and the teacher's output from it."""
 
     lq: Tensor
-    z_y: Tensor
+    cond: Any
     z_gt: Tensor
     noise: Tensor
     z_tch: Tensor

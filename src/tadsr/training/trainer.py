@@ -247,9 +247,18 @@ class Trainer:
         self.check_ranks_agree()
         final = self.run_dir / "final.safetensors"
         if self.rank == 0:
-            save_model(self.final_model(), final)
+            self.write_final(final)
         distributed.barrier()
         return final
+
+    def write_final(self, path: Path) -> None:
+        """The run's model file: the EMA network with the first stage (``save_model``)."""
+        save_model(self.final_model(), path)
+
+    @property
+    def scale(self) -> int:
+        """The upscaling factor of the model being trained."""
+        return self.config.model.scale
 
     def save(self) -> None:
         self.check_weights_finite()
@@ -281,7 +290,7 @@ class Trainer:
         """Under torchrun, every rank must hold the same trained weights (DDP keeps them in sync)."""
         if self.world == 1:
             return
-        sums = distributed.gather(float(sum(p.double().sum() for p in self.final_model().unet.parameters())))
+        sums = distributed.gather(float(sum(p.double().sum() for p in self.ema.model.parameters())))
         if len(set(sums)) != 1:
             raise TrainingError(f"ranks disagree on the weights after step {self.step}: {sums}")
 
@@ -314,7 +323,7 @@ class Trainer:
         out = out.clamp(0, 1)
         metrics = {"val_psnr": float(psnr(out, gt).mean()), "val_ssim": float(ssim(out, gt).mean())}
         self._log({"step": self.step, **metrics}, writer)
-        up = upsample_lr(lq, self.config.model.scale)
+        up = upsample_lr(lq, self.scale)
         rows = torch.cat([up.clamp(0, 1), out, gt], dim=3)  # per sample: bicubic | model | GT
         grid = torch.cat(list(rows), dim=1).permute(1, 2, 0).numpy()
         (self.run_dir / "val").mkdir(parents=True, exist_ok=True)
