@@ -17,45 +17,6 @@ from tadsr.errors import ConfigError  # noqa: E402
 from tadsr.sd.diffusers_teacher import DiffusersUpscaleTeacher, read_index  # noqa: E402
 
 
-def _tokenizer(folder: Path) -> transformers.CLIPTokenizer:
-    """A CLIP tokenizer of a few words, from files written here (nothing downloaded)."""
-    words = ["a", "cat", "photo", "sharp"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "!": 1}
-    for i, ch in enumerate(sorted(set("".join(words)))):
-        vocab.setdefault(ch, 10 + i)
-        vocab.setdefault(f"{ch}</w>", 40 + i)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")  # no merges: words are spelled by characters
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16,
-                                      pad_token="!")
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A StableDiffusionUpscalePipeline of random tiny components (v-prediction DDIM), saved as safetensors."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=16, in_channels=7, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, use_linear_projection=True, only_cross_attention=(True, True, False),
-        num_class_embeds=100)
-    vae = diffusers.AutoencoderKL(block_out_channels=[32, 32, 64], in_channels=3, out_channels=3,
-                                  down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-                                  latent_channels=4, scaling_factor=0.08333)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=100, max_position_embeddings=16))
-    root = tmp_path_factory.mktemp("sd")
-    pipe = diffusers.StableDiffusionUpscalePipeline(
-        vae=vae, text_encoder=text, tokenizer=_tokenizer(root / "tok-src"), unet=unet,
-        low_res_scheduler=diffusers.DDPMScheduler(),
-        scheduler=diffusers.DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350)
-    pipe.save_pretrained(root / "pipe", safe_serialization=True)
-    return root / "pipe"
-
-
 def _lr() -> torch.Tensor:
     y, x = torch.meshgrid(torch.linspace(0, 1, 16), torch.linspace(0, 1, 20), indexing="ij")
     return torch.stack([x, y, (x * y) ** 0.5])[None]  # (1, 3, 16, 20) in [0, 1]

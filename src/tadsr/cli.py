@@ -551,8 +551,9 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
 
 @main.command()
 @_training_options
-@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The teacher: a tadsr .safetensors file (tadsr convert / tadsr train-teacher).")
+@click.option("--teacher", type=click.Path(path_type=Path), required=True,
+              help="The teacher: a tadsr .safetensors file (tadsr convert / tadsr train-teacher), or a diffusers "
+                   "folder of an SD-based SR model (StableDiffusionUpscalePipeline layout; needs tadsr[sd]).")
 def distill(config_path: Path | None, preset: str, data_path: str | None, run_dir: Path, steps: int | None,
             seed: int | None, resume: bool, device: str, dry_run: bool, quiet: bool, overrides: tuple[str, ...],
             teacher: Path) -> None:
@@ -564,10 +565,27 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
       tadsr distill --preset realsr-x4 --teacher resshift-realsr-x4.safetensors --data imagenet/ --out runs/s
       tadsr distill ... distill.score_distill=sds distill.discriminator=plain     # an ablation row
       python -m torch.distributed.run --nproc_per_node 2 -m tadsr.cli distill ...   # DDP
+      tadsr distill --teacher sd-x4-upscaler/ --data photos/ --out runs/sd sd.prompt="a photo" sd.teacher_steps=20
     """
     from tadsr.training.config import check_student_model, infer_train_preset
     from tadsr.training.distill import DistillTrainer
 
+    if teacher.is_dir():  # a diffusers folder: the SD-based teacher of the paper's Appendix B
+        from tadsr.sd.diffusers_teacher import read_index
+        from tadsr.sd.distill import SDDistillTrainer
+
+        read_index(teacher)  # a folder the backend cannot run is one line before anything is written
+        config = _training_config("distill", config_path, preset or "tiny", data_path, steps, seed, overrides,
+                                  dry_run)
+        if preset is None and config_path is None:
+            click.echo(f"tadsr: distill: the tiny preset's recipe for {teacher} (its architecture is the folder's; "
+                       "pass --preset or --config for another recipe)", err=True)
+        trainer: DistillTrainer = SDDistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device),
+                                                   resume=resume, show_progress=not quiet)
+        final = trainer.run()
+        if trainer.rank == 0:
+            click.echo(f"tadsr: wrote {final}")
+        return
     if preset is None and config_path is None and teacher.is_file():  # the recipe of the teacher's architecture
         preset = infer_train_preset(read_model_config(teacher))
         click.echo(f"tadsr: distill: --preset {preset} (the teacher's architecture)", err=True)

@@ -46,12 +46,17 @@ def save_sd_student(path: str | os.PathLike, unet: Any, vae: Any, low_res_schedu
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     from tadsr import __version__
 
-    metadata = {"format": FORMAT, "tadsr_version": __version__, "unet_config": json.dumps(dict(unet.config)),
-                "vae_config": json.dumps(dict(vae.config)), "low_res_scheduler": type(low_res_scheduler).__name__,
-                "low_res_scheduler_config": json.dumps(dict(low_res_scheduler.config)),
+    metadata = {"format": FORMAT, "tadsr_version": __version__, "unet_config": _config_json(unet.config),
+                "vae_config": _config_json(vae.config), "low_res_scheduler": type(low_res_scheduler).__name__,
+                "low_res_scheduler_config": _config_json(low_res_scheduler.config),
                 "noise_level": str(noise_level), "timestep": str(timestep), "prediction": prediction,
                 "alphas_cumprod": json.dumps([float(a) for a in alphas_cumprod.double()])}
     atomic_save_file(tensors, path, metadata)
+
+
+def _config_json(config: Any) -> str:
+    """A diffusers config as JSON, without its private entries (``_name_or_path``, versions)."""
+    return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")})
 
 
 @dataclass
