@@ -12,6 +12,7 @@ import torch
 
 import tadsr
 from tadsr.diffusion.denoiser import ResShiftDenoiser
+from tadsr.diffusion.process import ResShiftCondition, ResShiftProcess
 from tadsr.diffusion.schedule import Schedule, ScheduleConfig
 from tadsr.losses import ScoreDistillationLoss
 from tadsr.model import load_model, save_model
@@ -37,7 +38,8 @@ def test_a_non_finite_teacher_output_is_not_hidden_by_the_score_loss() -> None:
     schedule = Schedule(ScheduleConfig(num_steps=15))
     z = torch.zeros(1, 3, 4, 4)
     broken = ResShiftDenoiser(lambda x, t, lq: torch.full_like(x, float("nan")), schedule)
-    loss = ScoreDistillationLoss(schedule, "hsd")(broken, z, z + 1, z, z, torch.Generator().manual_seed(0))
+    process = ResShiftProcess(schedule, broken)
+    loss = ScoreDistillationLoss(process, "hsd")(z, z + 1, ResShiftCondition(z, z), torch.Generator().manual_seed(0))
     assert not torch.isfinite(loss).any()
 
 

@@ -149,8 +149,38 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
     assert outs["0"].shape == outs["16"].shape == (80, 112, 3)
     from tadsr.inference.upscaler import Upscaler
 
-    library = Upscaler.from_pretrained(tmp_path / "a" / "final.safetensors", tile=0).upscale(rgb)
+    student = tmp_path / "a" / "final.safetensors"
+    library = Upscaler.from_pretrained(student, tile=0).upscale(rgb)
     assert np.array_equal(library, outs["0"])  # the CLI runs the library's one step
+
+    from tadsr.web.jobs import ModelCache, model_catalogue  # tadsr serve lists and runs it like any model file
+
+    catalogue = model_catalogue([student])
+    assert catalogue["final.safetensors"].role == "student" and catalogue["final.safetensors"].scale == 4
+    page = ModelCache(catalogue, torch.device("cpu")).upscaler("final.safetensors", tile=0).upscale(rgb)
+    assert np.array_equal(page, library)
+    (tmp_path / "lrs").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "lrs" / "lr.png")  # its pair: the untiled output as the "GT"
+    evaluation = subprocess.run([TADSR, "evaluate", "--lr", str(tmp_path / "lrs"), "--gt", str(tmp_path / "t0"),
+                                 "--models", f"{student}:1", "--metrics", "psnr", "-o", str(tmp_path / "eval"), "-q"],
+                                capture_output=True, text=True, env=env)
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "final:1" in (tmp_path / "eval" / "report.md").read_text()
+    bench = subprocess.run([TADSR, "bench", "--models", str(student), "--sizes", "16", "--repeats", "1"],
+                           capture_output=True, text=True, env=env)
+    assert bench.returncode == 0, bench.stderr
+    assert "| final.safetensors | 16→64 | fp32 |" in bench.stdout
+
+
+def test_torchrun_two_processes_distil_an_sd_teacher(pipeline_dir: Path, tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
+           *_distill(pipeline_dir, photos, tmp_path / "run", 2)[1:]]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "final.safetensors").is_file()  # written after the ranks' weights were checked equal
+    assert result.stdout.count("tadsr: wrote") == 1
 
 
 def test_a_folder_that_is_not_a_pipeline_is_one_line_and_writes_nothing(tmp_path: Path) -> None:

@@ -126,3 +126,21 @@ def test_a_bad_folder_or_a_missing_extra_is_one_line_and_writes_nothing(pipeline
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if tadsr[sd] were not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'tadsr\[sd\]'"):
         import_diffusers()
+
+
+def test_a_diffusers_teacher_runs_tiled_from_one_noise_draw(pipeline_dir: Path) -> None:
+    """--tile: each tile samples from its slice of one (latent + LR) noise draw per image; the same seed gives the
+    same bits, another seed another picture, and the tiles cover the image."""
+    from tadsr.sd.diffusers_teacher import DiffusersUpscaler
+
+    teacher = DiffusersUpscaleTeacher.from_folder(pipeline_dir)
+    lr = _lr() * 2 - 1  # (1, 3, 16, 20)
+    seen = []
+    up = DiffusersUpscaler(teacher, steps=2, seed=1, tile=8, tile_overlap=2)
+    first = up.upscale_tensor(lr, progress=lambda done, total: seen.append((done, total)))
+    assert first.shape == (1, 3, 64, 80) and torch.isfinite(first).all()
+    assert seen[-1] == (9, 9)  # 3 x 3 tiles of 8 with overlap 2 over 16 x 20
+    assert torch.equal(first, DiffusersUpscaler(teacher, steps=2, seed=1, tile=8, tile_overlap=2).upscale_tensor(lr))
+    other = DiffusersUpscaler(teacher, steps=2, seed=2, tile=8, tile_overlap=2).upscale_tensor(lr)
+    assert (other - first).abs().max() > 1e-3
+

@@ -10,8 +10,9 @@ synchronised on CUDA. FLOPs are counted with ``torch.utils.flop_counter.FlopCoun
 * hardware efficiency: achieved FLOP/s of the student-1 pipeline / that of RRDBNet, same device and dtype;
 * speed against Real-ESRGAN x4plus: RRDBNet's seconds / student-1's, same input, device and dtype ("× RRDB speed").
 
-An exported ``.onnx`` file (``tadsr export``) in ``models`` gets one row per size: ONNX Runtime on the CPU, as
-``tadsr upscale --model FILE.onnx`` runs it, at the file's own precision (``bench_onnx``).
+An exported ``.onnx`` file (``tadsr export``) or an SD student file (``tadsr distill --teacher DIFFUSERS_DIR``) in
+``models`` gets one row per size, run as ``tadsr upscale --model FILE`` runs it (``bench_file``): ONNX Runtime on
+the CPU at the file's own precision, or the SD student in float32.
 
 LR sizes above the tile size run tiled (``tiled_super_resolve``, as ``tadsr upscale`` does): one timed run of
 the first ``max_tiles`` tiles after a one-tile warm-up, the whole-image time estimated from it (``est``, see
@@ -44,6 +45,7 @@ from tadsr.errors import ConfigError, first_line
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import encode_lr, super_resolve
 from tadsr.inference.tiling import tiled_super_resolve
+from tadsr.inference.upscaler import is_sd_student
 from tadsr.model import SRModel
 from tadsr.nets.rrdbnet import RRDBNet
 
@@ -212,21 +214,28 @@ def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, re
             "gflops_per_s": flops / seconds / 1e9, "peak_mib": peak}
 
 
-def bench_onnx(path: Path, lr_size: int, repeats: int, tile: int, overlap: int) -> dict[str, Any]:
-    """One row for an exported one-step graph (``tadsr export``) run by ONNX Runtime on the CPU, as ``tadsr upscale
-    --model FILE.onnx`` runs it (``OnnxUpscaler.upscale_tensor``: padding, the noise, tiling above ``tile``, a
-    fixed-size file at its own size): median seconds of the whole image, images per second, peak memory."""
-    from tadsr.inference.onnx import OnnxModel, OnnxUpscaler
+def bench_file(path: Path, lr_size: int, repeats: int, tile: int, overlap: int,
+               device: torch.device) -> dict[str, Any]:
+    """One row for a one-step model file that is not a tadsr SRModel, run as ``tadsr upscale --model FILE`` runs it
+    (``Upscaler.upscale_tensor``: padding, the noise, tiling above ``tile``): an exported graph (``tadsr export``,
+    ONNX Runtime on the CPU, a fixed-size file at its own size) or an SD student (``tadsr.sd.student``, float32).
+    Median seconds of the whole image, images per second, peak memory."""
+    from tadsr.inference.onnx import OnnxUpscaler
+    from tadsr.inference.upscaler import Upscaler
 
-    onnx = OnnxModel(path)
-    tiled = lr_size > tile or onnx.tile > 0
-    up = OnnxUpscaler(onnx, tile=tile if tiled else 0, tile_overlap=overlap)
-    lr = _lr_batch(1, lr_size, torch.device("cpu"))
-    cpu = torch.device("cpu")
-    seconds, peak = _measure(lambda: up.upscale_tensor(lr), cpu, repeats)
-    return {"model": path.name, "lr": lr_size, "out": lr_size * onnx.config.scale, "batch": 1,
-            "dtype": f"{onnx.metadata.get('precision', 'fp32')} (ORT)", "tiles": up.tile_size() if tiled else 0,
-            "student_1_s": seconds, "student_images_per_s": 1 / seconds, "student_peak_mib": peak}
+    onnx = path.suffix.lower() == ".onnx"
+    tiled = lr_size > tile
+    up = Upscaler.from_pretrained(path, device=None if onnx else device, tile=tile if tiled else 0,
+                                  tile_overlap=overlap)
+    dev, dtype = device, "fp32"
+    if isinstance(up, OnnxUpscaler):
+        dev, dtype = torch.device("cpu"), f"{up.onnx.metadata.get('precision', 'fp32')} (ORT)"
+        tiled = tiled or up.onnx.tile > 0  # a fixed-size file runs tiles of its size
+    lr = _lr_batch(1, lr_size, dev)
+    seconds, peak = _measure(lambda: up.upscale_tensor(lr), dev, repeats)
+    return {"model": path.name, "lr": lr_size, "out": lr_size * up.scale, "batch": 1, "dtype": dtype,
+            "tiles": up.tile_size() if tiled else 0, "student_1_s": seconds, "student_images_per_s": 1 / seconds,
+            "student_peak_mib": peak}
 
 
 def environment(device: torch.device, **settings: Any) -> dict[str, Any]:
@@ -273,7 +282,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             cells = [r["model"], f"{r['lr']}→{r['out']}", r["dtype"], r["batch"], "", "", "", "",
                      _cell(r["seconds"]), "", _cell(r["images_per_s"]), "", "", _cell(r["gflops_per_s"]), "1", "1",
                      f"{r['peak_mib']:.0f}"]
-        elif "speedup" not in r:  # an ONNX file: one step, no teacher, no FLOP count
+        elif "speedup" not in r:  # an ONNX or SD student file: one step, no teacher, no FLOP count
             cells = [r["model"], f"{r['lr']}→{r['out']}", r["dtype"], r["batch"], r["tiles"] or "", "", "", "",
                      _cell(r["student_1_s"]), "", _cell(r["student_images_per_s"]), "", "", "", "",
                      _cell(r.get("x_realesrgan", "")), f"{r['student_peak_mib']:.0f}"]
@@ -334,11 +343,14 @@ def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: t
         return yardsticks[key]
 
     for name in settings.models:
-        if name.lower().endswith(".onnx"):  # an exported graph: ONNX Runtime on the CPU, its own precision
+        if name.lower().endswith(".onnx") or (name.endswith(".safetensors") and is_sd_student(name)):
+            # an exported graph (ONNX Runtime on the CPU, its own precision) or an SD student: one step, no teacher
+            onnx = name.lower().endswith(".onnx")
             for size in settings.sizes:
-                esr = yardstick(size, "fp32", 1) if device.type == "cpu" and size <= settings.tile else None
-                log(f"{name} {size} onnxruntime")
-                row = bench_onnx(Path(name), size, settings.repeats, settings.tile, settings.overlap)
+                same = device.type == "cpu" or not onnx
+                esr = yardstick(size, "fp32", 1) if same and size <= settings.tile else None
+                log(f"{name} {size}")
+                row = bench_file(Path(name), size, settings.repeats, settings.tile, settings.overlap, device)
                 if esr is not None:
                     row["x_realesrgan"] = esr["seconds"] / row["student_1_s"]
                 rows.append(row)

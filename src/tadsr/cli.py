@@ -258,9 +258,8 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
         from tadsr.sd.diffusers_teacher import DiffusersUpscaler, DiffusersUpscaleTeacher
 
         teacher = DiffusersUpscaleTeacher.from_folder(model_path, prompt=prompt, noise_level=noise_level, device=dev)
-        upscaler = DiffusersUpscaler(teacher, steps=steps, seed=seed, color_fix=color_fix, outscale=outscale)
-        if tile and rank == 0:
-            _warn(f"--tile {tile}: {model_path} runs whole images (no tiling for diffusers models yet)")
+        upscaler = DiffusersUpscaler(teacher, steps=steps, seed=seed, color_fix=color_fix, outscale=outscale,
+                                     tile=tile, tile_overlap=tile_overlap, batch_size=batch_size)
         if sampler != "deterministic" and rank == 0:
             _warn(f"--sampler {sampler}: {model_path} samples with its own scheduler; the option is ignored")
     else:

@@ -104,6 +104,7 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
                 "opset": str(OPSET), "precision": "fp16" if fp16 else "fp32",
                 "inputs": "lr (1,3,H,W) in [0,1]" + ("" if tile else "; noise (1,C,H/f,W/f)"),
                 "output": "hr (1,3,H*scale,W*scale) in [0,1]"}
+    graph.eval()
     try:
         import onnx
 

@@ -100,7 +100,7 @@ class Upscaler:
 
             return OnnxUpscaler.from_file(path_or_name, **options)  # type: ignore[arg-type]
         path = resolve_model_path(path_or_name)
-        if _is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student)
+        if is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student)
             from tadsr.sd.student import SDStudentUpscaler
 
             return SDStudentUpscaler.from_file(path, device=device, **options)
@@ -207,7 +207,7 @@ class Upscaler:
         return [self.upscale(image) for image in images]
 
 
-def _is_sd_student(path: os.PathLike) -> bool:
+def is_sd_student(path: str | os.PathLike) -> bool:
     """A safetensors file whose metadata says ``tadsr-sd-student`` (read without importing diffusers)."""
     from safetensors import safe_open
 

@@ -80,8 +80,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1x1 q, k, v, proj_out, through SDPA (scale C^-0.5).
 
-    Computed in float32 under autocast (as its GroupNorm): one head over every pixel of the feature map, whose
-    softmax in bfloat16 moves the decoded colours (``benchmarks/cpu_bf16.py``)."""
+    Computed in float32 under autocast, as its GroupNorm: one softmax over every pixel of the feature map, the
+    usual upcast of an autoencoder's attention (no cost measurable at the middle block's size; its effect on the
+    bf16 picture is measured in docs/benchmarks.md)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -214,8 +215,11 @@ class VectorQuantizer(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, c).float()
         book = self.embedding.weight.float()
         book_sq = (book**2).sum(1)
+        # chunks bound the (pixels x codes) distance matrix; a traced graph (ONNX export) takes every pixel at once:
+        # a number of chunks traced at one size would be baked into a graph run at every size
+        parts = [flat] if torch.compiler.is_exporting() else flat.split(self.chunk)
         out = []
-        for part in flat.split(self.chunk):
+        for part in parts:
             # ||z - e||^2 = ||z||^2 + ||e||^2 - 2 z.e, the expansion the LDM quantiser uses (same ties)
             dist = (part**2).sum(1, keepdim=True) + book_sq - 2 * part @ book.t()
             out.append(dist.argmin(1))

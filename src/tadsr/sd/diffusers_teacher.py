@@ -36,8 +36,10 @@ from torch import Tensor
 
 from tadsr.errors import ConfigError, MissingExtraError, NotFoundError
 from tadsr.inference.padding import crop_to, pad_to_multiple
+from tadsr.inference.tiling import tiled_super_resolve
 from tadsr.inference.upscaler import UpscaleOptions, Upscaler
 from tadsr.sd.process import SDCondition
+from tadsr.sd.tiles import TiledModel, TileGeometry
 
 PIPELINES = ("StableDiffusionUpscalePipeline",)
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")
@@ -229,16 +231,22 @@ def embed_prompt(index: PipelineIndex, prompt: str) -> Tensor:
 
 class DiffusersUpscaler(Upscaler):
     """``Upscaler`` around a diffusers teacher: the same image handling (bit depth, gray, alpha, colour fix,
-    ``outscale``) and file guarantees as a tadsr model; the LR image is reflect-padded to the UNet's multiple and
-    runs whole (no tiling yet), ``steps`` sampler steps (default ``DEFAULT_STEPS``) from ``seed``."""
+    ``outscale``) and file guarantees as a tadsr model; ``steps`` sampler steps (default ``DEFAULT_STEPS``) from
+    ``seed``. With ``tile`` 0 the LR image, reflect-padded to the UNet's multiple, runs whole with the pipeline's own
+    draws (diffusers' picture for that seed); with a tile size it runs tile by tile, each tile sampling from its
+    slice of one noise draw per image (``tadsr.sd.tiles``) and the overlaps blended, as ``tadsr upscale`` tiles."""
 
     DEFAULT_STEPS = 20
 
     def __init__(self, teacher: DiffusersUpscaleTeacher, steps: int | None = None, seed: int = 0,
-                 color_fix: str = "none", outscale: float | None = None) -> None:
+                 color_fix: str = "none", outscale: float | None = None, tile: int = 0, tile_overlap: int = 16,
+                 batch_size: int = 1) -> None:
         self.teacher, self.device, self.dtype = teacher, teacher.device, torch.float32
-        self.options = UpscaleOptions(tile=0, seed=seed, color_fix=color_fix, outscale=outscale)  # type: ignore
+        self.options = UpscaleOptions(tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
+                                      outscale=outscale, batch_size=batch_size)
         self.steps = steps or self.DEFAULT_STEPS
+        channels = teacher.vae.config.latent_channels
+        self.model = TiledModel(TileGeometry(teacher.lr_multiple, teacher.scale, channels))
 
     @property
     def scale(self) -> int:
@@ -249,6 +257,16 @@ class DiffusersUpscaler(Upscaler):
         return self.teacher.lr_multiple
 
     def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        padded, (h, w) = pad_to_multiple(lr, self.size_multiple)
-        out = self.teacher.upscale(padded, self.steps, self.options.seed, progress)
-        return crop_to(out.float(), (h * self.scale, w * self.scale))
+        opts = self.options
+        if opts.tile <= 0:
+            padded, (h, w) = pad_to_multiple(lr, self.size_multiple)
+            out = self.teacher.upscale(padded, self.steps, self.options.seed, progress)
+            return crop_to(out.float(), (h * self.scale, w * self.scale))
+        return tiled_super_resolve(self.model, lr, tile=opts.tile, overlap=opts.tile_overlap, seed=opts.seed,
+                                   batch_size=opts.batch_size, progress=progress, network=self._tiles)
+
+    def _tiles(self, lr: Tensor, noise: Tensor) -> Tensor:
+        """LR tiles (N, 3, h, w) and their noise slices (N, latent + 3, h, w) -> HR tiles in [-1, 1]."""
+        channels = self.teacher.vae.config.latent_channels
+        cond = self.teacher.condition(lr, lr_noise=noise[:, channels:])
+        return self.teacher.decode(self.teacher.sample(lr, self.steps, cond=cond, latents=noise[:, :channels]))

@@ -33,6 +33,7 @@ from tadsr.inference.upscaler import UpscaleOptions, Upscaler
 from tadsr.model import ModelNotFoundError
 from tadsr.sd.diffusers_teacher import SCHEDULERS, import_diffusers
 from tadsr.sd.process import SDCondition, unet_x0
+from tadsr.sd.tiles import TiledModel, TileGeometry
 
 FORMAT = "tadsr-sd-student"
 
@@ -137,29 +138,6 @@ def load_sd_student(path: str | os.PathLike, device: str | torch.device = "cpu")
     return student
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """What the tiling reads from a model's config, for the SD student: LR multiple, scale, the noise's channels
-    (``unet.in_channels``) per LR pixel (``unet.lq_factor`` 1), one step."""
-
-    lr_multiple: int
-    scale: int
-    unet: Any
-    schedule: Any
-    role: str = "student"
-
-
-@dataclass(frozen=True)
-class _Noise:
-    in_channels: int
-    lq_factor: int = 1
-
-
-@dataclass(frozen=True)
-class _OneStep:
-    num_steps: int = 1
-
-
 class SDStudentUpscaler(Upscaler):
     """``Upscaler`` over an ``SDStudent``: the same reading, padding, tiling (seamless: one draw per image, sliced
     by the tiles), colour handling and file guarantees as a tadsr model."""
@@ -171,9 +149,7 @@ class SDStudentUpscaler(Upscaler):
         for name in ("channels_last", "compile"):
             options.pop(name, None)
         self.options = UpscaleOptions(**options)
-        noise = _Noise(student.latent_channels + 3)
-        self.model = type("SDStudentModel", (), {"config": _Geometry(student.lr_multiple, student.scale, noise,
-                                                                       _OneStep())})()
+        self.model = TiledModel(TileGeometry(student.lr_multiple, student.scale, student.latent_channels))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,

@@ -31,7 +31,7 @@ from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.inference.batch import NAME_MAX, check_output_size
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.inference.pipeline import resolve_steps
-from tadsr.inference.upscaler import Upscaler
+from tadsr.inference.upscaler import Upscaler, is_sd_student
 from tadsr.model import EMBEDDED_NAMES, SRModel, load_model, read_model_config, resolve_model_path
 
 PREVIEW_SIDE = 2048  # the slider's images; the download is full size
@@ -64,6 +64,10 @@ def _entry(label: str, path: Path) -> ModelEntry:
 
         config = OnnxModel(path).config
         return ModelEntry(label, path, "student", 1, config.scale)
+    if is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student)
+        from tadsr.sd.student import load_sd_student
+
+        return ModelEntry(label, path, "student", 1, load_sd_student(path).scale)
     config = read_model_config(path)
     return ModelEntry(label, path, config.role, config.schedule.num_steps, config.scale)
 
@@ -108,7 +112,7 @@ class ModelCache:
         self.device = device
         self.dtype = dtype
         self.lock = threading.Lock()
-        self._models: dict[str, Any] = {}  # SRModel, or OnnxModel for an exported file
+        self._models: dict[str, Any] = {}  # SRModel, OnnxModel (an exported file) or SDStudent
 
     def entry(self, label: str) -> ModelEntry:
         if label not in self.catalogue:
@@ -116,13 +120,18 @@ class ModelCache:
         return self.catalogue[label]
 
     def get(self, label: str) -> Any:
-        """The loaded model of a label (loaded now if it is the first use): an SRModel, or an OnnxModel."""
+        """The loaded model of a label (loaded now if it is the first use): an SRModel, an OnnxModel or an
+        SDStudent."""
         entry = self.entry(label)
         if label not in self._models:
             if entry.path.suffix.lower() == ".onnx":
                 from tadsr.inference.onnx import OnnxModel
 
                 self._models[label] = OnnxModel(entry.path)
+            elif is_sd_student(entry.path):
+                from tadsr.sd.student import load_sd_student
+
+                self._models[label] = load_sd_student(entry.path, self.device)
             else:
                 self._models[label] = load_model(entry.path, device=self.device)
         return self._models[label]
@@ -132,9 +141,13 @@ class ModelCache:
         model = self.get(label)
         if isinstance(model, SRModel):
             return Upscaler(model, device=self.device, dtype=self.dtype, **options)
-        from tadsr.inference.onnx import OnnxUpscaler
+        from tadsr.inference.onnx import OnnxModel, OnnxUpscaler
 
-        return OnnxUpscaler(model, **options)
+        if isinstance(model, OnnxModel):
+            return OnnxUpscaler(model, **options)
+        from tadsr.sd.student import SDStudentUpscaler
+
+        return SDStudentUpscaler(model, **options)
 
 
 @dataclass(frozen=True)
