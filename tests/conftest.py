@@ -207,3 +207,17 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         scheduler=diffusers.DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350)
     pipe.save_pretrained(root / "pipe", safe_serialization=True)
     return root / "pipe"
+
+
+def kill_at_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, str],
+                             timeout: float = 300) -> tuple[int, str]:
+    """Start a training command and SIGKILL it as soon as its first checkpoint is written: (its return code, the
+    checkpoint ``latest`` names), for the tests of an exact resume."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + timeout
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.returncode, latest.read_text().strip()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
+from conftest import kill_at_first_checkpoint
 
 pytest.importorskip("diffusers")  # the test extra installs tadsr[sd]: this runs in CI
 
@@ -116,16 +117,9 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
     assert "the tiny preset's recipe" in done.stderr
     log = [line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"distill"' in line]
     assert len(log) == steps and all(k in log[-1] for k in ('"hsd"', '"adv"', '"d_loss"'))
-    proc = subprocess.Popen(_distill(pipeline_dir, photos, tmp_path / "b", steps), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "b" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = latest.read_text().strip()
-    assert proc.returncode == -signal.SIGKILL and killed_at < f"step_{steps:08d}.pt"
+    code, killed_at = kill_at_first_checkpoint(_distill(pipeline_dir, photos, tmp_path / "b", steps),
+                                               tmp_path / "b", env)
+    assert code == -signal.SIGKILL and killed_at < f"step_{steps:08d}.pt"
     assert not (tmp_path / "b" / "final.safetensors").exists()
     resumed = subprocess.run([*_distill(pipeline_dir, photos, tmp_path / "b", steps), "--resume"],
                              capture_output=True, text=True, env=env)

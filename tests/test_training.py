@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from conftest import kill_at_first_checkpoint
 from tadsr.cli import main
 from tadsr.model import load_model, save_model
 from tadsr.training.config import apply_overrides, load_config_file, train_config
@@ -186,17 +186,10 @@ def test_sigkill_and_resume_reach_bit_identical_weights(photo_dir: Path, teacher
     done = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "a", steps))
     assert done.returncode == 0, done.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([TADSR, *_distill_args(photo_dir, teacher_file, tmp_path / "b", steps)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "b" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = latest.read_text().strip()
+    code, killed_at = kill_at_first_checkpoint([TADSR, *_distill_args(photo_dir, teacher_file, tmp_path / "b", steps)],
+                                               tmp_path / "b", env, timeout=120)
     # the kill landed mid-run: the process died of it, before its last checkpoint and its final model
-    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    assert code == -signal.SIGKILL, code
     assert killed_at < f"step_{steps:08d}.pt" and not (tmp_path / "b" / "final.safetensors").exists()
     resumed = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "b", steps), "--resume")
     assert resumed.returncode == 0, resumed.stderr
