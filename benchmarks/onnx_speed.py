@@ -13,7 +13,6 @@ Usage: python benchmarks/onnx_speed.py [--sizes 64,256] [--repeats 3] [--out DIR
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from tadsr.baselines import load_realesrgan, packaged_ncnn_files
 from tadsr.bench import median_seconds
-from tadsr.devices import cpu_bf16_native, peak_memory_mib, reset_peak_memory
+from tadsr.devices import cpu_bf16_native, peak_memory_mib, reset_peak_memory, resident_memory_mib
 from tadsr.export import export_onnx
 from tadsr.inference.upscaler import Upscaler
 from tadsr.model import SRModel, load_model, resolve_model_path
@@ -46,25 +45,20 @@ def paths_of(model: SRModel, folder: Path, stem: str) -> dict[str, Upscaler]:
     return paths
 
 
-def resident_mib() -> float:
-    """The process's resident set now (VmRSS, MiB; Linux)."""
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
 def measure(label: str, size: int, paths: dict[str, Upscaler], repeats: int, realesrgan: torch.nn.Module | None,
             rng: np.random.Generator) -> None:
     lr = torch.from_numpy(rng.random((1, 3, size, size), dtype=np.float32)) * 2 - 1
     reference = paths["PyTorch fp32"].upscale_tensor(lr)
     times = {}
     for name, up in paths.items():
-        before = resident_mib()
+        before = resident_memory_mib()
         reset_peak_memory(CPU)
         times[name] = median_seconds(lambda lr=lr, up=up: up.upscale_tensor(lr), CPU, repeats)
         peak = peak_memory_mib(CPU) - before
         diff = float((up.upscale_tensor(lr) - reference).abs().max()) / 2
         print(f"| {size} -> {size * 4} | {label}, {name} | {times[name]:.3f} | {peak:.0f} | {diff:.1e} |", flush=True)
     if realesrgan is not None:
-        before = resident_mib()
+        before = resident_memory_mib()
         reset_peak_memory(CPU)
         with torch.inference_mode():
             t_esr = median_seconds(lambda lr=lr: realesrgan((lr + 1) / 2), CPU, repeats)

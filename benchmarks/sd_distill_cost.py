@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+
+from tadsr.devices import peak_memory_mib
 
 X4_UNET = dict(sample_size=128, in_channels=7, out_channels=4, layers_per_block=2,
                block_out_channels=(256, 512, 512, 1024),
@@ -69,7 +70,7 @@ def tiny_run(work: Path, steps: int) -> tuple[float, float]:
     trainer.run()
     times = [json.loads(line)["sec_per_it"] for line in (work / "run" / "log.jsonl").read_text().splitlines()
              if "sec_per_it" in line][1:]
-    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    peak = peak_memory_mib(torch.device("cpu"))  # the process's peak resident set
     return statistics.median(times), peak
 
 

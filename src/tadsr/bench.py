@@ -40,12 +40,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tadsr.checkpoints import is_sd_student
 from tadsr.devices import DTYPES, autocast, cpu_bf16_native, peak_memory_mib, reset_peak_memory, synchronize
 from tadsr.errors import ConfigError, first_line
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import encode_lr, super_resolve
 from tadsr.inference.tiling import tiled_super_resolve
-from tadsr.inference.upscaler import is_sd_student
 from tadsr.model import SRModel
 from tadsr.nets.rrdbnet import RRDBNet
 

@@ -28,6 +28,7 @@ DERIVED_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 FORMAT_NAME = "tadsr"
 FORMAT_VERSION = "2"  # 2: ModelConfig.predict_residual (1: unet.residual_scale, migrated on load)
 READABLE_FORMAT_VERSIONS = ("1", "2")
+SD_STUDENT_FORMAT = "tadsr-sd-student"  # the one-step student of an SD-based teacher (tadsr.sd.student)
 _MAX_LISTED = 8
 
 
@@ -150,6 +151,17 @@ def export_tensors(module: nn.Module, prefix: str, dtype: torch.dtype | None = N
             value = value.to(dtype)
         out[prefix + key] = value.contiguous()
     return out
+
+
+def is_sd_student(path: str | os.PathLike) -> bool:
+    """A safetensors file whose metadata says ``SD_STUDENT_FORMAT`` (read without importing diffusers)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == SD_STUDENT_FORMAT
+    except Exception:  # not safetensors: load_model says what it is
+        return False
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -84,8 +84,18 @@ def peak_memory_mib(device: torch.device) -> float:
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return _proc_status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident_memory_mib() -> float:
+    """The process's resident set now (VmRSS, MiB; 0 without /proc)."""
+    return _proc_status_mib("VmRSS")
+
+
+def _proc_status_mib(field: str) -> float:
+    """A ``kB`` field of /proc/self/status in MiB (Linux), 0 where there is none."""
     with contextlib.suppress(OSError):
-        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
         if found:
             return int(found.group(1)) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 0.0

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from tadsr.bt601 import LUMA
+from tadsr.checkpoints import is_sd_student
 from tadsr.data.image_io import MIN_SIDE, ImageData, gray_to_rgb
 from tadsr.devices import cpu_bf16_native, resolve_device
 from tadsr.diffusion.samplers import SAMPLERS, SamplerName
@@ -205,17 +206,6 @@ class Upscaler:
     def upscale_batch(self, images: Sequence[np.ndarray | Image.Image]) -> list[np.ndarray | Image.Image]:
         """Upscale several images; each gets the same seed, so an image's result does not depend on the batch."""
         return [self.upscale(image) for image in images]
-
-
-def is_sd_student(path: str | os.PathLike) -> bool:
-    """A safetensors file whose metadata says ``tadsr-sd-student`` (read without importing diffusers)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == "tadsr-sd-student"
-    except Exception:  # not safetensors: load_model says what it is
-        return False
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

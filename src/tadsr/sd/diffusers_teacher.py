@@ -36,10 +36,9 @@ from torch import Tensor
 
 from tadsr.errors import ConfigError, MissingExtraError, NotFoundError
 from tadsr.inference.padding import crop_to, pad_to_multiple
-from tadsr.inference.tiling import tiled_super_resolve
-from tadsr.inference.upscaler import UpscaleOptions, Upscaler
-from tadsr.sd.process import SDCondition
-from tadsr.sd.tiles import TiledModel, TileGeometry
+from tadsr.inference.upscaler import UpscaleOptions
+from tadsr.sd.process import SDCondition, decode_latents, noised_condition, unet_multiple, vae_scale
+from tadsr.sd.tiles import SDUpscaler
 
 PIPELINES = ("StableDiffusionUpscalePipeline",)
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")
@@ -115,8 +114,8 @@ class DiffusersUpscaleTeacher:
         self.unet, self.vae = unet.eval(), vae.eval()
         self.scheduler, self.low_res_scheduler = scheduler, low_res_scheduler
         self.prompt_embeds, self.noise_level = prompt_embeds, noise_level
-        self.scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the decoder's upsampling
-        self.lr_multiple = 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet's downsampling
+        self.scale, self.lr_multiple = vae_scale(vae), unet_multiple(unet)
+        self.latent_channels = int(vae.config.latent_channels)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, prompt: str = "", prompt_embeds: Tensor | None = None,
@@ -145,14 +144,10 @@ class DiffusersUpscaleTeacher:
                   lr_noise: Tensor | None = None) -> SDCondition:
         """The UNet's conditioning for (N, 3, h, w) LR images in [-1, 1]: the LR image noised to ``noise_level`` by
         the low-res scheduler (``lr_noise``, else drawn from ``generator``), the level, the prompt embedding."""
-        randn = import_diffusers().utils.torch_utils.randn_tensor
-        device, n = self.device, lr.shape[0]
-        lr = lr.to(device, self.prompt_embeds.dtype)
-        level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
         if lr_noise is None:
-            lr_noise = randn(lr.shape, generator=generator, device=device, dtype=lr.dtype)
-        image = self.low_res_scheduler.add_noise(lr, lr_noise.to(device, lr.dtype), level[:1])
-        return SDCondition(image, level, self.prompt_embeds.expand(n, -1, -1))
+            randn = import_diffusers().utils.torch_utils.randn_tensor
+            lr_noise = randn(lr.shape, generator=generator, device=self.device, dtype=self.prompt_embeds.dtype)
+        return noised_condition(self.low_res_scheduler, lr, lr_noise, self.noise_level, self.prompt_embeds)
 
     @torch.no_grad()
     def sample(self, lr: Tensor, steps: int, generator: torch.Generator | None = None,
@@ -167,8 +162,7 @@ class DiffusersUpscaleTeacher:
         self.scheduler.set_timesteps(steps, device=device)
         cond = cond if cond is not None else self.condition(lr, generator)
         if latents is None:
-            channels = self.vae.config.latent_channels
-            latents = randn((n, channels, *lr.shape[2:]), generator=generator, device=device,
+            latents = randn((n, self.latent_channels, *lr.shape[2:]), generator=generator, device=device,
                             dtype=self.prompt_embeds.dtype)
         latents = latents.to(device, self.prompt_embeds.dtype) * self.scheduler.init_noise_sigma
         extra = _step_kwargs(self.scheduler, generator)
@@ -188,7 +182,7 @@ class DiffusersUpscaleTeacher:
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """(N, 4, h, w) latents -> (N, 3, h s, w s) image in [-1, 1] (clamped)."""
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+        return decode_latents(self.vae, latents)
 
     def upscale(self, lr: Tensor, steps: int, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None) -> Tensor:
@@ -229,7 +223,7 @@ def embed_prompt(index: PipelineIndex, prompt: str) -> Tensor:
         return encoder(ids)[0]
 
 
-class DiffusersUpscaler(Upscaler):
+class DiffusersUpscaler(SDUpscaler):
     """``Upscaler`` around a diffusers teacher: the same image handling (bit depth, gray, alpha, colour fix,
     ``outscale``) and file guarantees as a tadsr model; ``steps`` sampler steps (default ``DEFAULT_STEPS``) from
     ``seed``. With ``tile`` 0 the LR image, reflect-padded to the UNet's multiple, runs whole with the pipeline's own
@@ -241,20 +235,9 @@ class DiffusersUpscaler(Upscaler):
     def __init__(self, teacher: DiffusersUpscaleTeacher, steps: int | None = None, seed: int = 0,
                  color_fix: str = "none", outscale: float | None = None, tile: int = 0, tile_overlap: int = 16,
                  batch_size: int = 1) -> None:
-        self.teacher, self.device, self.dtype = teacher, teacher.device, torch.float32
-        self.options = UpscaleOptions(tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
-                                      outscale=outscale, batch_size=batch_size)
-        self.steps = steps or self.DEFAULT_STEPS
-        channels = teacher.vae.config.latent_channels
-        self.model = TiledModel(TileGeometry(teacher.lr_multiple, teacher.scale, channels))
-
-    @property
-    def scale(self) -> int:
-        return self.teacher.scale
-
-    @property
-    def size_multiple(self) -> int:
-        return self.teacher.lr_multiple
+        super().__init__(teacher, UpscaleOptions(tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
+                                                 outscale=outscale, batch_size=batch_size))
+        self.teacher, self.steps = teacher, steps or self.DEFAULT_STEPS
 
     def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
         opts = self.options
@@ -262,11 +245,10 @@ class DiffusersUpscaler(Upscaler):
             padded, (h, w) = pad_to_multiple(lr, self.size_multiple)
             out = self.teacher.upscale(padded, self.steps, self.options.seed, progress)
             return crop_to(out.float(), (h * self.scale, w * self.scale))
-        return tiled_super_resolve(self.model, lr, tile=opts.tile, overlap=opts.tile_overlap, seed=opts.seed,
-                                   batch_size=opts.batch_size, progress=progress, network=self._tiles)
+        return self.tiled(lr, self._tiles, progress)
 
     def _tiles(self, lr: Tensor, noise: Tensor) -> Tensor:
         """LR tiles (N, 3, h, w) and their noise slices (N, latent + 3, h, w) -> HR tiles in [-1, 1]."""
-        channels = self.teacher.vae.config.latent_channels
+        channels = self.teacher.latent_channels
         cond = self.teacher.condition(lr, lr_noise=noise[:, channels:])
         return self.teacher.decode(self.teacher.sample(lr, self.steps, cond=cond, latents=noise[:, :channels]))

@@ -69,7 +69,7 @@ class SDDistillTrainer(DistillTrainer):
         self.student_net: nn.Module = DistributedDataParallel(self.network) if self.world > 1 else self.network
         self.discriminator = None
         if d.discriminator != "none":
-            channels = list(teacher.unet.config.block_out_channels)
+            channels = self.process.feature_channels
             self.discriminator = LatentDiscriminator(channels, channels[0], d.c_dim,
                                                      time_aware=d.discriminator == "time-aware").to(self.device)
         self.discriminator_ddp = self.discriminator

@@ -33,6 +33,32 @@ class SDCondition(NamedTuple):
     context: Tensor
 
 
+def noised_condition(low_res_scheduler: Any, lr: Tensor, lr_noise: Tensor, noise_level: int,
+                     prompt_embeds: Tensor) -> SDCondition:
+    """The UNet's conditioning for (N, 3, h, w) LR images in [-1, 1]: the LR image noised to ``noise_level`` with
+    ``lr_noise`` by the low-res scheduler, the level, the prompt embedding (1, L, D) repeated per image."""
+    device, n = prompt_embeds.device, lr.shape[0]
+    lr = lr.to(device, prompt_embeds.dtype)
+    level = torch.full((n,), noise_level, dtype=torch.long, device=device)
+    image = low_res_scheduler.add_noise(lr, lr_noise.to(lr), level[:1])
+    return SDCondition(image, level, prompt_embeds.expand(n, -1, -1))
+
+
+def decode_latents(vae: nn.Module, latents: Tensor) -> Tensor:
+    """(N, C, h, w) scaled latents -> (N, 3, h s, w s) image in [-1, 1] (clamped) by the VAE's decoder."""
+    return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+
+
+def vae_scale(vae: nn.Module) -> int:
+    """The VAE decoder's upsampling: the model's scale (the latent is at the LR size)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def unet_multiple(unet: nn.Module) -> int:
+    """The UNet's downsampling: the LR size must be a multiple of it."""
+    return 2 ** (len(unet.config.block_out_channels) - 1)
+
+
 def unet_x0(unet: nn.Module, alphas_cumprod: Tensor, prediction: str, z_t: Tensor, t: Tensor,
             cond: SDCondition) -> Tensor:
     """x0_hat of ``unet`` at (z_t, t) under ``cond`` (its eps- or v-prediction converted, ``tadsr.sd.vp.to_x0``)."""

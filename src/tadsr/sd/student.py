@@ -26,16 +26,13 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from tadsr.checkpoints import CheckpointError, atomic_save_file
+from tadsr.checkpoints import SD_STUDENT_FORMAT, CheckpointError, atomic_save_file
 from tadsr.errors import ConfigError
-from tadsr.inference.tiling import tiled_super_resolve
-from tadsr.inference.upscaler import UpscaleOptions, Upscaler
+from tadsr.inference.upscaler import UpscaleOptions
 from tadsr.model import ModelNotFoundError
 from tadsr.sd.diffusers_teacher import SCHEDULERS, import_diffusers
-from tadsr.sd.process import SDCondition, unet_x0
-from tadsr.sd.tiles import TiledModel, TileGeometry
-
-FORMAT = "tadsr-sd-student"
+from tadsr.sd.process import decode_latents, noised_condition, unet_multiple, unet_x0, vae_scale
+from tadsr.sd.tiles import SDUpscaler
 
 
 def save_sd_student(path: str | os.PathLike, unet: Any, vae: Any, low_res_scheduler: Any, prompt_embeds: Tensor,
@@ -47,7 +44,7 @@ def save_sd_student(path: str | os.PathLike, unet: Any, vae: Any, low_res_schedu
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     from tadsr import __version__
 
-    metadata = {"format": FORMAT, "tadsr_version": __version__, "unet_config": _config_json(unet.config),
+    metadata = {"format": SD_STUDENT_FORMAT, "tadsr_version": __version__, "unet_config": _config_json(unet.config),
                 "vae_config": _config_json(vae.config), "low_res_scheduler": type(low_res_scheduler).__name__,
                 "low_res_scheduler_config": _config_json(low_res_scheduler.config),
                 "noise_level": str(noise_level), "timestep": str(timestep), "prediction": prediction,
@@ -79,11 +76,11 @@ class SDStudent:
 
     @property
     def scale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale(self.vae)
 
     @property
     def lr_multiple(self) -> int:
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return unet_multiple(self.unet)
 
     @property
     def latent_channels(self) -> int:
@@ -93,15 +90,21 @@ class SDStudent:
     def upscale_latents(self, lr: Tensor, noise: Tensor) -> Tensor:
         """(N, 3, h, w) LR in [-1, 1] and (N, latent_channels + 3, h, w) standard normal draws (z_T, then the LR
         image's noise) -> (N, 3, h s, w s) HR in [-1, 1], clamped."""
-        device, n = self.device, lr.shape[0]
-        lr, noise = lr.to(device), noise.to(device)
+        noise = noise.to(self.device)
         z_T, lr_noise = noise[:, :self.latent_channels], noise[:, self.latent_channels:]
-        level = torch.full((n,), self.noise_level, dtype=torch.long, device=device)
-        cond = SDCondition(self.low_res_scheduler.add_noise(lr, lr_noise, level[:1]), level,
-                           self.prompt_embeds.to(device).expand(n, -1, -1))
-        t = torch.full((n,), self.timestep, dtype=torch.long, device=device)
-        z_0 = unet_x0(self.unet, self.alphas_cumprod, self.prediction, z_T, t, cond)
-        return self.vae.decode(z_0 / self.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+        cond = noised_condition(self.low_res_scheduler, lr, lr_noise, self.noise_level, self.prompt_embeds)
+        t = torch.full((lr.shape[0],), self.timestep, dtype=torch.long, device=self.device)
+        return decode_latents(self.vae, unet_x0(self.unet, self.alphas_cumprod, self.prediction, z_T, t, cond))
+
+
+def sd_student_scale(path: str | os.PathLike) -> int:
+    """A student file's scale from its metadata alone (no weights read, no diffusers); one line if it has none."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return 2 ** (len(json.loads(meta["vae_config"])["block_out_channels"]) - 1)  # as ``vae_scale``
+    except Exception as err:
+        raise CheckpointError(f"{path}: a damaged SD student file ({type(err).__name__})") from None
 
 
 def load_sd_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> SDStudent:
@@ -117,7 +120,7 @@ def load_sd_student(path: str | os.PathLike, device: str | torch.device = "cpu")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__})") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") != SD_STUDENT_FORMAT:
         raise CheckpointError(f"{path}: not an SD student file (format {meta.get('format')!r})")
     try:
         scheduler_class = meta["low_res_scheduler"]
@@ -129,43 +132,31 @@ def load_sd_student(path: str | os.PathLike, device: str | torch.device = "cpu")
         for prefix, module in (("unet.", unet), ("vae.", vae)):
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
                                    strict=True)
-        student = SDStudent(unet.to(device).eval(), vae.to(device).eval(), low_res, tensors["prompt_embeds"],
-                            int(meta["noise_level"]), int(meta["timestep"]), meta["prediction"],
-                            torch.tensor(json.loads(meta["alphas_cumprod"]), dtype=torch.float64))
+        student = SDStudent(unet.to(device).eval(), vae.to(device).eval(), low_res,
+                            tensors["prompt_embeds"].to(device), int(meta["noise_level"]), int(meta["timestep"]),
+                            meta["prediction"], torch.tensor(json.loads(meta["alphas_cumprod"]), dtype=torch.float64))
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{path}: a damaged SD student file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return student
 
 
-class SDStudentUpscaler(Upscaler):
+class SDStudentUpscaler(SDUpscaler):
     """``Upscaler`` over an ``SDStudent``: the same reading, padding, tiling (seamless: one draw per image, sliced
     by the tiles), colour handling and file guarantees as a tadsr model."""
 
     def __init__(self, student: SDStudent, **options: Any) -> None:
-        self.student, self.device, self.dtype = student, student.device, torch.float32
         if options.get("steps") not in (None, 1):
             raise ConfigError("an SD student runs one step")
         for name in ("channels_last", "compile"):
             options.pop(name, None)
-        self.options = UpscaleOptions(**options)
-        self.model = TiledModel(TileGeometry(student.lr_multiple, student.scale, student.latent_channels))
+        super().__init__(student, UpscaleOptions(**options))
+        self.student = student
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,
                   **options: Any) -> SDStudentUpscaler:
         return cls(load_sd_student(path, device or "cpu"), **options)
 
-    @property
-    def scale(self) -> int:
-        return self.student.scale
-
-    @property
-    def size_multiple(self) -> int:
-        return self.student.lr_multiple
-
     def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        opts = self.options
-        return tiled_super_resolve(self.model, lr, tile=opts.tile, overlap=opts.tile_overlap, steps=1,
-                                   seed=opts.seed, batch_size=opts.batch_size, progress=progress,
-                                   network=self.student.upscale_latents)
+        return self.tiled(lr, self.student.upscale_latents, progress)

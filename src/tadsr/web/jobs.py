@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from tadsr.checkpoints import is_sd_student
 from tadsr.config import Role
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, gray_to_rgb, read_image, to_8bit, write_image
 from tadsr.diffusion.samplers import SAMPLERS
@@ -31,7 +32,7 @@ from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.inference.batch import NAME_MAX, check_output_size
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.inference.pipeline import resolve_steps
-from tadsr.inference.upscaler import Upscaler, is_sd_student
+from tadsr.inference.upscaler import Upscaler
 from tadsr.model import EMBEDDED_NAMES, SRModel, load_model, read_model_config, resolve_model_path
 
 PREVIEW_SIDE = 2048  # the slider's images; the download is full size
@@ -64,10 +65,10 @@ def _entry(label: str, path: Path) -> ModelEntry:
 
         config = OnnxModel(path).config
         return ModelEntry(label, path, "student", 1, config.scale)
-    if is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student)
-        from tadsr.sd.student import load_sd_student
+    if is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student), loaded on first use
+        from tadsr.sd.student import sd_student_scale
 
-        return ModelEntry(label, path, "student", 1, load_sd_student(path).scale)
+        return ModelEntry(label, path, "student", 1, sd_student_scale(path))
     config = read_model_config(path)
     return ModelEntry(label, path, config.role, config.schedule.num_steps, config.scale)
 
