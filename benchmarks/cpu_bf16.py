@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tadsr.bench import cpu_bf16_line, median_seconds
+from tadsr.inference.backend import ModelBackend
 from tadsr.inference.upscaler import Upscaler
 from tadsr.model import SRModel, load_model, resolve_model_path
 from tadsr.presets import model_config
@@ -38,7 +39,8 @@ def main() -> None:
             if "realsr" in name and size > 64:
                 continue  # 256 -> 1024 through VQ-f4 takes minutes on two cores
             lr = torch.from_numpy(rng.random((1, 3, size, size), dtype=np.float32)) * 2 - 1
-            ups = {d: Upscaler(model, device="cpu", dtype=d, tile=0) for d in (torch.float32, torch.bfloat16)}
+            ups = {d: Upscaler(ModelBackend(model, device="cpu", dtype=d), tile=0)
+                   for d in (torch.float32, torch.bfloat16)}
             t32 = median_seconds(lambda lr=lr, up=ups[torch.float32]: up.upscale_tensor(lr), CPU, args.repeats)
             t16 = median_seconds(lambda lr=lr, up=ups[torch.bfloat16]: up.upscale_tensor(lr), CPU, args.repeats)
             a, b = (ups[d].upscale_tensor(lr).float() for d in (torch.float32, torch.bfloat16))

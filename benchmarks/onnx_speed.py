@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tadsr.backends import open_model
 from tadsr.baselines import load_realesrgan, packaged_ncnn_files
 from tadsr.bench import median_seconds
 from tadsr.devices import cpu_bf16_native, peak_memory_mib, reset_peak_memory, resident_memory_mib
 from tadsr.export import export_onnx
+from tadsr.inference.backend import ModelBackend
 from tadsr.inference.upscaler import Upscaler
 from tadsr.model import SRModel, load_model, resolve_model_path
 from tadsr.presets import model_config
@@ -33,15 +35,15 @@ CPU = torch.device("cpu")
 
 def paths_of(model: SRModel, folder: Path, stem: str) -> dict[str, Upscaler]:
     """The model's paths: PyTorch fp32, its two exports through ONNX Runtime, PyTorch bf16 where native."""
-    paths = {"PyTorch fp32": Upscaler(model, device="cpu", tile=0)}
+    paths = {"PyTorch fp32": Upscaler(ModelBackend(model, device="cpu"), tile=0)}
     for precision in ("fp32", "fp16"):
         path = folder / f"{stem}-{precision}.onnx"
         start = time.perf_counter()
         export_onnx(model, path, fp16=precision == "fp16")
         print(f"export {path.name}: {time.perf_counter() - start:.0f} s, {path.stat().st_size / 1e6:.1f} MB")
-        paths[f"ONNX Runtime {precision}"] = Upscaler.from_pretrained(path, tile=0)
+        paths[f"ONNX Runtime {precision}"] = Upscaler(open_model(path), tile=0)
     if cpu_bf16_native():
-        paths["PyTorch bf16 (native)"] = Upscaler(model, device="cpu", dtype=torch.bfloat16, tile=0)
+        paths["PyTorch bf16 (native)"] = Upscaler(ModelBackend(model, device="cpu", dtype=torch.bfloat16), tile=0)
     return paths
 
 

@@ -1,7 +1,7 @@
 """What TAD-SR distillation of an SD-based teacher costs: a measured tiny CPU run, and the paper's scale by count.
 
-1. A tiny random StableDiffusionUpscalePipeline (the tests' shapes, built here, nothing downloaded) distilled with
-   ``SDDistillTrainer`` on this CPU for ``--steps`` iterations, GT 64, batch 2, the teacher's 4-step targets computed
+1. A tiny random StableDiffusionUpscalePipeline (the tests' shapes, built here, nothing downloaded) distilled by
+   ``DistillTrainer`` on this CPU for ``--steps`` iterations, GT 64, batch 2, the teacher's 4-step targets computed
    on the fly: median seconds per iteration (after the first) and the process's peak resident memory.
 2. The released SD x4 upscaler's UNet shape (diffusers' ``stabilityai/stable-diffusion-x4-upscaler`` config) at the
    paper's GT 512 (a 128 x 128 latent), and SD-2-base's UNet (SeeSR's base, a 64 x 64 latent), both built on the
@@ -47,8 +47,8 @@ SD2_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=
 def tiny_run(work: Path, steps: int) -> tuple[float, float]:
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     from conftest import pipeline_dir
-    from tadsr.sd.distill import SDDistillTrainer
-    from tadsr.training.config import apply_overrides, train_config
+    from tadsr.training.distill import DistillTrainer
+    from tadsr.training.families import distill_config
 
     class Factory:
         def mktemp(self, name: str) -> Path:
@@ -63,10 +63,10 @@ def tiny_run(work: Path, steps: int) -> tuple[float, float]:
     for i in range(3):
         img = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + i)], axis=2) * 0.4 + 0.5
         Image.fromarray((img * 255).astype(np.uint8)).save(photos / f"p{i}.png")
-    config = apply_overrides(train_config("tiny"), [f"data.path={photos}", "run.batch_size=2", "data.gt_size=64",
-                                                    "sd.teacher_steps=4", f"run.steps={steps}", "run.val_every=1000",
-                                                    "run.save_every=1000", "run.log_every=1"])
-    trainer = SDDistillTrainer(config, work / "run", teacher=folder, show_progress=False)
+    config, _ = distill_config(folder, preset="tiny", data_path=str(photos), steps=steps,
+                               overrides=["run.batch_size=2", "data.gt_size=64", "family.teacher_steps=4",
+                                          "run.val_every=1000", "run.save_every=1000", "run.log_every=1"])
+    trainer = DistillTrainer(config, work / "run", teacher=folder, show_progress=False)
     trainer.run()
     times = [json.loads(line)["sec_per_it"] for line in (work / "run" / "log.jsonl").read_text().splitlines()
              if "sec_per_it" in line][1:]

@@ -21,13 +21,14 @@ from tadsr.devices import peak_memory_mib, reset_peak_memory, synchronize
 
 def run_one(size: int, tile: int, steps: int, device: str) -> dict:
     from tadsr.data.image_io import ImageData
+    from tadsr.inference.backend import ModelBackend
     from tadsr.inference.upscaler import Upscaler
     from tadsr.model import SRModel
     from tadsr.presets import model_config
 
     torch.manual_seed(0)
     model = SRModel(model_config("realsr-x4"))
-    upscaler = Upscaler(model, device=device, tile=tile, tile_overlap=16, steps=steps)
+    upscaler = Upscaler(ModelBackend(model, device=device, steps=steps), tile=tile, tile_overlap=16)
     image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     tiles = []
     reset_peak_memory(upscaler.device)

@@ -209,6 +209,53 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "pipe"
 
 
+@pytest.fixture(scope="session")
+def sd_student_file(pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SD student file (``tadsr.sd.student``) of ``pipeline_dir``'s networks, as `tadsr distill --teacher DIR`
+    writes one, without the distillation: the teacher's UNet at its last timestep."""
+    from tadsr.sd.diffusers_teacher import DiffusersUpscaleTeacher
+    from tadsr.sd.student import save_sd_student
+
+    teacher = DiffusersUpscaleTeacher.from_folder(pipeline_dir)
+    path = tmp_path_factory.mktemp("sd-student") / "sd-student.safetensors"
+    alphas = teacher.scheduler.alphas_cumprod
+    save_sd_student(path, teacher.unet, teacher.vae, teacher.low_res_scheduler, teacher.prompt_embeds,
+                    teacher.noise_level, len(alphas) - 1, teacher.prediction_type, alphas)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vq_student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random student of the real-SR x4 layout: a VQ-f4 first stage (encode, quantised decode) under the
+    Swin-UNet with the LR concatenated, x4."""
+    from tadsr.nets.autoencoder import VQConfig
+
+    vq = VQConfig(embed_dim=3, n_embed=64, z_channels=3, resolution=64, ch=32, ch_mult=(1, 2, 2),
+                  num_res_blocks=(1, 1, 1), attn_resolutions=())
+    config = ModelConfig(unet=TINY_UNET, first_stage=vq, schedule=TINY_SCHEDULE, scale=4, role="student")
+    path = tmp_path_factory.mktemp("vq") / "student.safetensors"
+    save_model(randomize(SRModel(config), seed=2, std=0.05).eval(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_student_file(vq_student_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``vq_student_file`` exported by `tadsr export` with a dynamic size (the noise an input), its quantiser chunked
+    by 64 pixels in PyTorch (tens of chunks at the traced size and at the sizes run: the graph must not bake in their
+    number). One export for the session: it is the suite's most expensive fixture."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tadsr.export import export_onnx
+    from tadsr.model import load_model
+
+    path = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    model = load_model(vq_student_file)
+    model.first_stage.quantize.chunk = 64
+    metadata = export_onnx(model, path)
+    assert metadata["noise"] == "input" and metadata["precision"] == "fp32"
+    return path
+
+
 def kill_at_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, str],
                              timeout: float = 300) -> tuple[int, str]:
     """Start a training command and SIGKILL it as soon as its first checkpoint is written: (its return code, the

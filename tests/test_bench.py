@@ -14,6 +14,7 @@ from conftest import randomize
 from tadsr.bench import peak_memory_mib, reset_peak_memory
 from tadsr.cli import main
 from tadsr.config import ModelConfig
+from tadsr.inference.backend import ModelBackend
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.pipeline import super_resolve
 from tadsr.inference.tiling import tiled_super_resolve
@@ -23,8 +24,9 @@ from tadsr.model import SRModel, load_model
 def test_tile_batching_gives_the_same_output(tiny_student_file: Path) -> None:
     model = load_model(tiny_student_file)
     lr = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    one = tiled_super_resolve(model, lr, tile=32, overlap=8, batch_size=1)
-    many = tiled_super_resolve(model, lr, tile=32, overlap=8, batch_size=5)
+    backend = ModelBackend(model, device="cpu")
+    one = tiled_super_resolve(backend, lr, tile=32, overlap=8, batch_size=1)
+    many = tiled_super_resolve(backend, lr, tile=32, overlap=8, batch_size=5)
     torch.testing.assert_close(many, one, atol=1e-5, rtol=1e-5)
 
 
@@ -53,6 +55,7 @@ def test_peak_memory_is_reset_per_measurement() -> None:
     assert peak_memory_mib(device) < high - 32
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_valid_json(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "--quick", "--json", str(tmp_path / "b.json")])
     assert result.exit_code == 0, result.stderr

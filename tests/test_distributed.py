@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_training import _cli, _distill_args
 
 
@@ -18,6 +20,7 @@ def _torchrun(nproc: int, *args: str, env: dict[str, str] | None = None) -> subp
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_its_message(photo_dir: Path, teacher_file: Path,
                                                                          tmp_path: Path) -> None:
     hook = tmp_path / "hook"
@@ -36,6 +39,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_its_message(photo_d
     assert not (tmp_path / "run" / "final.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_run_resumes_under_another_number_of_processes(photo_dir: Path, teacher_file: Path,
                                                          tmp_path: Path) -> None:
     one = tmp_path / "one"  # 1 process, then 2
@@ -54,6 +58,7 @@ def test_a_run_resumes_under_another_number_of_processes(photo_dir: Path, teache
         assert steps == [1, 2, 3, 4] and (run / "final.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_sharded_upscale_equals_one_process_and_resumes(tmp_path: Path, tiny_student_file: Path) -> None:
     import numpy as np
     from PIL import Image
@@ -79,6 +84,7 @@ def test_sharded_upscale_equals_one_process_and_resumes(tmp_path: Path, tiny_stu
     assert (tmp_path / "one" / "p3.png").read_bytes() == (tmp_path / "two" / "p3.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_sharded_evaluate_reports_what_one_process_reports(tmp_path: Path, tiny_student_file: Path) -> None:
     import csv
 

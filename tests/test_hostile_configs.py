@@ -91,6 +91,7 @@ def test_bad_training_settings_fail_in_one_line_naming_key_value_and_what_is_all
     assert result.returncode == 1 and len(lines) == 1 and needle in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_a_data_folder_of_only_bad_images_is_one_line(tmp_path: Path) -> None:
     data = tmp_path / "photos"
     data.mkdir()

@@ -54,6 +54,7 @@ def test_the_file_size_is_bounded_before_the_file_is_read(tmp_path: Path) -> Non
         read_image(path)
 
 
+@pytest.mark.slow
 def test_upscale_refuses_each_bad_file_in_one_line_and_does_the_rest(tmp_path: Path,
                                                                     tiny_student_file: Path) -> None:
     src = tmp_path / "in"
@@ -70,6 +71,7 @@ def test_upscale_refuses_each_bad_file_in_one_line_and_does_the_rest(tmp_path: P
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]  # nothing half-written, the good one done
 
 
+@pytest.mark.slow
 def test_an_output_beyond_the_limit_fails_per_file_before_allocating(tmp_path: Path, tiny_student_file: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -12,6 +12,7 @@ from tadsr.training.trainer import TrainingError
 from test_training import _cli, _distill_args, _trainer
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_starts_at_step_0_with_a_notice(photo_dir: Path, teacher_file: Path,
                                                                     tmp_path: Path) -> None:
     result = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "run", 2), "--resume")
@@ -20,6 +21,7 @@ def test_resume_without_a_checkpoint_starts_at_step_0_with_a_notice(photo_dir: P
     assert (tmp_path / "run" / "final.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(photo_dir: Path, teacher_file: Path,
                                                                          tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tadsr
+from tadsr.backends import open_model
 from tadsr.diffusion.denoiser import ResShiftDenoiser
 from tadsr.diffusion.process import ResShiftCondition, ResShiftProcess
 from tadsr.diffusion.schedule import Schedule, ScheduleConfig
@@ -29,7 +30,7 @@ def test_model_files_are_written_with_the_users_umask(tmp_path: Path, tiny_stude
 
 @pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5), (3, 2, 3)])
 def test_upscale_of_an_empty_or_tiny_array_is_a_value_error(tiny_student_file: Path, shape: tuple[int, ...]) -> None:
-    up = tadsr.Upscaler.from_pretrained(tiny_student_file, device="cpu")
+    up = tadsr.Upscaler(open_model(tiny_student_file, device="cpu"))
     with pytest.raises(ValueError, match="at least 4x4 pixels"):
         up.upscale(np.zeros(shape, np.uint8))
 

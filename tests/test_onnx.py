@@ -14,6 +14,7 @@ from PIL import Image
 pytest.importorskip("onnxruntime")  # the test extra installs tadsr[onnx]: this runs in CI
 pytest.importorskip("onnxscript")
 
+from tadsr.backends import open_model  # noqa: E402
 from tadsr.cli import main  # noqa: E402
 from tadsr.errors import ConfigError  # noqa: E402
 from tadsr.export import export_onnx, read_metadata  # noqa: E402
@@ -26,33 +27,10 @@ def _run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.fixture(scope="module")
-def vq_student_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random student of the real-SR x4 layout: a VQ-f4 first stage (encode, quantised decode) under the
-    Swin-UNet with the LR concatenated, x4."""
-    from conftest import TINY_SCHEDULE, TINY_UNET, randomize
-    from tadsr.config import ModelConfig
-    from tadsr.model import SRModel, save_model
-    from tadsr.nets.autoencoder import VQConfig
-
-    vq = VQConfig(embed_dim=3, n_embed=64, z_channels=3, resolution=64, ch=32, ch_mult=(1, 2, 2),
-                  num_res_blocks=(1, 1, 1), attn_resolutions=())
-    config = ModelConfig(unet=TINY_UNET, first_stage=vq, schedule=TINY_SCHEDULE, scale=4, role="student")
-    path = tmp_path_factory.mktemp("vq") / "student.safetensors"
-    save_model(randomize(SRModel(config), seed=2, std=0.05).eval(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def exported(vq_student_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``vq_student_file`` exported with a dynamic size, its quantiser chunked by 64 pixels in PyTorch (tens of
-    chunks at the traced size and at the sizes run: the graph must not bake in their number)."""
-    path = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    model = load_model(vq_student_file)
-    model.first_stage.quantize.chunk = 64
-    metadata = export_onnx(model, path)
-    assert metadata["noise"] == "input" and metadata["precision"] == "fp32"
-    return path
+@pytest.fixture
+def exported(onnx_student_file: Path) -> Path:
+    """``vq_student_file`` exported with a dynamic size (conftest: one export for the session)."""
+    return onnx_student_file
 
 
 def _photo(h: int, w: int) -> np.ndarray:
@@ -61,33 +39,36 @@ def _photo(h: int, w: int) -> np.ndarray:
     return (img * 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile", [0, 32])
 def test_the_onnx_file_gives_the_pytorch_pictures(exported: Path, vq_student_file: Path, tile: int) -> None:
     """Same seed, same tiling: onnxruntime's output equals PyTorch's within 1e-3 (of [0, 1]), at a size other than
     the one exported (the size is dynamic), whole and tiled."""
     photo = _photo(45, 70)
-    torch_up = Upscaler.from_pretrained(vq_student_file, device="cpu", tile=tile, seed=3)
-    onnx_up = Upscaler.from_pretrained(exported, tile=tile, seed=3)
+    torch_up = Upscaler(open_model(vq_student_file, device="cpu"), tile=tile, seed=3)
+    onnx_up = Upscaler(open_model(exported), tile=tile, seed=3)
     lr = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 127.5 - 1
     ours, theirs = onnx_up.upscale_tensor(lr), torch_up.upscale_tensor(lr)
     assert ours.shape == theirs.shape == (1, 3, 180, 280)
     assert float((ours - theirs).abs().max()) / 2 < 1e-3
     assert np.abs(onnx_up.upscale(photo).astype(int) - torch_up.upscale(photo)).max() <= 1
-    other = Upscaler.from_pretrained(exported, tile=tile, seed=4).upscale_tensor(lr)
+    other = Upscaler(open_model(exported), tile=tile, seed=4).upscale_tensor(lr)
     assert float((other - theirs).abs().max()) > 1e-2  # the noise is an input that matters
 
 
+@pytest.mark.slow
 def test_the_embedded_student_exports_and_matches(tmp_path: Path) -> None:
     """The shipped student (fp16 weights, run in fp32), exported and run by onnxruntime: within 1e-3 of PyTorch."""
     path = tmp_path / "embedded.onnx"
     metadata = export_onnx(load_model(Path(__file__).parents[1] / "src/tadsr/weights/student.safetensors"), path)
     assert metadata["noise"] == "input" and metadata["scale"] == "4" and json.loads(metadata["model_config"])
     photo = _photo(64, 64)
-    ours = Upscaler.from_pretrained(path, tile=0).upscale(photo)
-    theirs = Upscaler.from_pretrained("student", device="cpu", tile=0).upscale(photo)
+    ours = Upscaler(open_model(path), tile=0).upscale(photo)
+    theirs = Upscaler(open_model("student", device="cpu"), tile=0).upscale(photo)
     assert np.abs(ours.astype(int) - theirs).max() <= 1
 
 
+@pytest.mark.slow
 def test_an_fp16_file_is_half_the_size_and_close_to_fp32(exported: Path, vq_student_file: Path,
                                                          tmp_path: Path) -> None:
     """--fp16: float16 weights and compute, float32 in and out; within 3e-3 (of [0, 1]) of PyTorch fp32, tiled."""
@@ -98,13 +79,14 @@ def test_an_fp16_file_is_half_the_size_and_close_to_fp32(exported: Path, vq_stud
     assert read_metadata(path)["precision"] == "fp16"
     assert path.stat().st_size < 0.75 * exported.stat().st_size  # the weights halve; graph and metadata stay
     lr = torch.from_numpy(_photo(45, 70)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    half = Upscaler.from_pretrained(path, tile=32, seed=3).upscale_tensor(lr)
-    full = Upscaler.from_pretrained(vq_student_file, device="cpu", tile=32, seed=3).upscale_tensor(lr)
+    half = Upscaler(open_model(path), tile=32, seed=3).upscale_tensor(lr)
+    full = Upscaler(open_model(vq_student_file, device="cpu"), tile=32, seed=3).upscale_tensor(lr)
     assert half.dtype == torch.float32
     difference = float((half - full).abs().max()) / 2
     assert 0 < difference < 3e-3  # float16 rounding, not another picture
 
 
+@pytest.mark.slow
 def test_tadsr_bench_times_an_onnx_file_against_real_esrgan(exported: Path, tmp_path: Path) -> None:
     code, stdout, stderr = _run("bench", "--models", str(exported), "--sizes", "16,40", "--tile", "32", "--repeats",
                                 "1", "--json", str(tmp_path / "b.json"))
@@ -121,6 +103,7 @@ def test_tadsr_bench_times_an_onnx_file_against_real_esrgan(exported: Path, tmp_
     assert missing[0] == 1 and "none.onnx: no such model file" in missing[2].strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_fixed_size_file_embeds_its_noise(tiny_student_file: Path, tmp_path: Path) -> None:
     """--tile N: one N x N input, the seed's noise inside, the same result as PyTorch for an N x N image."""
     path = tmp_path / "fixed.onnx"
@@ -133,11 +116,12 @@ def test_a_fixed_size_file_embeds_its_noise(tiny_student_file: Path, tmp_path: P
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["lr"] and session.get_inputs()[0].shape == [1, 3, 32, 32]
     photo = _photo(32, 32)
-    ours = Upscaler.from_pretrained(path).upscale(photo)
-    theirs = Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=0, seed=7).upscale(photo)
+    ours = Upscaler(open_model(path)).upscale(photo)
+    theirs = Upscaler(open_model(tiny_student_file, device="cpu"), tile=0, seed=7).upscale(photo)
     assert np.abs(ours.astype(int) - theirs).max() <= 1
 
 
+@pytest.mark.slow
 def test_tadsr_upscale_runs_an_onnx_file_with_its_guarantees(exported: Path, vq_student_file: Path,
                                                              tmp_path: Path) -> None:
     folder = tmp_path / "in"
@@ -175,7 +159,7 @@ def test_a_corrupt_or_foreign_onnx_file_is_one_line(tmp_path: Path, content: byt
     else:
         path.write_bytes(content)
     with pytest.raises(ConfigError) as err:
-        Upscaler.from_pretrained(path)
+        open_model(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     code, _, stderr = _run("upscale", "-i", str(path), "-o", str(tmp_path / "out"), "--model", str(path))
     assert code == 1 and len(stderr.strip().splitlines()) == 1
@@ -192,6 +176,7 @@ def test_an_export_that_fails_leaves_no_file(tiny_student_file: Path, tmp_path: 
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_tadsr_evaluate_measures_an_onnx_file_by_its_stem(exported: Path, tmp_path: Path) -> None:
     """`--models FILE.onnx:1`: the report's row and the outputs' folder are named by the file's stem, inside -o."""
     for sub in ("lr", "gt"):
@@ -208,6 +193,7 @@ def test_tadsr_evaluate_measures_an_onnx_file_by_its_stem(exported: Path, tmp_pa
     assert sorted(p.name for p in exported.parent.iterdir()) == ["student.onnx"]  # nothing written beside the model
 
 
+@pytest.mark.slow
 def test_the_page_lists_and_runs_an_onnx_file(exported: Path, vq_student_file: Path, tmp_path: Path) -> None:
     """`tadsr serve --models-dir`: an exported file is listed (one step) and runs through the page's job with the
     pictures of the PyTorch model; a foreign .onnx in the folder is skipped with one line."""
@@ -228,5 +214,5 @@ def test_the_page_lists_and_runs_an_onnx_file(exported: Path, vq_student_file: P
     result = upscale_file(tmp_path / "p.png", "p.png", JobSettings(model="student.onnx", tile=32, seed=2), models,
                           tmp_path / "job")
     ours = np.asarray(Image.open(result.output)).astype(int)
-    theirs = Upscaler.from_pretrained(vq_student_file, device="cpu", tile=32, seed=2).upscale(_photo(40, 52))
+    theirs = Upscaler(open_model(vq_student_file, device="cpu"), tile=32, seed=2).upscale(_photo(40, 52))
     assert ours.shape == (160, 208, 3) and np.abs(ours - theirs).max() <= 1 and "1 step" in result.summary

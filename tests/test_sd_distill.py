@@ -19,10 +19,10 @@ from conftest import kill_at_first_checkpoint
 
 pytest.importorskip("diffusers")  # the test extra installs tadsr[sd]: this runs in CI
 
+from tadsr.diffusion.vp import hsd_factor  # noqa: E402
 from tadsr.losses import ScoreDistillationLoss  # noqa: E402
 from tadsr.sd.diffusers_teacher import DiffusersUpscaleTeacher  # noqa: E402
 from tadsr.sd.process import SDCondition, VPProcess  # noqa: E402
-from tadsr.sd.vp import hsd_factor  # noqa: E402
 
 TADSR = str(Path(sys.executable).parent / "tadsr")
 
@@ -103,10 +103,11 @@ def _photos(folder: Path) -> Path:
 
 def _distill(pipeline_dir: Path, photos: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [TADSR, "distill", "--teacher", str(pipeline_dir), "--data", str(photos), "--out", str(out), "--steps",
-            str(steps), "-q", "run.batch_size=2", "data.gt_size=64", "sd.teacher_steps=2", "run.save_every=1",
+            str(steps), "-q", "run.batch_size=2", "data.gt_size=64", "family.teacher_steps=2", "run.save_every=1",
             "run.val_every=1000", "run.keep_last=10", "run.log_every=1", "distill.teacher_cache=4", *extra]
 
 
+@pytest.mark.slow
 def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     photos = _photos(tmp_path / "photos")
@@ -141,10 +142,10 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
         assert result.returncode == 0, result.stderr
         outs[tile] = np.asarray(Image.open(tmp_path / f"t{tile}" / "lr.png"))
     assert outs["0"].shape == outs["16"].shape == (80, 112, 3)
-    from tadsr.inference.upscaler import Upscaler
+    from tadsr import Upscaler, open_model
 
     student = tmp_path / "a" / "final.safetensors"
-    library = Upscaler.from_pretrained(student, tile=0).upscale(rgb)
+    library = Upscaler(open_model(student), tile=0).upscale(rgb)
     assert np.array_equal(library, outs["0"])  # the CLI runs the library's one step
 
     from tadsr.web.jobs import ModelCache, model_catalogue  # tadsr serve lists and runs it like any model file
@@ -166,6 +167,7 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
     assert "| final.safetensors | 16→64 | fp32 |" in bench.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_distil_an_sd_teacher(pipeline_dir: Path, tmp_path: Path) -> None:
     photos = _photos(tmp_path / "photos")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",

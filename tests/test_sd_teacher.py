@@ -91,7 +91,8 @@ def test_tadsr_upscale_runs_a_diffusers_folder(pipeline_dir: Path, tmp_path: Pat
     from PIL import Image
 
     from tadsr.cli import main
-    from tadsr.sd.diffusers_teacher import DiffusersUpscaler
+    from tadsr.inference.upscaler import Upscaler
+    from tadsr.sd.diffusers_teacher import DiffusersBackend
 
     rgb = (np.asarray(_lr()[0].permute(1, 2, 0)) * 255).round().astype(np.uint8)[:15, :18]
     Image.fromarray(rgb).save(tmp_path / "lr.png")
@@ -101,7 +102,7 @@ def test_tadsr_upscale_runs_a_diffusers_folder(pipeline_dir: Path, tmp_path: Pat
     assert result.exit_code == 0, result.stderr
     out = np.asarray(Image.open(tmp_path / "out" / "lr.png"))
     assert out.shape == (60, 72, 3)
-    upscaler = DiffusersUpscaler(DiffusersUpscaleTeacher.from_folder(pipeline_dir), steps=3, seed=5)
+    upscaler = Upscaler(DiffusersBackend(DiffusersUpscaleTeacher.from_folder(pipeline_dir), steps=3), tile=0, seed=5)
     assert np.array_equal(out, upscaler.upscale(rgb))
 
 
@@ -131,16 +132,18 @@ def test_a_bad_folder_or_a_missing_extra_is_one_line_and_writes_nothing(pipeline
 def test_a_diffusers_teacher_runs_tiled_from_one_noise_draw(pipeline_dir: Path) -> None:
     """--tile: each tile samples from its slice of one (latent + LR) noise draw per image; the same seed gives the
     same bits, another seed another picture, and the tiles cover the image."""
-    from tadsr.sd.diffusers_teacher import DiffusersUpscaler
+    from tadsr.inference.upscaler import Upscaler
+    from tadsr.sd.diffusers_teacher import DiffusersBackend
 
     teacher = DiffusersUpscaleTeacher.from_folder(pipeline_dir)
     lr = _lr() * 2 - 1  # (1, 3, 16, 20)
     seen = []
-    up = DiffusersUpscaler(teacher, steps=2, seed=1, tile=8, tile_overlap=2)
+    up = Upscaler(DiffusersBackend(teacher, steps=2), seed=1, tile=8, tile_overlap=2)
     first = up.upscale_tensor(lr, progress=lambda done, total: seen.append((done, total)))
     assert first.shape == (1, 3, 64, 80) and torch.isfinite(first).all()
     assert seen[-1] == (9, 9)  # 3 x 3 tiles of 8 with overlap 2 over 16 x 20
-    assert torch.equal(first, DiffusersUpscaler(teacher, steps=2, seed=1, tile=8, tile_overlap=2).upscale_tensor(lr))
-    other = DiffusersUpscaler(teacher, steps=2, seed=2, tile=8, tile_overlap=2).upscale_tensor(lr)
+    assert torch.equal(first, Upscaler(DiffusersBackend(teacher, steps=2), seed=1, tile=8, tile_overlap=2)
+                       .upscale_tensor(lr))
+    other = Upscaler(DiffusersBackend(teacher, steps=2), seed=2, tile=8, tile_overlap=2).upscale_tensor(lr)
     assert (other - first).abs().max() > 1e-3
 

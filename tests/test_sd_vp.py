@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tadsr.sd.vp import hsd_factor, to_eps, to_x0, vp_forward
+from tadsr.diffusion.vp import hsd_factor, to_eps, to_x0, vp_forward
 
 GEN = torch.Generator().manual_seed(0)
 ALPHAS = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)  # DDPM's linear betas

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tadsr.inference.tiling as tiling
-from tadsr.inference.tiling import blend_ramp, latent_noise, tile_starts, tiled_super_resolve
+from tadsr.inference.backend import ModelBackend
+from tadsr.inference.tiling import blend_ramp, tile_starts, tiled_super_resolve
 from tadsr.model import load_model
 
 
@@ -32,32 +32,44 @@ def _smooth_lr(h: int = 75, w: int = 101) -> torch.Tensor:
     return torch.stack([torch.sin(3 * x + y), torch.cos(2 * y), x * y]).unsqueeze(0) * 0.8
 
 
-def test_tiles_get_their_slice_of_the_image_and_of_one_noise_draw(tiny_student_file, monkeypatch) -> None:  # noqa: ANN001
+class Pointwise:
+    """A stand-in ``Backend``: the geometry and noise of a real one, and a network whose output pixel is its LR pixel
+    plus its noise (the sum of its draws), x4 nearest: it depends on nothing else. ``seen``: what each call got."""
+
+    def __init__(self, backend: ModelBackend) -> None:
+        self.backend, self.seen = backend, []
+        self.scale, self.size_multiple = backend.scale, backend.size_multiple
+        self.noise_factor, self.device = backend.noise_factor, backend.device
+
+    def draw_noise(self, height: int, width: int, seed: int) -> torch.Tensor:
+        return self.backend.draw_noise(height, width, seed)
+
+    def run(self, lr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.backend.sampler, None if noise.shape[0] == 1 else tuple(noise[1:].shape)))
+        return F.interpolate(lr + noise.sum(0)[:, :3], scale_factor=4, mode="nearest")
+
+
+def test_tiles_get_their_slice_of_the_image_and_of_one_noise_draw(tiny_student_file) -> None:  # noqa: ANN001
     """With a pointwise stand-in for the network, tiled and untiled results agree exactly."""
-    model = load_model(tiny_student_file)
-
-    def pointwise(model, lr, noise, **_):  # noqa: ANN001, ANN202
-        # output pixel = its LR pixel + its (nearest) noise value: depends on nothing else
-        return F.interpolate(lr + noise[:, :3], scale_factor=4, mode="nearest")
-
-    monkeypatch.setattr(tiling, "super_resolve", pointwise)
+    backend = ModelBackend(load_model(tiny_student_file), device="cpu")
     lr = _smooth_lr()
-    full = tiled_super_resolve(model, lr, tile=0, seed=5)
+    full = tiled_super_resolve(Pointwise(backend), lr, tile=0, seed=5)
     for tile, overlap, batch in ((32, 8, 1), (32, 0, 3), (64, 16, 2)):
-        tiled = tiled_super_resolve(model, lr, tile=tile, overlap=overlap, seed=5, batch_size=batch)
+        tiled = tiled_super_resolve(Pointwise(backend), lr, tile=tile, overlap=overlap, seed=5, batch_size=batch)
         torch.testing.assert_close(tiled, full, atol=1e-6, rtol=0)
-    noise = latent_noise(model, 96, 128, seed=5)
-    assert torch.equal(noise, torch.randn(1, 48, 96, 128, generator=torch.Generator().manual_seed(5)))
+    noise = backend.draw_noise(96, 128, seed=5)
+    assert noise.shape == (1, 1, 48, 96, 128)
+    assert torch.equal(noise[0], torch.randn(1, 48, 96, 128, generator=torch.Generator().manual_seed(5)))
 
 
 def test_tiled_output_is_close_to_untiled_and_smoother_than_a_flat_average(tiny_student_file) -> None:  # noqa: ANN001
     """Bound (tiny random network, smooth 75x101 input, tile 32 / overlap 8): max |tiled - untiled| stays below 10%
     of the output's range, and below what ResShift's flat averaging gives on the same tiles."""
-    model = load_model(tiny_student_file)
+    backend = ModelBackend(load_model(tiny_student_file), device="cpu")
     lr = _smooth_lr()
-    full = tiled_super_resolve(model, lr, tile=0, seed=0)
-    cosine = tiled_super_resolve(model, lr, tile=32, overlap=8, seed=0)
-    flat = tiled_super_resolve(model, lr, tile=32, overlap=8, seed=0, blend="flat")
+    full = tiled_super_resolve(backend, lr, tile=0, seed=0)
+    cosine = tiled_super_resolve(backend, lr, tile=32, overlap=8, seed=0)
+    flat = tiled_super_resolve(backend, lr, tile=32, overlap=8, seed=0, blend="flat")
     assert cosine.shape == full.shape == (1, 3, 300, 404)
     err_cos, err_flat = (cosine - full).abs().max(), (flat - full).abs().max()
     assert err_cos < 0.1 * (full.max() - full.min())
@@ -66,34 +78,30 @@ def test_tiled_output_is_close_to_untiled_and_smoother_than_a_flat_average(tiny_
 
 def test_progress_reports_every_tile(tiny_student_file) -> None:  # noqa: ANN001
     calls = []
-    tiled_super_resolve(load_model(tiny_student_file), _smooth_lr(40, 70), tile=32, overlap=8, batch_size=2,
-                        progress=lambda done, total: calls.append((done, total)))
+    tiled_super_resolve(ModelBackend(load_model(tiny_student_file), device="cpu"), _smooth_lr(40, 70), tile=32,
+                        overlap=8, batch_size=2, progress=lambda done, total: calls.append((done, total)))
     # 40x70 is padded to 64x96: tile starts 0/24/32 by 0/24/48/64, 12 tiles in batches of 2
     assert calls == [(2, 12), (4, 12), (6, 12), (8, 12), (10, 12), (12, 12)]
 
 
-def test_the_stochastic_sampler_tiles_slice_one_per_step_draw(teacher_file, monkeypatch) -> None:  # noqa: ANN001
+def test_the_stochastic_sampler_tiles_slice_one_per_step_draw(teacher_file) -> None:  # noqa: ANN001
     """Eq. 2's per-step noise, like the prior's, is one draw per image that tiles slice: with a pointwise stand-in
     for the sampler (output = LR + prior noise + the sum of the step draws), tiled equals untiled exactly; the
     per-step draws follow the prior's on one seeded generator."""
     model = load_model(teacher_file)  # T = 4
-    seen = []
-
-    def pointwise(model, lr, noise, step_noise=None, sampler="deterministic", **_):  # noqa: ANN001, ANN202
-        seen.append((sampler, None if step_noise is None else tuple(step_noise.shape)))
-        total = noise if step_noise is None else noise + step_noise.sum(0)
-        return F.interpolate(lr + total[:, :3], scale_factor=4, mode="nearest")
-
-    monkeypatch.setattr(tiling, "super_resolve", pointwise)
+    stochastic = Pointwise(ModelBackend(model, device="cpu", sampler="stochastic"))
     lr = _smooth_lr()
-    full = tiled_super_resolve(model, lr, tile=0, seed=5, sampler="stochastic")
-    tiled = tiled_super_resolve(model, lr, tile=32, overlap=8, seed=5, batch_size=2, sampler="stochastic")
+    full = tiled_super_resolve(stochastic, lr, tile=0, seed=5)
+    tiled = tiled_super_resolve(stochastic, lr, tile=32, overlap=8, seed=5, batch_size=2)
     torch.testing.assert_close(tiled, full, atol=1e-6, rtol=0)
+    seen = stochastic.seen
     assert seen[0] == ("stochastic", (3, 1, 48, 80, 112)) and seen[1] == ("stochastic", (3, 2, 48, 32, 32))  # padded
-    draws = latent_noise(model, 96, 128, seed=5, draws=4)
-    assert torch.equal(draws[0], latent_noise(model, 96, 128, seed=5))  # the prior is the deterministic one's
+    draws = stochastic.draw_noise(96, 128, seed=5)
+    assert draws.shape == (4, 1, 48, 96, 128)
+    # the prior is the deterministic one's
+    assert torch.equal(draws[0], ModelBackend(model, device="cpu").draw_noise(96, 128, seed=5)[0])
     gen = torch.Generator().manual_seed(5)
     assert torch.equal(draws[1:], torch.stack([torch.randn(1, 48, 96, 128, generator=gen) for _ in range(4)])[1:])
-    seen.clear()
-    tiled_super_resolve(model, lr, tile=0, seed=5, steps=1, sampler="stochastic")  # one step: no per-step draws
-    assert seen == [("stochastic", None)]
+    one_step = Pointwise(ModelBackend(model, device="cpu", steps=1, sampler="stochastic"))
+    tiled_super_resolve(one_step, lr, tile=0, seed=5)  # one step: no per-step draws
+    assert one_step.seen == [("stochastic", None)]

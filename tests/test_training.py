@@ -40,15 +40,15 @@ def _params(module: torch.nn.Module) -> list[torch.Tensor]:
 def test_a_distillation_step_moves_student_and_discriminator_not_teacher(photo_dir: Path, teacher_file: Path,
                                                                         tmp_path: Path) -> None:
     trainer = _trainer(photo_dir, teacher_file, tmp_path)
-    teacher, student, disc = _params(trainer.teacher.unet), _params(trainer.student), _params(trainer.discriminator)
+    teacher, student, disc = _params(trainer.teacher.network), _params(trainer.student), _params(trainer.discriminator)
     terms = trainer.train_step(next(trainer.batches()))
     assert set(terms) == {"d_loss", "d_acc", "d_gap", "distill", "hsd", "adv", "loss"}
     assert all(np.isfinite(v) for v in terms.values())
     assert 0 <= terms["d_acc"] <= 1
-    assert all(torch.equal(a, b) for a, b in zip(teacher, _params(trainer.teacher.unet), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(teacher, _params(trainer.teacher.network), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(student, _params(trainer.student), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(disc, _params(trainer.discriminator), strict=True))
-    assert all(not p.requires_grad for p in trainer.teacher.unet.parameters())
+    assert all(not p.requires_grad for p in trainer.teacher.network.parameters())
 
 
 @pytest.mark.parametrize("target", ["teacher", "gt"])
@@ -66,7 +66,7 @@ def test_hsd_compares_with_the_configured_target(photo_dir: Path, teacher_file: 
 
     trainer.score_loss = spy
     batch = next(trainer.batches())
-    pair = trainer._pair(batch)
+    pair = trainer.pair(batch)
     trainer.train_step(batch)
     assert len(seen) == 1 and torch.equal(seen[0], pair.z_tch if target == "teacher" else pair.z_gt)
     assert not torch.equal(pair.z_tch, pair.z_gt)
@@ -120,11 +120,12 @@ def test_the_discriminator_logs_its_separation_and_keeps_to_its_t_range(photo_di
     real, fake = out.chunk(2)
     assert terms["d_gap"] == pytest.approx(float(real.mean() - fake.mean()), abs=1e-6)
     assert terms["d_acc"] == pytest.approx(float(((real > 0).float().mean() + (fake < 0).float().mean()) / 2))
-    last = trainer.schedule.num_steps - 1
+    last = trainer.teacher.process.num_timesteps - 1
     with pytest.raises(ValueError, match=f"dis_t_max={last + 1}.*below T-1"):
         _trainer(photo_dir, teacher_file, tmp_path / "b", f"distill.dis_t_max={last + 1}")
 
 
+@pytest.mark.slow
 def test_tiny_distillation_lowers_the_distillation_loss(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
     trainer = _trainer(photo_dir, teacher_file, tmp_path, "run.steps=16", "distill.teacher_cache=4",
                        "optim.lr=1e-3", "optim.warmup=1", "run.val_every=1000", "run.save_every=1000")
@@ -138,17 +139,19 @@ def test_tiny_distillation_lowers_the_distillation_loss(photo_dir: Path, teacher
 
 def test_teacher_cache_is_reused_only_for_its_own_teacher(photo_dir: Path, teacher_file: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from tadsr.training.families.resshift import ResShiftTeacher
+
     calls = []
-    build = DistillTrainer._teacher_target
-    monkeypatch.setattr(DistillTrainer, "_teacher_target", lambda self, *a: calls.append(1) or build(self, *a))
+    build = ResShiftTeacher.targets
+    monkeypatch.setattr(ResShiftTeacher, "targets", lambda self, *a: calls.append(1) or build(self, *a))
     run_dir = tmp_path / "run"
     first = _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=4")
-    first._load_or_build_cache()
+    first.teacher_cache()
     built = len(calls)
     assert built > 0
-    again = _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=4")._load_or_build_cache()
+    again = _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=4").teacher_cache()
     assert len(calls) == built and set(again) == {"lq", "gt", "z_y", "z_gt", "noise", "z_tch"}
-    _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=8")._load_or_build_cache()
+    _trainer(photo_dir, teacher_file, run_dir, "distill.teacher_cache=8").teacher_cache()
     assert len(calls) > built  # another cache size: rebuilt
     other = tmp_path / "other_teacher.safetensors"
     model = load_model(teacher_file)
@@ -156,7 +159,7 @@ def test_teacher_cache_is_reused_only_for_its_own_teacher(photo_dir: Path, teach
         next(model.unet.parameters()).add_(1.0)
     save_model(model, other)
     count = len(calls)
-    _trainer(photo_dir, other, run_dir, "distill.teacher_cache=8")._load_or_build_cache()
+    _trainer(photo_dir, other, run_dir, "distill.teacher_cache=8").teacher_cache()
     assert len(calls) > count  # another teacher: rebuilt, not the stale targets
 
 
@@ -181,6 +184,7 @@ def _distill_args(photo_dir: Path, teacher_file: Path, out: Path, steps: int) ->
             "run.log_every=1"]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reach_bit_identical_weights(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
     steps = 8
     done = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "a", steps))
@@ -202,6 +206,7 @@ def test_sigkill_and_resume_reach_bit_identical_weights(photo_dir: Path, teacher
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part]), part
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_refused(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
     assert _cli(*_distill_args(photo_dir, teacher_file, tmp_path, 2)).returncode == 0
     ckpt = tmp_path / "checkpoints" / "step_00000002.pt"
@@ -212,6 +217,7 @@ def test_corrupt_checkpoint_is_refused(photo_dir: Path, teacher_file: Path, tmp_
     assert "step_00000002.pt: not a readable training checkpoint" in lines[0]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_agree(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
            *_distill_args(photo_dir, teacher_file, tmp_path, 2)]
@@ -224,6 +230,7 @@ def test_torchrun_two_processes_agree(photo_dir: Path, teacher_file: Path, tmp_p
     assert [r["step"] for r in log if "distill" in r] == [1, 2]  # only rank 0 logs
 
 
+@pytest.mark.slow
 def test_teacher_training_produces_a_model_upscale_accepts(photo_dir: Path, tmp_path: Path) -> None:
     import tadsr
 
@@ -234,10 +241,11 @@ def test_teacher_training_produces_a_model_upscale_accepts(photo_dir: Path, tmp_
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "mse" in r] == [1, 2, 3] and "val_psnr" in log[-1]
     assert (tmp_path / "val" / "step_00000003.png").is_file()
-    up = tadsr.Upscaler.from_pretrained(tmp_path / "final.safetensors", device="cpu", steps=1)
+    up = tadsr.Upscaler(tadsr.open_model(tmp_path / "final.safetensors", device="cpu", steps=1))
     assert up.upscale(np.zeros((20, 24, 3), np.uint8)).shape == (80, 96, 3)
 
 
+@pytest.mark.slow
 def test_a_teacher_fine_tuned_from_a_file_starts_from_its_weights_and_architecture(photo_dir: Path, teacher_file: Path,
                                                                                    tmp_path: Path) -> None:
     from tadsr.training.teacher import TeacherTrainer
@@ -260,14 +268,15 @@ def test_a_teacher_fine_tuned_from_a_file_starts_from_its_weights_and_architectu
     assert "none.safetensors" in missing.stderr and not (tmp_path / "c" / "final.safetensors").exists()
 
 
-def test_dry_run_prints_the_resolved_config_and_bad_overrides_fail(tmp_path: Path) -> None:
+def test_dry_run_prints_the_resolved_config_and_bad_overrides_fail(teacher_file: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["distill", "--preset", "tiny", "--teacher", "t.safetensors", "--out", str(tmp_path),
-                                  "--dry-run", "distill.lambda_score=0.5", "run.amp=bf16"])
+    result = runner.invoke(main, ["distill", "--preset", "tiny", "--teacher", str(teacher_file), "--out",
+                                  str(tmp_path), "--dry-run", "distill.lambda_score=0.5", "run.amp=bf16"])
     assert result.exit_code == 0
     config = json.loads(result.stdout)
     assert config["distill"]["lambda_score"] == 0.5 and config["run"]["amp"] == "bf16"
-    bad = runner.invoke(main, ["distill", "--teacher", "t", "--out", str(tmp_path), "--dry-run", "distill.lamda=1"])
+    bad = runner.invoke(main, ["distill", "--teacher", str(teacher_file), "--out", str(tmp_path), "--dry-run",
+                               "distill.lamda=1"])
     assert bad.exit_code == 1 and "unknown key 'lamda'" in bad.stderr
 
 
@@ -342,10 +351,10 @@ def test_bf16_on_a_gpu_without_it_is_one_line_before_anything_is_built(monkeypat
 
 
 def test_the_unfrozen_teacher_quirk_keeps_no_gradients(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
-    trainer = _trainer(photo_dir, teacher_file, tmp_path, "distill.unfrozen_teacher=true")
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "family.unfrozen_teacher=true")
     trainer.train_step(next(trainer.batches()))
-    assert all(p.requires_grad for p in trainer.teacher.unet.parameters())  # the quirk: the teacher is trainable
-    assert all(p.grad is None for p in trainer.teacher.unet.parameters())  # but no gradient memory is kept
+    assert all(p.requires_grad for p in trainer.teacher.network.parameters())  # the quirk: the teacher is trainable
+    assert all(p.grad is None for p in trainer.teacher.network.parameters())  # but no gradient memory is kept
 
 
 def test_a_student_setting_that_cannot_change_is_one_line_before_any_work(photo_dir: Path, teacher_file: Path,
@@ -365,6 +374,7 @@ def test_a_student_setting_that_cannot_change_is_one_line_before_any_work(photo_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_resume_honours_bookkeeping_and_names_each_setting_it_keeps(photo_dir: Path, teacher_file: Path,
                                                                     tmp_path: Path) -> None:
     from tadsr.training.config import resumed_config

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from tadsr.backends import open_model
 from tadsr.checkpoints import FORMAT_NAME, FORMAT_VERSION, atomic_save_file
 from tadsr.cli import main
 from tadsr.inference.color import adain_color_fix, wavelet_color_fix, wavelet_decompose
@@ -20,7 +21,7 @@ RNG = np.random.default_rng(1)
 
 @pytest.fixture(scope="module")
 def upscaler(tiny_student_file: Path) -> Upscaler:
-    return Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=32, tile_overlap=8)
+    return Upscaler(open_model(tiny_student_file, device="cpu"), tile=32, tile_overlap=8)
 
 
 @pytest.mark.parametrize("shape", [(37, 53, 3), (53, 37, 3), (37, 53), (37, 53, 4), (37, 53, 2)])
@@ -59,15 +60,15 @@ def test_pil_images_come_back_as_pil(upscaler: Upscaler) -> None:
 
 
 def test_outscale_resizes_after_the_native_scale(tiny_student_file: Path) -> None:
-    up = Upscaler.from_pretrained(tiny_student_file, device="cpu", outscale=2.5)
+    up = Upscaler(open_model(tiny_student_file, device="cpu"), outscale=2.5)
     assert up.upscale(RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)).shape == (92, 132, 3)
 
 
 def test_seeds_reproduce_bit_exactly(tiny_student_file: Path) -> None:
     image = RNG.integers(0, 256, (40, 44, 3), dtype=np.uint8)
-    a = Upscaler.from_pretrained(tiny_student_file, device="cpu", seed=7).upscale(image)
-    b = Upscaler.from_pretrained(tiny_student_file, device="cpu", seed=7).upscale(image)
-    c = Upscaler.from_pretrained(tiny_student_file, device="cpu", seed=8).upscale(image)
+    a = Upscaler(open_model(tiny_student_file, device="cpu"), seed=7).upscale(image)
+    b = Upscaler(open_model(tiny_student_file, device="cpu"), seed=7).upscale(image)
+    c = Upscaler(open_model(tiny_student_file, device="cpu"), seed=8).upscale(image)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -79,33 +80,39 @@ def test_batch_gives_the_same_images_as_one_by_one(upscaler: Upscaler) -> None:
 
 def test_bad_options_are_rejected(tiny_student_file: Path) -> None:
     with pytest.raises(ValueError, match="one step"):
-        Upscaler.from_pretrained(tiny_student_file, device="cpu", steps=5)
+        Upscaler(open_model(tiny_student_file, device="cpu", steps=5))
     with pytest.raises(ValueError, match="half the tile"):
-        Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=32, tile_overlap=20)
+        Upscaler(open_model(tiny_student_file, device="cpu"), tile=32, tile_overlap=20)
     with pytest.raises(TypeError):
-        Upscaler.from_pretrained(tiny_student_file, device="cpu").upscale(np.zeros((8, 8, 3), np.float64))
+        Upscaler(open_model(tiny_student_file, device="cpu")).upscale(np.zeros((8, 8, 3), np.float64))
 
 
-def test_cuda_out_of_memory_halves_the_tile_and_retries(tiny_student_file: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import tadsr.inference.upscaler as upscaler_module
+class RunsSmallTiles:
+    """A ``Backend`` whose network runs out of CUDA memory on tiles above 32 LR pixels (``tried``: each tile's side)."""
 
-    real = upscaler_module.tiled_super_resolve
-    tiles_tried = []
+    scale, size_multiple, noise_factor, device = 4, 8, 1, torch.device("cpu")
 
-    def flaky(model, lr, tile, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        tiles_tried.append(tile)
-        if tile > 32:
+    def __init__(self) -> None:
+        self.tried: list[int] = []
+
+    def draw_noise(self, height: int, width: int, seed: int) -> torch.Tensor:
+        return torch.randn((1, 1, 3, height, width), generator=torch.Generator().manual_seed(seed))
+
+    def run(self, lr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        self.tried.append(max(lr.shape[-2:]))
+        if max(lr.shape[-2:]) > 32:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, lr, tile=tile, **kwargs)
+        return torch.nn.functional.interpolate(lr, scale_factor=4, mode="nearest")
 
-    monkeypatch.setattr(upscaler_module, "tiled_super_resolve", flaky)
-    up = Upscaler.from_pretrained(tiny_student_file, device="cpu", tile=128, tile_overlap=8)
+
+def test_cuda_out_of_memory_halves_the_tile_and_retries() -> None:
+    backend = RunsSmallTiles()
+    up = Upscaler(backend, tile=128, tile_overlap=8)
     with pytest.warns(RuntimeWarning) as record:
         out = up.upscale(RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     assert [str(w.message) for w in record] == ["CUDA out of memory: retrying with tile 64",
                                                 "CUDA out of memory: retrying with tile 32"]
-    assert tiles_tried == [128, 64, 32] and out.shape == (160, 160, 3)
+    assert backend.tried[:2] == [40, 40] and set(backend.tried[2:]) == {32} and out.shape == (160, 160, 3)
 
 
 def test_color_fixes_restore_the_reference_colours() -> None:
@@ -124,8 +131,8 @@ def test_color_fixes_restore_the_reference_colours() -> None:
 
 def test_upscaler_applies_the_colour_fix(tiny_student_file: Path) -> None:
     image = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    plain = Upscaler.from_pretrained(tiny_student_file, device="cpu").upscale(image).astype(float)
-    fixed = Upscaler.from_pretrained(tiny_student_file, device="cpu", color_fix="adain").upscale(image).astype(float)
+    plain = Upscaler(open_model(tiny_student_file, device="cpu")).upscale(image).astype(float)
+    fixed = Upscaler(open_model(tiny_student_file, device="cpu"), color_fix="adain").upscale(image).astype(float)
     target = image.astype(float).mean((0, 1))
     assert np.abs(fixed.mean((0, 1)) - target).max() < np.abs(plain.mean((0, 1)) - target).max()
     assert np.abs(fixed.mean((0, 1)) - target).max() < 3
@@ -301,14 +308,14 @@ def test_native_bf16_is_read_from_the_cpus_flags(cpuinfo: str, native: bool) -> 
 
 
 def test_bf16_on_a_cpu_without_it_warns(tiny_student_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tadsr.inference.upscaler as upscaler_module
+    import tadsr.inference.backend as backend_module
 
-    monkeypatch.setattr(upscaler_module, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(backend_module, "cpu_bf16_native", lambda: False)
     with pytest.warns(RuntimeWarning, match="bf16 on this CPU is emulated"):
-        Upscaler.from_pretrained(tiny_student_file, device="cpu", dtype=torch.bfloat16)
-    monkeypatch.setattr(upscaler_module, "cpu_bf16_native", lambda: True)
+        Upscaler(open_model(tiny_student_file, device="cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(backend_module, "cpu_bf16_native", lambda: True)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Upscaler.from_pretrained(tiny_student_file, device="cpu", dtype=torch.bfloat16)
+        Upscaler(open_model(tiny_student_file, device="cpu", dtype=torch.bfloat16))

@@ -98,7 +98,7 @@ def test_only_a_listed_label_reaches_a_file(models: ModelCache, photo: Path, tmp
 
 
 def test_a_model_is_loaded_once_and_kept(models: ModelCache) -> None:
-    assert models.get(STUDENT) is models.get(STUDENT)
+    assert models.backend(STUDENT) is models.backend(STUDENT)
 
 
 def test_the_job_writes_what_tadsr_upscale_writes(models: ModelCache, photo: Path, tmp_path: Path,
@@ -136,6 +136,7 @@ def test_the_teacher_runs_its_steps_and_other_step_counts_are_refused(models: Mo
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_the_page_passes_its_sampler_to_the_teacher(models: ModelCache, photo: Path, tmp_path: Path) -> None:
     """The page's sampler control: the stochastic sampler gives the teacher other pixels than the deterministic one,
     the same as `tadsr upscale --sampler stochastic`; an unknown sampler is refused before any work."""
@@ -177,6 +178,7 @@ def test_the_pixel_limits_of_the_cli_apply(models: ModelCache, photo: Path, tmp_
     assert not (tmp_path / "job").exists()
 
 
+@pytest.mark.slow
 def test_progress_follows_the_tiles_and_cancel_stops_between_them(models: ModelCache, photo: Path,
                                                                   tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
@@ -218,13 +220,12 @@ def test_output_names_and_preview_sizes() -> None:
     assert preview_size(3000, 9000) == (683, PREVIEW_SIDE)
 
 
+@pytest.mark.slow
 def test_a_large_result_gets_small_previews_and_a_full_download(tmp_path: Path, tiny_student_file: Path) -> None:
-    from tadsr.model import load_model
-
     big = tmp_path / "big.png"
     Image.fromarray(RNG.integers(0, 256, (8, 600, 3), dtype=np.uint8)).save(big)  # 2400 px wide at x4
     models = ModelCache(model_catalogue([tiny_student_file]), torch.device("cpu"))
-    models._models[STUDENT] = load_model(tiny_student_file)
+    models.backend(STUDENT)  # opened before the job, as `tadsr serve` opens its default model
     result = upscale_file(big, "big.png", JobSettings(model=STUDENT, tile=0), models, tmp_path / "job")
     assert Image.open(result.output).size == (2400, 32)
     assert Image.open(result.before).size == Image.open(result.after).size == (PREVIEW_SIDE, 27)
@@ -278,11 +279,12 @@ def test_without_gradio_serve_says_how_to_install_it(monkeypatch: pytest.MonkeyP
 def test_a_model_saved_after_start_is_not_reachable_by_path(models: ModelCache, tmp_path: Path,
                                                              photo: Path) -> None:
     path = tmp_path / "late.safetensors"
-    save_model(SRModel(models.get(STUDENT).config), path)
+    save_model(SRModel(models.backend(STUDENT).config), path)
     with pytest.raises(ConfigError, match="unknown model"):
         upscale_file(photo, "photo.png", JobSettings(model=str(path)), models, tmp_path / "job")
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line_before_anything_loads() -> None:
     pytest.importorskip("gradio")
     with socket.socket() as busy:

@@ -35,6 +35,7 @@ def upscale(client: Client, path: Path, model: str = STUDENT, steps: int = 1, se
     return client.predict(handle_file(str(path)), model, steps, seed, tile, outscale, color_fix, api_name="/upscale")
 
 
+@pytest.mark.slow
 def test_the_api_upscales_a_photo(client: Client, tmp_path: Path) -> None:
     (before, after), output, summary = upscale(client, _photo(tmp_path / "cat.png", 30, 44))
     assert Path(output).name == "cat_x4.png" and Image.open(output).size == (176, 120)
@@ -83,6 +84,7 @@ def test_a_cancelled_job_stops_and_frees_the_device(client: Client, web_server: 
     assert waited < 30
 
 
+@pytest.mark.slow
 def test_a_public_host_is_warned_about_and_sigterm_cleans_up(tmp_path: Path, tiny_student_file: Path) -> None:
     pytest.importorskip("gradio")
     server = start_server(tmp_path / "serve.log", "--host", "0.0.0.0", "--model", str(tiny_student_file))

@@ -1,13 +1,19 @@
-"""tadsr: one-step diffusion super-resolution by time-aware distillation (TAD-SR, He et al., arXiv 2408.07476)."""
+"""tadsr: one-step diffusion super-resolution by time-aware distillation (TAD-SR, He et al., arXiv 2408.07476).
+
+From Python: ``tadsr.Upscaler(tadsr.open_model(path_or_name, ...), tile=...)`` upscales images as ``tadsr upscale``
+does, for any model it runs (a tadsr file, an embedded name, an ONNX graph, an SD student, a diffusers folder).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["Upscaler", "__version__"]
+from tadsr.version import __version__
+
+__all__ = ["Upscaler", "__version__", "open_model"]
 
 if TYPE_CHECKING:
+    from tadsr.backends import open_model
     from tadsr.inference.upscaler import Upscaler
 
 
@@ -17,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from tadsr.inference.upscaler import Upscaler
 
         return Upscaler
+    if name == "open_model":
+        from tadsr.backends import open_model
+
+        return open_model
     raise AttributeError(f"module 'tadsr' has no attribute {name!r}")

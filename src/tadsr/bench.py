@@ -10,7 +10,8 @@ synchronised on CUDA. FLOPs are counted with ``torch.utils.flop_counter.FlopCoun
 * hardware efficiency: achieved FLOP/s of the student-1 pipeline / that of RRDBNet, same device and dtype;
 * speed against Real-ESRGAN x4plus: RRDBNet's seconds / student-1's, same input, device and dtype ("× RRDB speed").
 
-An exported ``.onnx`` file (``tadsr export``) or an SD student file (``tadsr distill --teacher DIFFUSERS_DIR``) in
+A model is named as ``tadsr upscale --model`` names one, and opened by ``tadsr.backends.open_model`` (``load``);
+an exported ``.onnx`` file (``tadsr export``) or an SD student file (``tadsr distill --teacher DIFFUSERS_DIR``) in
 ``models`` gets one row per size, run as ``tadsr upscale --model FILE`` runs it (``bench_file``): ONNX Runtime on
 the CPU at the file's own precision, or the SD student in float32.
 
@@ -40,14 +41,19 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tadsr.checkpoints import is_sd_student
+from tadsr.backends import open_model
 from tadsr.devices import DTYPES, autocast, cpu_bf16_native, peak_memory_mib, reset_peak_memory, synchronize
-from tadsr.errors import ConfigError, first_line
+from tadsr.errors import ConfigError, TadsrError, first_line
+from tadsr.inference.backend import Backend, ModelBackend
 from tadsr.inference.fast import prepare_for_inference
+from tadsr.inference.onnx import OnnxModel
 from tadsr.inference.pipeline import encode_lr, super_resolve
-from tadsr.inference.tiling import tiled_super_resolve
+from tadsr.inference.tiling import DEFAULT_TILE_OVERLAP, tiled_super_resolve
+from tadsr.inference.upscaler import Upscaler
 from tadsr.model import SRModel
 from tadsr.nets.rrdbnet import RRDBNet
+from tadsr.presets import MODEL_PRESETS, model_config
+from tadsr.sd.diffusers_teacher import DiffusersBackend
 
 
 def median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
@@ -146,15 +152,15 @@ def time_tiles(model: SRModel, lr: torch.Tensor, steps: int, tile: int, overlap:
         if max_tiles and tiles >= max_tiles and tiles < all_tiles:
             raise _EnoughTiles
 
-    auto = None if dtype == torch.float32 else dtype
-    run = dict(tile=tile, overlap=overlap, steps=steps, autocast_dtype=auto, batch_size=tile_batch)
+    backend = ModelBackend(model, device=device, dtype=dtype, steps=steps)
+    run = dict(tile=tile, overlap=overlap, batch_size=tile_batch)
     # warm-up: one tile's worth of work at the tile size
-    tiled_super_resolve(model, lr[..., :tile, :tile], **run)
+    tiled_super_resolve(backend, lr[..., :tile, :tile], **run)
     synchronize(device)
     reset_peak_memory(device)
     start = time.perf_counter()
     with contextlib.suppress(_EnoughTiles):
-        tiled_super_resolve(model, lr, progress=progress, **run)
+        tiled_super_resolve(backend, lr, progress=progress, **run)
     seconds = time.perf_counter() - start
     done = marks[-1][0]
     if done >= total:
@@ -214,28 +220,33 @@ def bench_rrdbnet(lr_size: int, batch: int, dtype: str, device: torch.device, re
             "gflops_per_s": flops / seconds / 1e9, "peak_mib": peak}
 
 
-def bench_file(path: Path, lr_size: int, repeats: int, tile: int, overlap: int,
-               device: torch.device) -> dict[str, Any]:
+def bench_file(backend: Backend, name: str, lr_size: int, repeats: int, tile: int, overlap: int) -> dict[str, Any]:
     """One row for a one-step model file that is not a tadsr SRModel, run as ``tadsr upscale --model FILE`` runs it
     (``Upscaler.upscale_tensor``: padding, the noise, tiling above ``tile``): an exported graph (``tadsr export``,
     ONNX Runtime on the CPU, a fixed-size file at its own size) or an SD student (``tadsr.sd.student``, float32).
     Median seconds of the whole image, images per second, peak memory."""
-    from tadsr.inference.onnx import OnnxUpscaler
-    from tadsr.inference.upscaler import Upscaler
-
-    onnx = path.suffix.lower() == ".onnx"
-    tiled = lr_size > tile
-    up = Upscaler.from_pretrained(path, device=None if onnx else device, tile=tile if tiled else 0,
-                                  tile_overlap=overlap)
-    dev, dtype = device, "fp32"
-    if isinstance(up, OnnxUpscaler):
-        dev, dtype = torch.device("cpu"), f"{up.onnx.metadata.get('precision', 'fp32')} (ORT)"
-        tiled = tiled or up.onnx.tile > 0  # a fixed-size file runs tiles of its size
-    lr = _lr_batch(1, lr_size, dev)
-    seconds, peak = _measure(lambda: up.upscale_tensor(lr), dev, repeats)
-    return {"model": path.name, "lr": lr_size, "out": lr_size * up.scale, "batch": 1, "dtype": dtype,
-            "tiles": up.tile_size() if tiled else 0, "student_1_s": seconds, "student_images_per_s": 1 / seconds,
+    up = Upscaler(backend, tile=tile if lr_size > tile else 0, tile_overlap=overlap)  # a fixed-size file: its size
+    dtype = f"{backend.metadata.get('precision', 'fp32')} (ORT)" if isinstance(backend, OnnxModel) else "fp32"
+    lr = _lr_batch(1, lr_size, backend.device)
+    seconds, peak = _measure(lambda: up.upscale_tensor(lr), backend.device, repeats)
+    return {"model": Path(name).name, "lr": lr_size, "out": lr_size * up.scale, "batch": 1, "dtype": dtype,
+            "tiles": up.tile_size(), "student_1_s": seconds, "student_images_per_s": 1 / seconds,
             "student_peak_mib": peak}
+
+
+def load(name: str, device: torch.device) -> SRModel | Backend:
+    """A model of ``--models``: an official architecture by preset name (random weights), ``embedded`` (the shipped
+    student), or a model file opened by ``tadsr.backends.open_model`` on ``device``: a tadsr model's ``SRModel``
+    (timed part by part), or the backend of a one-step file (timed whole). One line naming it otherwise."""
+    try:
+        if name in MODEL_PRESETS:
+            return SRModel(model_config(name))
+        backend = open_model("student" if name == "embedded" else name, device=device)
+        if isinstance(backend, DiffusersBackend):
+            raise ConfigError("a diffusers pipeline; bench times tadsr models and one-step files (ONNX, SD student)")
+    except TadsrError as err:
+        raise ConfigError(f"--models {name}: {err}") from err
+    return backend.model if isinstance(backend, ModelBackend) else backend
 
 
 def environment(device: torch.device, **settings: Any) -> dict[str, Any]:
@@ -310,7 +321,7 @@ class BenchSettings:
     batches: tuple[int, ...] = (1,)
     repeats: int = 3
     tile: int = 64
-    overlap: int = 16
+    overlap: int = DEFAULT_TILE_OVERLAP
     tile_batch: int = 1
     max_tiles: int = 4
     channels_last: bool = False
@@ -324,11 +335,11 @@ class BenchSettings:
             raise ConfigError("sizes, batches, repeats and tile must be positive")
 
 
-def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: torch.device,
+def run_bench(settings: BenchSettings, device: torch.device,
               log: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
     """All rows of ``settings``: Real-ESRGAN yardsticks, then each model's untiled and tiled rows.
 
-    ``load(name)`` builds a model by name. A dtype the device cannot run is skipped with a ``log`` line.
+    Each model is opened by ``load``. A dtype the device cannot run is skipped with a ``log`` line.
     """
     rows: list[dict[str, Any]] = []
     yardsticks: dict[tuple[int, str, int], dict[str, Any]] = {}
@@ -343,19 +354,19 @@ def run_bench(settings: BenchSettings, load: Callable[[str], SRModel], device: t
         return yardsticks[key]
 
     for name in settings.models:
-        if name.lower().endswith(".onnx") or (name.endswith(".safetensors") and is_sd_student(name)):
+        loaded = load(name, device)
+        if not isinstance(loaded, SRModel):
             # an exported graph (ONNX Runtime on the CPU, its own precision) or an SD student: one step, no teacher
-            onnx = name.lower().endswith(".onnx")
             for size in settings.sizes:
-                same = device.type == "cpu" or not onnx
+                same = loaded.device.type == device.type  # Real-ESRGAN on the device the file runs on
                 esr = yardstick(size, "fp32", 1) if same and size <= settings.tile else None
                 log(f"{name} {size}")
-                row = bench_file(Path(name), size, settings.repeats, settings.tile, settings.overlap, device)
+                row = bench_file(loaded, name, size, settings.repeats, settings.tile, settings.overlap)
                 if esr is not None:
                     row["x_realesrgan"] = esr["seconds"] / row["student_1_s"]
                 rows.append(row)
             continue
-        model = prepare_for_inference(load(name).to(device), **fast)
+        model = prepare_for_inference(loaded.to(device), **fast)
         for size, dtype in itertools.product(settings.sizes, settings.dtypes):
             try:
                 if size > settings.tile:

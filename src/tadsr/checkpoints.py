@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from tadsr.errors import TadsrError, first_line
+from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.fileio import atomic_write
 
 DERIVED_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
@@ -162,6 +163,27 @@ def is_sd_student(path: str | os.PathLike) -> bool:
             return (f.metadata() or {}).get("format") == SD_STUDENT_FORMAT
     except Exception:  # not safetensors: load_model says what it is
         return False
+
+
+ModelKind = Literal["tadsr", "onnx", "sd-student", "diffusers"]
+
+
+def model_kind(path: str | os.PathLike) -> ModelKind:
+    """What a model path is — the one place that decides it (``tadsr.backends.open_model`` runs it,
+    ``tadsr.training.families.open_teacher`` distils it): a folder with a ``model_index.json`` is a diffusers
+    pipeline; a ``.onnx`` file a graph from ``tadsr export``; a safetensors file whose metadata says
+    ``SD_STUDENT_FORMAT`` an SD student; any other file a tadsr model file (its loader names what is wrong with it).
+    A missing path, or a folder without ``model_index.json``, is one line naming it."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            return "diffusers"
+        raise ConfigError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+    if not path.exists():
+        raise NotFoundError(f"{path}: no such model file or folder")
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    return "sd-student" if is_sd_student(path) else "tadsr"
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -24,8 +24,10 @@ from tadsr.diffusion.samplers import SAMPLERS
 from tadsr.errors import ConfigError, TadsrError
 from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
-from tadsr.model import SRModel, load_model, model_from_official, read_model_config, resolve_model_path, save_model
+from tadsr.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
+from tadsr.model import SRModel, load_model, model_from_official, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
+from tadsr.sd.diffusers_teacher import DEFAULT_NOISE_LEVEL
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
 
 SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts
@@ -151,12 +153,13 @@ def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one
       tadsr export my.safetensors -o my-256.onnx --tile 256 # a fixed 256x256 image-to-image graph
       tadsr export student -o student-fp16.onnx --fp16      # float16 weights and compute
     """
+    from tadsr.backends import load_sr_model
     from tadsr.export import describe, export_onnx
 
     if output.suffix.lower() != ".onnx":
         _fail(f"{output}: the output must be a .onnx file")
     check_writable(output.parent)
-    metadata = export_onnx(load_model(resolve_model_path(model)), output, tile=tile, seed=seed,
+    metadata = export_onnx(load_sr_model(model, "tadsr export"), output, tile=tile, seed=seed,
                            teacher_one_step=teacher_one_step, fp16=fp16)
     click.echo(f"wrote {output}: {describe(metadata)}")
 
@@ -186,7 +189,7 @@ def info(model: str) -> None:
               help="A .safetensors file from `tadsr convert`, 'student' / 'teacher' (embedded), or a diffusers "
                    "folder of an SD x4 upscaler (tadsr[sd]). [default: student]")
 @click.option("--prompt", default="", help="A diffusers folder's prompt (embedded once). [default: empty]")
-@click.option("--noise-level", type=click.IntRange(0, 1000), default=20, show_default=True,
+@click.option("--noise-level", type=click.IntRange(0, 1000), default=DEFAULT_NOISE_LEVEL, show_default=True,
               help="A diffusers folder's LR noise level (the x4 upscaler's conditioning).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
@@ -197,9 +200,10 @@ def info(model: str) -> None:
 @click.option("-s", "--outscale", type=click.FloatRange(min=0, max=16, min_open=True), default=None,
               help="Final scale (at most 16): the model's native scale, then a high-quality resize. "
                    "[default: native]")
-@click.option("-t", "--tile", type=click.IntRange(min=0), default=128,
+@click.option("-t", "--tile", type=click.IntRange(min=0), default=DEFAULT_TILE,
               help="Tile size in LR pixels (rounded up to the model's multiple); 0 = whole image.")
-@click.option("--tile-overlap", type=click.IntRange(min=0), default=16, help="Tile overlap in LR pixels.")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=DEFAULT_TILE_OVERLAP,
+              help="Tile overlap in LR pixels.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Tiles per network call.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Float32 compute [default on CPU].")
 @click.option("--fp16", "precision", flag_value="fp16", help="Float16 autocast [default on CUDA].")
@@ -234,41 +238,29 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
       tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
       torchrun --nproc_per_node 8 -m tadsr.cli upscale -i dataset/ -o out/    # sharded over 8 GPUs
     """
+    from tadsr.backends import model_info, open_model
     from tadsr.inference.batch import Summary, plan_jobs, run_jobs, shard
     from tadsr.inference.upscaler import Upscaler
 
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive, report=_warn)
-    diffusers_folder = model is not None and Path(model).is_dir()
-    model_path = Path(model) if diffusers_folder else resolve_model_path(model)
-    if diffusers_folder:
-        from tadsr.sd.diffusers_teacher import read_index
-
-        read_index(model_path)  # a folder the backend cannot run is one line before anything is written
+    info = model_info(model)  # a path that is not a model it can run is one line before anything is written
     if not jobs:
         _fail(f"{input_spec}: no images found")
     if dry_run:
         for job in jobs:
             note = "  (exists: skip)" if job.target.exists() and not overwrite else ""
             click.echo(f"{job.source} -> {job.target}{note}")
-        click.echo(f"{len(jobs)} image(s) with model {model_path}; nothing written (dry run)")
+        click.echo(f"{len(jobs)} image(s) with model {info.path}; nothing written (dry run)")
         return
-    check_writable(out_dir)
     rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
-    if diffusers_folder:
-        from tadsr.sd.diffusers_teacher import DiffusersUpscaler, DiffusersUpscaleTeacher
-
-        teacher = DiffusersUpscaleTeacher.from_folder(model_path, prompt=prompt, noise_level=noise_level, device=dev)
-        upscaler = DiffusersUpscaler(teacher, steps=steps, seed=seed, color_fix=color_fix, outscale=outscale,
-                                     tile=tile, tile_overlap=tile_overlap, batch_size=batch_size)
-        if sampler != "deterministic" and rank == 0:
-            _warn(f"--sampler {sampler}: {model_path} samples with its own scheduler; the option is ignored")
-    else:
-        upscaler = Upscaler.from_pretrained(
-            model_path, device=dev, dtype=DTYPES[precision] if precision else None, tile=tile,
-            tile_overlap=tile_overlap, steps=steps, sampler=sampler, seed=seed, color_fix=color_fix,
-            batch_size=batch_size, outscale=outscale, channels_last=channels_last, compile=compile_)
-        if upscaler.tile_size() != tile and rank == 0:
-            _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
+    backend = open_model(model, device=dev, dtype=DTYPES[precision] if precision else None, steps=steps,
+                         sampler=sampler, channels_last=channels_last, compile=compile_, prompt=prompt,
+                         noise_level=noise_level, report=_warn if rank == 0 else lambda line: None)
+    upscaler = Upscaler(backend, tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
+                        batch_size=batch_size, outscale=outscale)
+    check_writable(out_dir)
+    if upscaler.tile_size() != tile and rank == 0:
+        _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
     mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,
                     show_progress=not quiet and rank == 0, report=_error, notice=_warn)
     summary = Summary.combined(distributed.gather(mine))
@@ -428,7 +420,7 @@ def demo(out_dir: Path, quick: bool, device: str, quiet: bool) -> None:
 @click.option("--batches", default="1", help="Batch sizes for the untiled sizes, comma-separated.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, help="Timed runs per measurement (median).")
 @click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="LR tile size.")
-@click.option("--tile-overlap", type=click.IntRange(min=0), default=16, show_default=True)
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=DEFAULT_TILE_OVERLAP, show_default=True)
 @click.option("--tile-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tiles per network call.")
 @click.option("--max-tiles", type=click.IntRange(min=0), default=4, show_default=True,
@@ -458,19 +450,11 @@ def bench(models: str, sizes: str, dtypes: str, batches: str, repeats: int, tile
     if json_path is not None:
         check_writable(json_path.parent)  # fail before the benchmark, not after it
 
-    def load(name: str) -> SRModel:
-        try:
-            if name == "embedded":
-                return load_model(resolve_model_path("student"))
-            return load_model(name) if name.endswith(".safetensors") else SRModel(model_config(name))
-        except TadsrError as err:
-            raise ConfigError(f"--models {name}: {err}") from err
-
     if dev.type == "cpu":
         from tadsr.bench import cpu_bf16_line
 
         click.echo(f"tadsr: bench: bf16 on this CPU: {cpu_bf16_line()}", err=True)
-    rows = run_bench(settings, load, dev, log=lambda line: click.echo(f"tadsr: bench: {line}", err=True))
+    rows = run_bench(settings, dev, log=lambda line: click.echo(f"tadsr: bench: {line}", err=True))
     click.echo(format_table(rows))
     if json_path is not None:
         atomic_write_text(json_path, to_json(rows, dev, channels_last=channels_last, compile=compile_))
@@ -501,20 +485,22 @@ def _training_options(command: click.Command) -> click.Command:
     return command
 
 
-def _training_config(command: Command, config_path: Path | None, preset: str, data_path: str | None,
-                     steps: int | None, seed: int | None, overrides: tuple[str, ...], dry_run: bool) -> TrainConfig:
-    """The resolved config; with --dry-run it is printed and the command ends here."""
+def _print_config(config: TrainConfig) -> NoReturn:
+    """--dry-run: the resolved config, and the command ends here."""
     import json
 
     from tadsr.training.config import config_to_dict
 
-    try:
-        config = resolve_config(command, config_path, preset, data_path, steps, seed, overrides)
-    except ConfigError as err:
-        raise ConfigError(f"config: {err}") from err
+    click.echo(json.dumps(config_to_dict(config), indent=1))
+    sys.exit(0)
+
+
+def _training_config(command: Command, config_path: Path | None, preset: str, data_path: str | None,
+                     steps: int | None, seed: int | None, overrides: tuple[str, ...], dry_run: bool) -> TrainConfig:
+    """The resolved config; with --dry-run it is printed and the command ends here."""
+    config = resolve_config(command, config_path, preset, data_path, steps, seed, overrides)
     if dry_run:
-        click.echo(json.dumps(config_to_dict(config), indent=1))
-        sys.exit(0)
+        _print_config(config)
     return config
 
 
@@ -564,34 +550,17 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
       tadsr distill --preset realsr-x4 --teacher resshift-realsr-x4.safetensors --data imagenet/ --out runs/s
       tadsr distill ... distill.score_distill=sds distill.discriminator=plain     # an ablation row
       python -m torch.distributed.run --nproc_per_node 2 -m tadsr.cli distill ...   # DDP
-      tadsr distill --teacher sd-x4-upscaler/ --data photos/ --out runs/sd sd.prompt="a photo" sd.teacher_steps=20
+      tadsr distill --teacher sd-x4-upscaler/ --data photos/ --out runs/sd family.prompt="a photo" \\
+          family.teacher_steps=20                                               # an SD-based teacher
     """
-    from tadsr.training.config import check_student_model, infer_train_preset
     from tadsr.training.distill import DistillTrainer
+    from tadsr.training.families import distill_config
 
-    if teacher.is_dir():  # a diffusers folder: the SD-based teacher of the paper's Appendix B
-        from tadsr.sd.diffusers_teacher import read_index
-        from tadsr.sd.distill import SDDistillTrainer
-
-        read_index(teacher)  # a folder the backend cannot run is one line before anything is written
-        config = _training_config("distill", config_path, preset or "tiny", data_path, steps, seed, overrides,
-                                  dry_run)
-        if preset is None and config_path is None:
-            click.echo(f"tadsr: distill: the tiny preset's recipe for {teacher} (its architecture is the folder's; "
-                       "pass --preset or --config for another recipe)", err=True)
-        trainer: DistillTrainer = SDDistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device),
-                                                   resume=resume, show_progress=not quiet)
-        final = trainer.run()
-        if trainer.rank == 0:
-            click.echo(f"tadsr: wrote {final}")
-        return
-    if preset is None and config_path is None and teacher.is_file():  # the recipe of the teacher's architecture
-        preset = infer_train_preset(read_model_config(teacher))
-        click.echo(f"tadsr: distill: --preset {preset} (the teacher's architecture)", err=True)
-    config = _training_config("distill", config_path, preset or "tiny", data_path, steps, seed, overrides, dry_run)
-    if not teacher.is_file():
-        _fail(f"{teacher}: no such teacher file")
-    check_student_model(read_model_config(teacher), overrides)
+    config, recipe = distill_config(teacher, config_path, preset, data_path, steps, seed, overrides)
+    if recipe is not None:
+        click.echo(f"tadsr: distill: {recipe}", err=True)
+    if dry_run:
+        _print_config(config)
     trainer = DistillTrainer(config, run_dir, teacher=teacher, device=resolve_device(device), resume=resume,
                              show_progress=not quiet)
     final = trainer.run()

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
+from tadsr.backends import model_info
 from tadsr.baselines import packaged_ncnn_files
 from tadsr.data.degradation import preset
 from tadsr.data.testset import build_test_set
 from tadsr.evaluate import build_metric_set, evaluate
-from tadsr.model import resolve_model_path
 
 
 def demo_photos() -> list[Path]:
@@ -27,8 +27,8 @@ def demo_photos() -> list[Path]:
 def run_demo(out_dir: Path, quick: bool = False, device: str = "cpu", show_progress: bool = True,
              report: Callable[[str], None] = print) -> Path:
     """Build the LR/GT set, run the methods, write the report; returns the path of report.md."""
-    resolve_model_path("student")  # fail early, with the clear message, if this install has no embedded model
-    resolve_model_path("teacher")
+    model_info("student")  # fail early, with the clear message, if this install has no embedded model
+    model_info("teacher")
     photos = demo_photos()[:1] if quick else demo_photos()
     hr_dir = out_dir / "photos"
     hr_dir.mkdir(parents=True, exist_ok=True)

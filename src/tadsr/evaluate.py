@@ -173,10 +173,11 @@ def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None,
             return out.float().clamp(0, 1)[0].permute(1, 2, 0).double().cpu().numpy()
 
         return "realesrgan", run
+    from tadsr.backends import model_info, open_model
     from tadsr.inference.upscaler import Upscaler
 
-    up = Upscaler.from_pretrained(name, device=device, dtype=DTYPES[dtype], steps=steps, seed=seed, tile=tile)
-    label = f"{label_stem(name)}:{steps or up.model.config.role}"
+    label = f"{label_stem(name)}:{steps or model_info(name).role}"
+    up = Upscaler(open_model(name, device=device, dtype=DTYPES[dtype], steps=steps), seed=seed, tile=tile)
 
     def run_model(lr: np.ndarray) -> np.ndarray:
         out = up.upscale_tensor(_tensor(lr).float() * 2 - 1)
@@ -481,26 +482,35 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
             result.set_values = metrics.set_level(folder, gt_dir) if rank == 0 else {}
             results.append(result)
             columns.append((label, outs))
-        if world > 1:
-            for problems in distributed.gather(left_out.problems):
-                for name, message in problems.items():
-                    left_out.problems.setdefault(name, message)
-            if rank != 0:
-                if left_out.problems:
-                    raise EvaluationIncomplete(f"{len(left_out.problems)} of {len(pairs)} pair(s) left out (rank "
-                                               f"{rank}; rank 0 writes the report)")
-                return results
-            for label, images in columns:  # the sheet's images from the other ranks, read back
-                folder = out_dir / "outputs" / label.replace(":", "_")
-                for name, path, _ in pairs[:sheet_images + len(left_out.problems)]:
-                    if name not in images and name not in left_out.problems:
-                        images[name] = load_float(path if label == "LR" else folder / f"{name}.png", 0)
+        if world > 1 and not gather_on_rank_0(out_dir, columns, pairs, left_out, rank, sheet_images):
+            return results
     write_sheet(out_dir, columns, pairs, left_out.problems, gt_dir, sheet_images)
     write_report(out_dir, results, metrics, conventions(pairs, left_out.problems, metrics, models, dtype, dev))
     if left_out.problems:
         raise EvaluationIncomplete(f"{len(left_out.problems)} of {len(pairs)} pair(s) left out (each named above); "
                                    f"{out_dir / 'report.md'} covers the others")
     return results
+
+
+def gather_on_rank_0(out_dir: Path, columns: list[tuple[str, dict[str, np.ndarray]]], pairs: list[Pair],
+                     left_out: LeftOut, rank: int, sheet_images: int) -> bool:
+    """Under torchrun, after every rank measured its pairs: every rank's left-out pairs to all, and rank 0's sheet
+    images of the other ranks' pairs read back from their outputs. True on rank 0 (it writes the report); another
+    rank stops here (``EvaluationIncomplete`` when it left pairs out)."""
+    for problems in distributed.gather(left_out.problems):
+        for name, message in problems.items():
+            left_out.problems.setdefault(name, message)
+    if rank != 0:
+        if left_out.problems:
+            raise EvaluationIncomplete(f"{len(left_out.problems)} of {len(pairs)} pair(s) left out (rank {rank}; "
+                                       "rank 0 writes the report)")
+        return False
+    for label, images in columns:
+        folder = out_dir / "outputs" / label.replace(":", "_")
+        for name, path, _ in pairs[:sheet_images + len(left_out.problems)]:
+            if name not in images and name not in left_out.problems:
+                images[name] = load_float(path if label == "LR" else folder / f"{name}.png", 0)
+    return True
 
 
 def conventions(pairs: list[Pair], left_out: dict[str, str], metrics: MetricSet, models: Sequence[str], dtype: str,

@@ -7,7 +7,7 @@ kappa sqrt(eta_T) noise -> one network call at t = T-1 -> decode -> HR in [0, 1]
   multiples of the model's size multiple. The noise is a second input so that a tiled run gives each tile its slice
   of one draw for the whole image, as `tadsr upscale` does: ``tadsr upscale --model FILE.onnx`` (onnxruntime) then
   reproduces the PyTorch output. Draw it as ``torch.randn((1, C, H/f, W/f), generator=torch.Generator()
-  .manual_seed(seed))`` (``tadsr.inference.tiling.latent_noise``).
+  .manual_seed(seed))`` (``tadsr.inference.backend.model_noise``).
 * ``noise="embedded"`` (``--tile N``): one input ``lr`` fixed at N x N, the noise of ``seed`` for that size stored
   in the graph: a plain image-to-image model for applications that feed one tensor (fixed size, said in the
   metadata; they tile themselves).
@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from tadsr.config import config_to_json
 from tadsr.errors import ConfigError, MissingExtraError, TadsrError, first_line
 from tadsr.fileio import atomic_write
+from tadsr.inference.backend import model_noise
 from tadsr.inference.padding import round_up
 from tadsr.inference.pipeline import super_resolve
-from tadsr.inference.tiling import latent_noise
 from tadsr.model import SRModel
 
 OPSET = 18
@@ -88,7 +88,7 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
     model = copy.deepcopy(model).half().eval() if fp16 else model.float().eval()
     if tile:
         side = round_up(tile, m)
-        noise = latent_noise(model, side, side, seed)  # the noise `tadsr upscale --seed` gives a side x side image
+        noise = model_noise(cfg, side, side, seed)[0]  # what `tadsr upscale --seed` gives a side x side image
         graph, args = OneStepGraph(model, noise), (torch.rand(1, 3, side, side),)
         dynamic, kind = None, "embedded"
     else:
@@ -124,7 +124,7 @@ def export_onnx(model: SRModel, path: str | os.PathLike, tile: int = 0, seed: in
 
 
 def _version() -> str:
-    from tadsr import __version__
+    from tadsr.version import __version__
 
     return __version__
 

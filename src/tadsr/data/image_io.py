@@ -143,6 +143,14 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     (``max_file_bytes``), checked before reading.
     """
     path = Path(path)
+    data = _read_bytes(path, max_pixels)
+    gray, orientation, icc, exif_bytes = _checked_header(path, data, max_pixels)
+    pixels = _decode(path, data, max_pixels)
+    return ImageData(apply_orientation(_to_rgb_order(pixels, gray), orientation), icc_profile=icc, exif=exif_bytes)
+
+
+def _read_bytes(path: Path, max_pixels: int) -> bytes:
+    """The file's bytes, its size bounded first (``read_image``)."""
     try:
         size = path.stat().st_size
         if max_pixels and size > max_file_bytes(max_pixels):
@@ -157,6 +165,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
     if not data:
         raise ImageError(f"{path}: empty file")
+    return data
+
+
+def _checked_header(path: Path, data: bytes, max_pixels: int) -> tuple[bool, int, bytes | None, bytes | None]:
+    """From the header, before any pixel is decoded: the format and size checks, the stream's integrity; returns
+    (grayscale, EXIF orientation, ICC profile, EXIF bytes with the orientation reset to upright)."""
     header = _header(data)
     if header is None:
         raise ImageError(f"{path}: not a readable image (corrupt, or not a format tadsr reads: PNG, JPEG, WebP, "
@@ -182,6 +196,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             if orientation != 1:
                 exif[ORIENTATION_TAG] = 1
             exif_bytes = exif.tobytes()
+    return pil_mode.split(";")[0] in ("L", "LA", "I", "1"), orientation, icc, exif_bytes
+
+
+def _decode(path: Path, data: bytes, max_pixels: int) -> np.ndarray:
+    """OpenCV's decoding of checked bytes: (H, W[, C]) uint8 or uint16 in OpenCV's channel order."""
     try:
         with _quiet_decoders():
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -198,8 +217,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if min(pixels.shape[:2]) < MIN_SIDE:
         raise ImageError(f"{path}: image too small ({pixels.shape[1]}x{pixels.shape[0]}); "
                          f"each side needs at least {MIN_SIDE} pixels")
-    pixels = _to_rgb_order(pixels, gray=pil_mode.split(";")[0] in ("L", "LA", "I", "1"))
-    return ImageData(apply_orientation(pixels, orientation), icc_profile=icc, exif=exif_bytes)
+    return pixels
 
 
 def _to_rgb_order(pixels: np.ndarray, gray: bool) -> np.ndarray:

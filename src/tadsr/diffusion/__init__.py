@@ -1,5 +1,6 @@
-"""ResShift diffusion: the eta schedule and its closed forms (``schedule``), the preconditioned denoiser around a
-network (``denoiser``) and the samplers (``samplers``)."""
+"""The diffusion maths. ResShift: the eta schedule and its closed forms (``schedule``), the preconditioned denoiser
+around a network (``denoiser``) and the samplers (``samplers``); the VP (DDPM) latent process of SD-based teachers
+(``vp``); the teacher process that TAD-SR's losses see, one implementation per process (``process``)."""
 
 from tadsr.diffusion.denoiser import Denoiser, ResShiftDenoiser
 from tadsr.diffusion.samplers import deterministic_step, sample, stochastic_step

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from tadsr.devices import autocast
 from tadsr.diffusion.samplers import SamplerName, sample
+from tadsr.errors import ConfigError
 from tadsr.inference.padding import crop_to, pad_to_multiple
 from tadsr.model import SRModel
 from tadsr.nets.autoencoder import FirstStage
@@ -30,11 +31,30 @@ def encode_upsampled(first_stage: FirstStage, lr: Tensor, scale: int) -> Tensor:
     return first_stage.encode(upsample_lr(lr, scale))
 
 
-def resolve_steps(role: str, num_steps: int, steps: int | None) -> int:
-    """The network calls a model makes: ``steps``, by default 1 for a student and T (``num_steps``) for a teacher.
-    Only 1 (one call at t = T-1) and T (the full sampler) exist; anything else is a ValueError."""
+def step_choices(role: str, num_steps: int) -> tuple[int, ...]:
+    """The step counts a model is run with, its default first: one step for a student (and for a one-step file:
+    an exported graph, an SD student), T (``num_steps``) or one for a teacher. The one-step rule's one home."""
+    return (1,) if role == "student" or num_steps == 1 else (num_steps, 1)
+
+
+def check_steps(steps: int | None, role: str, num_steps: int, model: str) -> int:
+    """``steps``, or the model's default (``step_choices``); a ConfigError naming ``model`` for a count it is not
+    run with (a student's T included: the pipeline could run it, but the student was not trained for it)."""
+    choices = step_choices(role, num_steps)
     if steps is None:
-        return 1 if role == "student" else num_steps
+        return choices[0]
+    if steps not in choices:
+        raise ConfigError(f"{model} runs {' or '.join(map(str, choices))} steps, not {steps}"
+                          + (" (a one step model: use steps=1)" if choices == (1,) else ""))
+    return steps
+
+
+def resolve_steps(role: str, num_steps: int, steps: int | None) -> int:
+    """The network calls the pipeline makes: ``steps``, by default ``step_choices``' first. Only 1 (one call at
+    t = T-1) and T (the full sampler) exist, for any role (``tadsr bench`` times a student's T); anything else is a
+    ValueError."""
+    if steps is None:
+        return step_choices(role, num_steps)[0]
     if steps not in (1, num_steps):
         raise ValueError(f"steps must be 1 (one step) or {num_steps} (the schedule's T), got {steps}")
     return steps

@@ -1,17 +1,21 @@
-"""``Upscaler``: super-resolution of whole images (numpy, PIL or ``ImageData``), tiled, with colour fix.
+"""``Upscaler``: super-resolution of whole images (numpy, PIL or ``ImageData``) by any ``Backend``, tiled, with
+colour fix.
 
 Handles what the network does not: bit depth (8/16), grayscale (replicated to RGB for the network, luma back),
 alpha (upscaled with bicubic and re-attached), resizing to a requested ``outscale``, and CUDA out-of-memory (the
-tile is halved and the image retried, with a warning).
+tile is halved and the image retried, with a warning). The network is a ``Backend`` (``tadsr.inference.backend``):
+a tadsr model, an exported ONNX graph, an SD student or a diffusers pipeline, opened from a path by
+``tadsr.backends.open_model``::
+
+    from tadsr.backends import open_model
+    upscaler = Upscaler(open_model("student"), tile=256)
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import cv2
 import numpy as np
@@ -19,47 +23,33 @@ import torch
 from PIL import Image
 
 from tadsr.bt601 import LUMA
-from tadsr.checkpoints import is_sd_student
 from tadsr.data.image_io import MIN_SIDE, ImageData, gray_to_rgb
-from tadsr.devices import cpu_bf16_native, resolve_device
-from tadsr.diffusion.samplers import SAMPLERS, SamplerName
 from tadsr.errors import ConfigError
+from tadsr.inference.backend import Backend, fixed_tile
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
-from tadsr.inference.fast import prepare_for_inference
-from tadsr.inference.padding import round_up
-from tadsr.inference.pipeline import resolve_steps, upsample_lr
-from tadsr.inference.tiling import tiled_super_resolve
-from tadsr.model import SRModel, load_model, resolve_model_path
+from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
+from tadsr.inference.pipeline import upsample_lr
+from tadsr.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiled_super_resolve
 
 
 @dataclass(frozen=True)
 class UpscaleOptions:
-    """How images are upscaled. ``tile``/``tile_overlap`` are LR pixels (tile 0 = whole image at once).
+    """How images are upscaled, whatever the backend. ``tile``/``tile_overlap`` are LR pixels (tile 0 = whole image
+    at once); ``seed`` gives each image its noise (the same for every image); ``batch_size`` tiles go through the
+    network together; ``outscale`` resizes the native-scale output (None: keep it)."""
 
-    ``sampler`` is the T-step sampler (``diffusion.samplers``): "deterministic" (Eq. 3, the default, the
-    distillation target) or "stochastic" (Eq. 2, ResShift's ancestral sampler, its per-step noise drawn from
-    ``seed``); one step is the same under both. ``channels_last`` and ``compile`` are the opt-in speed-ups of
-    ``inference.fast.prepare_for_inference``.
-    """
-
-    tile: int = 128
-    tile_overlap: int = 16
-    steps: int | None = None
-    sampler: SamplerName = "deterministic"
+    tile: int = DEFAULT_TILE
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
     seed: int = 0
     color_fix: ColorFix = "none"
     batch_size: int = 1
     outscale: float | None = None
-    channels_last: bool = False
-    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1:
             raise ConfigError("tile and tile_overlap must be >= 0 and batch_size >= 1")
         if self.tile and self.tile_overlap * 2 > self.tile:
             raise ConfigError(f"tile_overlap {self.tile_overlap} must be at most half the tile {self.tile}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ConfigError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.outscale is not None and not self.outscale > 0:
@@ -67,49 +57,28 @@ class UpscaleOptions:
 
 
 class Upscaler:
-    """One-step (student) or N-step (teacher) super-resolution of images.
+    """Super-resolution of images by ``backend`` (its steps, sampler, precision and device are the backend's:
+    ``tadsr.backends.open_model``), with the image-level settings of ``UpscaleOptions``."""
 
-    ``dtype`` is the compute precision: float32, or float16 / bfloat16 under autocast (weights stay float32).
-    """
-
-    def __init__(self, model: SRModel, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 **options: Any) -> None:
-        self.device = resolve_device(device)
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_bf16_native():
-            warnings.warn("bf16 on this CPU is emulated (no AVX512-BF16, AMX or ARM BF16): slower than fp32",
-                          RuntimeWarning, stacklevel=2)
-        self.model = model.to(self.device).eval()
-        self.options = UpscaleOptions(**options)
-        prepare_for_inference(self.model, channels_last=self.options.channels_last, compile=self.options.compile)
-        try:
-            resolve_steps(model.config.role, model.config.schedule.num_steps, self.options.steps)
-        except ValueError as err:
-            raise ConfigError(f"{err} for this model") from None
-        if model.config.role == "student" and self.options.steps not in (None, 1):
-            raise ConfigError("a student model runs one step: use steps=1")
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, **options: Any) -> Upscaler:
-        """Load a tadsr .safetensors file, an embedded model by name ("student", the default, or "teacher"), an
-        ONNX file from `tadsr export` (run by onnxruntime on the CPU: ``OnnxUpscaler``; ``device`` and ``dtype`` are
-        then the file's), or an SD-based student from `tadsr distill --teacher DIFFUSERS_DIR`
-        (``tadsr.sd.student.SDStudentUpscaler``, float32)."""
-        if str(path_or_name).lower().endswith(".onnx"):
-            from tadsr.inference.onnx import OnnxUpscaler
-
-            return OnnxUpscaler.from_file(path_or_name, **options)  # type: ignore[arg-type]
-        path = resolve_model_path(path_or_name)
-        if is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student)
-            from tadsr.sd.student import SDStudentUpscaler
-
-            return SDStudentUpscaler.from_file(path, device=device, **options)
-        return cls(load_model(path), device=device, dtype=dtype, **options)
+    def __init__(self, backend: Backend, *, tile: int = DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                 seed: int = 0, color_fix: ColorFix = "none", batch_size: int = 1,
+                 outscale: float | None = None) -> None:
+        self.backend = backend
+        self.options = UpscaleOptions(tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
+                                      batch_size=batch_size, outscale=outscale)
 
     @property
     def scale(self) -> int:
-        return self.model.config.scale
+        return self.backend.scale
+
+    @property
+    def size_multiple(self) -> int:
+        """The LR size the network needs a multiple of (``Backend.size_multiple``)."""
+        return self.backend.size_multiple
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
 
     def upscale_tensor(self, lr: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """(1, 3, h, w) in [-1, 1] -> (1, 3, h s, w s) in [-1, 1] at the model's native scale, colour-fixed."""
@@ -121,20 +90,18 @@ class Upscaler:
         return out
 
     def network_upscale(self, lr: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """(1, 3, h, w) in [-1, 1] on the device -> (1, 3, h s, w s): the model, tiled; on CUDA out-of-memory the
+        """(1, 3, h, w) in [-1, 1] on the device -> (1, 3, h s, w s): the backend, tiled; on CUDA out-of-memory the
         tile is halved and the image retried."""
         opts = self.options
+        if fixed_tile(self.backend)[0]:
+            return self._fixed_tiles(lr, progress)
         tile = opts.tile
         while True:
             try:
-                return tiled_super_resolve(
-                    self.model, lr, tile=tile, overlap=opts.tile_overlap, steps=opts.steps, seed=opts.seed,
-                    sampler=opts.sampler,
-                    autocast_dtype=None if self.dtype == torch.float32 else self.dtype,
-                    batch_size=opts.batch_size, progress=progress,
-                )
+                return tiled_super_resolve(self.backend, lr, tile=tile, overlap=opts.tile_overlap, seed=opts.seed,
+                                           batch_size=opts.batch_size, progress=progress)
             except torch.cuda.OutOfMemoryError:
-                multiple = self.model.config.lr_multiple
+                multiple = self.size_multiple
                 current = tile or max(lr.shape[-2:])
                 if current <= multiple:
                     raise
@@ -142,10 +109,16 @@ class Upscaler:
                 warnings.warn(f"CUDA out of memory: retrying with tile {tile}", RuntimeWarning, stacklevel=2)
                 torch.cuda.empty_cache()
 
-    @property
-    def size_multiple(self) -> int:
-        """The LR size the network needs a multiple of (the model's ``lr_multiple``)."""
-        return self.model.config.lr_multiple
+    def _fixed_tiles(self, lr: torch.Tensor, progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """A backend of one input size (``Backend``'s ``fixed_tile``): every tile exactly that size (the image
+        reflect-padded up to it where smaller), the backend's own noise (``fixed_seed``; ``seed`` does not apply)."""
+        tile, seed = fixed_tile(self.backend)
+        h, w = lr.shape[-2:]
+        padded = lr if (h >= tile and w >= tile) else pad_to_multiple(lr, tile)[0]
+        overlap = min(self.options.tile_overlap, tile // 4)
+        out = tiled_super_resolve(self.backend, padded, tile=tile, overlap=overlap, seed=seed,
+                                  batch_size=self.options.batch_size, progress=progress)
+        return crop_to(out, (h * self.scale, w * self.scale))
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) the LR image is reflect-padded to before the network: multiples of ``size_multiple``."""
@@ -153,8 +126,9 @@ class Upscaler:
         return round_up(height, m), round_up(width, m)
 
     def tile_size(self) -> int:
-        """The LR tile the model runs (``tile`` rounded up to ``size_multiple``; 0: the whole image)."""
-        return round_up(self.options.tile, self.size_multiple)
+        """The LR tile the network runs (``tile`` rounded up to ``size_multiple``; 0: the whole image; a fixed-size
+        backend's own size)."""
+        return fixed_tile(self.backend)[0] or round_up(self.options.tile, self.size_multiple)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) of the output for an input of height x width: the native scale, then ``outscale``."""

@@ -34,17 +34,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tadsr.errors import ConfigError, MissingExtraError, NotFoundError
-from tadsr.inference.padding import crop_to, pad_to_multiple
-from tadsr.inference.upscaler import UpscaleOptions
+from tadsr.errors import ConfigError, MissingExtraError, NotFoundError, first_line
 from tadsr.sd.process import SDCondition, decode_latents, noised_condition, unet_multiple, vae_scale
-from tadsr.sd.tiles import SDUpscaler
 
 PIPELINES = ("StableDiffusionUpscalePipeline",)
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler")
 PREDICTIONS = ("epsilon", "v_prediction")
 REQUIRED = ("unet", "vae", "scheduler", "low_res_scheduler")
 TEXT_CLASSES = {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder": ("CLIPTextModel",)}
+DEFAULT_STEPS = 20  # a pipeline's sampler steps in `tadsr upscale` when none are asked for
+DEFAULT_NOISE_LEVEL = 20  # the LR image's noise level (the x4 upscaler's conditioning)
 
 
 def import_diffusers() -> Any:
@@ -101,12 +100,22 @@ def read_index(folder: str | os.PathLike) -> PipelineIndex:
     return PipelineIndex(folder, pipeline, components)  # type: ignore[arg-type]
 
 
+def pipeline_scale(index: PipelineIndex) -> int:
+    """A checked folder's scale from its VAE's ``config.json`` alone (no weights read, no diffusers): as
+    ``tadsr.sd.process.vae_scale``; one line if the config is damaged."""
+    path = index.folder / "vae" / "config.json"
+    try:
+        return 2 ** (len(json.loads(path.read_text())["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a readable VAE config ({type(err).__name__}: {first_line(err)})") from None
+
+
 class DiffusersUpscaleTeacher:
     """A ``StableDiffusionUpscalePipeline`` folder as a teacher: ``sample`` (its multi-step sampler, on latents),
     ``decode`` (the VAE) and ``upscale`` (both), with the prompt embedded once (``prompt_embeds``, (1, L, D))."""
 
     def __init__(self, unet: Any, vae: Any, scheduler: Any, low_res_scheduler: Any, prompt_embeds: Tensor,
-                 noise_level: int = 20) -> None:
+                 noise_level: int = DEFAULT_NOISE_LEVEL) -> None:
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTIONS:
             raise ConfigError(f"the scheduler's prediction type {self.prediction_type!r}: supported "
@@ -119,7 +128,8 @@ class DiffusersUpscaleTeacher:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, prompt: str = "", prompt_embeds: Tensor | None = None,
-                    noise_level: int = 20, device: str | torch.device = "cpu") -> DiffusersUpscaleTeacher:
+                    noise_level: int = DEFAULT_NOISE_LEVEL,
+                    device: str | torch.device = "cpu") -> DiffusersUpscaleTeacher:
         """Load a checked folder (``read_index``). The prompt is embedded with the folder's text encoder unless
         ``prompt_embeds`` is given; a folder without one then needs ``prompt_embeds``."""
         index = read_index(folder)
@@ -223,32 +233,52 @@ def embed_prompt(index: PipelineIndex, prompt: str) -> Tensor:
         return encoder(ids)[0]
 
 
-class DiffusersUpscaler(SDUpscaler):
-    """``Upscaler`` around a diffusers teacher: the same image handling (bit depth, gray, alpha, colour fix,
-    ``outscale``) and file guarantees as a tadsr model; ``steps`` sampler steps (default ``DEFAULT_STEPS``) from
-    ``seed``. With ``tile`` 0 the LR image, reflect-padded to the UNet's multiple, runs whole with the pipeline's own
-    draws (diffusers' picture for that seed); with a tile size it runs tile by tile, each tile sampling from its
-    slice of one noise draw per image (``tadsr.sd.tiles``) and the overlaps blended, as ``tadsr upscale`` tiles."""
+class DiffusersBackend:
+    """A diffusers teacher as a ``Backend`` (``tadsr.inference.backend``, structurally): ``steps`` sampler steps
+    of its own scheduler, float32, on the teacher's device.
 
-    DEFAULT_STEPS = 20
+    Its noise for an image (``draw_noise``) is the pipeline's own two draws from ``seed``, in the pipeline's order
+    (the LR image's noise, then the initial latent), so that a whole image (``tile`` 0) is diffusers' picture for
+    that seed; tiled, each tile samples from its slice of those draws and the overlaps are blended, as ``tadsr
+    upscale`` tiles any model. A scheduler whose steps draw noise (DDPM, Euler ancestral) draws it from the same
+    generator, continued after those two draws, tile after tile: as the pipeline does for a whole image, and the
+    same bits for the same seed and tiling."""
 
-    def __init__(self, teacher: DiffusersUpscaleTeacher, steps: int | None = None, seed: int = 0,
-                 color_fix: str = "none", outscale: float | None = None, tile: int = 0, tile_overlap: int = 16,
-                 batch_size: int = 1) -> None:
-        super().__init__(teacher, UpscaleOptions(tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
-                                                 outscale=outscale, batch_size=batch_size))
-        self.teacher, self.steps = teacher, steps or self.DEFAULT_STEPS
+    noise_factor = 1  # both draws are at the LR size
 
-    def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        opts = self.options
-        if opts.tile <= 0:
-            padded, (h, w) = pad_to_multiple(lr, self.size_multiple)
-            out = self.teacher.upscale(padded, self.steps, self.options.seed, progress)
-            return crop_to(out.float(), (h * self.scale, w * self.scale))
-        return self.tiled(lr, self._tiles, progress)
+    def __init__(self, teacher: DiffusersUpscaleTeacher, steps: int | None = None) -> None:
+        if steps is not None and steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        self.teacher, self.steps = teacher, steps or DEFAULT_STEPS
+        self.generator: torch.Generator | None = None  # the last ``draw_noise``'s, continued by the steps' draws
 
-    def _tiles(self, lr: Tensor, noise: Tensor) -> Tensor:
-        """LR tiles (N, 3, h, w) and their noise slices (N, latent + 3, h, w) -> HR tiles in [-1, 1]."""
+    @property
+    def scale(self) -> int:
+        return self.teacher.scale
+
+    @property
+    def size_multiple(self) -> int:
+        return self.teacher.lr_multiple
+
+    @property
+    def device(self) -> torch.device:
+        return self.teacher.device
+
+    def draw_noise(self, height: int, width: int, seed: int) -> Tensor:
+        """(1, 1, latent_channels + 3, h, w): the initial latent's channels, then the LR image's noise; drawn from
+        ``torch.Generator(device).manual_seed(seed)`` LR noise first, as ``DiffusersUpscaleTeacher.sample`` draws."""
+        randn = import_diffusers().utils.torch_utils.randn_tensor
+        generator = torch.Generator(self.device).manual_seed(seed)
+        draw = dict(generator=generator, device=self.device, dtype=self.teacher.prompt_embeds.dtype)
+        lr_noise = randn((1, 3, height, width), **draw)
+        latents = randn((1, self.teacher.latent_channels, height, width), **draw)
+        self.generator = generator
+        return torch.cat([latents, lr_noise], dim=1)[None]
+
+    def run(self, lr: Tensor, noise: Tensor) -> Tensor:
+        """LR tiles (N, 3, h, w) and their noise slices (1, N, latent_channels + 3, h, w) -> HR tiles in [-1, 1]:
+        conditioned on the LR slice's noise, sampled from the latent slice, decoded."""
         channels = self.teacher.latent_channels
-        cond = self.teacher.condition(lr, lr_noise=noise[:, channels:])
-        return self.teacher.decode(self.teacher.sample(lr, self.steps, cond=cond, latents=noise[:, :channels]))
+        cond = self.teacher.condition(lr, lr_noise=noise[0, :, channels:])
+        return self.teacher.decode(self.teacher.sample(lr, self.steps, self.generator, cond=cond,
+                                                       latents=noise[0, :, :channels]))

@@ -2,7 +2,7 @@
 
 The teacher is a ``StableDiffusionUpscalePipeline``-style UNet: input the latent z_t and the (noised) LR image
 concatenated, the prompt embedding as cross-attention context and the LR image's noise level as class labels.
-``SDCondition`` carries that conditioning. The process (``tadsr.sd.vp``):
+``SDCondition`` carries that conditioning. The process (``tadsr.diffusion.vp``):
 
 * forward: z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps (DDPM);
 * x0_hat(z_t, t, y) from the UNet's eps- or v-prediction;
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from tadsr.sd.vp import to_eps, to_x0, vp_forward
+from tadsr.diffusion.vp import to_eps, to_x0, vp_forward
 
 
 class SDCondition(NamedTuple):
@@ -61,7 +61,7 @@ def unet_multiple(unet: nn.Module) -> int:
 
 def unet_x0(unet: nn.Module, alphas_cumprod: Tensor, prediction: str, z_t: Tensor, t: Tensor,
             cond: SDCondition) -> Tensor:
-    """x0_hat of ``unet`` at (z_t, t) under ``cond`` (its eps- or v-prediction converted, ``tadsr.sd.vp.to_x0``)."""
+    """x0_hat of ``unet`` at (z_t, t) under ``cond`` (its eps- or v-prediction converted: ``tadsr.diffusion.vp``)."""
     x = torch.cat([z_t, cond.image.to(z_t.dtype)], dim=1)
     out = unet(x, t, encoder_hidden_states=cond.context, class_labels=cond.level, return_dict=False)[0]
     return to_x0(alphas_cumprod, z_t, t, out.to(z_t.dtype), prediction)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""The one-step student of an SD-based teacher as one safetensors file, and its ``Upscaler`` (paper Appendix B).
+"""The one-step student of an SD-based teacher as one safetensors file, run as a ``Backend`` (paper Appendix B).
 
 The file holds the student's UNet (``unet.*``), the teacher's VAE (``vae.*``) and the prompt embedding computed once
 at distillation (``prompt_embeds``, so no text encoder is needed to run it); its metadata holds ``format`` =
@@ -8,16 +8,16 @@ student's timestep, the prediction type and the process's ``alphas_cumprod`` (as
 ``tadsr.sd.diffusers_teacher``, from those configs; nothing in the file is executed.
 
 One step (``SDStudent.upscale_latents``): the LR image noised to the noise level (its noise drawn per image), z_T a
-standard normal draw, the UNet once at ``timestep``, x0_hat decoded by the VAE. Both draws are one (N, 4 + 3, h, w)
-tensor at the LR size, so that the tiling (``tadsr.inference.tiling``) gives each tile its slice of one draw per
-image: a tiled run is seamless and reproducible from ``--seed``.
+standard normal draw, the UNet once at ``timestep``, x0_hat decoded by the VAE. Both draws are one (1, 4 + 3, h, w)
+tensor at the LR size (``SDStudent.draw_noise``), so that the tiling (``tadsr.inference.tiling``) gives each tile its
+slice of one draw per image: a tiled run is seamless and reproducible from ``--seed``. ``SDStudent`` has what the
+tiler and ``tadsr.inference.upscaler.Upscaler`` need of a network (the ``Backend`` Protocol, structurally).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,9 @@ from torch import Tensor
 
 from tadsr.checkpoints import SD_STUDENT_FORMAT, CheckpointError, atomic_save_file
 from tadsr.errors import ConfigError
-from tadsr.inference.upscaler import UpscaleOptions
 from tadsr.model import ModelNotFoundError
 from tadsr.sd.diffusers_teacher import SCHEDULERS, import_diffusers
 from tadsr.sd.process import decode_latents, noised_condition, unet_multiple, unet_x0, vae_scale
-from tadsr.sd.tiles import SDUpscaler
 
 
 def save_sd_student(path: str | os.PathLike, unet: Any, vae: Any, low_res_scheduler: Any, prompt_embeds: Tensor,
@@ -42,7 +40,7 @@ def save_sd_student(path: str | os.PathLike, unet: Any, vae: Any, low_res_schedu
     tensors |= {f"vae.{k}": v for k, v in vae.state_dict().items()}
     tensors["prompt_embeds"] = prompt_embeds[:1]
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    from tadsr import __version__
+    from tadsr.version import __version__
 
     metadata = {"format": SD_STUDENT_FORMAT, "tadsr_version": __version__, "unet_config": _config_json(unet.config),
                 "vae_config": _config_json(vae.config), "low_res_scheduler": type(low_res_scheduler).__name__,
@@ -59,7 +57,10 @@ def _config_json(config: Any) -> str:
 
 @dataclass
 class SDStudent:
-    """A loaded student: its UNet and VAE (eval mode), the low-res scheduler and what one step needs."""
+    """A loaded student: its UNet and VAE (eval mode), the low-res scheduler and what one step needs; a
+    ``Backend`` (float32, one step, on the device it was loaded to)."""
+
+    noise_factor = 1  # both draws are at the LR size
 
     unet: Any
     vae: Any
@@ -79,7 +80,7 @@ class SDStudent:
         return vae_scale(self.vae)
 
     @property
-    def lr_multiple(self) -> int:
+    def size_multiple(self) -> int:
         return unet_multiple(self.unet)
 
     @property
@@ -95,6 +96,16 @@ class SDStudent:
         cond = noised_condition(self.low_res_scheduler, lr, lr_noise, self.noise_level, self.prompt_embeds)
         t = torch.full((lr.shape[0],), self.timestep, dtype=torch.long, device=self.device)
         return decode_latents(self.vae, unet_x0(self.unet, self.alphas_cumprod, self.prediction, z_T, t, cond))
+
+    def draw_noise(self, height: int, width: int, seed: int) -> Tensor:
+        """One standard normal (1, 1, latent_channels + 3, h, w) draw from ``seed`` on the CPU: z_T's channels, then
+        the LR image's noise."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn((1, 1, self.latent_channels + 3, height, width), generator=gen)
+
+    def run(self, lr: Tensor, noise: Tensor) -> Tensor:
+        """``upscale_latents`` of LR tiles and their slices (1, N, latent_channels + 3, h, w) of the draw."""
+        return self.upscale_latents(lr, noise[0])
 
 
 def sd_student_scale(path: str | os.PathLike) -> int:
@@ -139,24 +150,3 @@ def load_sd_student(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: a damaged SD student file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return student
-
-
-class SDStudentUpscaler(SDUpscaler):
-    """``Upscaler`` over an ``SDStudent``: the same reading, padding, tiling (seamless: one draw per image, sliced
-    by the tiles), colour handling and file guarantees as a tadsr model."""
-
-    def __init__(self, student: SDStudent, **options: Any) -> None:
-        if options.get("steps") not in (None, 1):
-            raise ConfigError("an SD student runs one step")
-        for name in ("channels_last", "compile"):
-            options.pop(name, None)
-        super().__init__(student, UpscaleOptions(**options))
-        self.student = student
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                  **options: Any) -> SDStudentUpscaler:
-        return cls(load_sd_student(path, device or "cpu"), **options)
-
-    def network_upscale(self, lr: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        return self.tiled(lr, self.student.upscale_latents, progress)

@@ -8,6 +8,12 @@ Presets (``train_config(name, command)``):
   recipe, batch 64;
 * ``faceir`` — faces: VQ-f8, T=4, GFPGAN degradation at 512, lambda (0.1, 0.2), batch 7;
 * ``tiny`` — a CPU preset: a small Swin-UNet on the lossless pixel-unshuffle stage, GT 64, batch 4.
+
+A distillation's teacher family (``tadsr.training.families``: a tadsr teacher file, or a diffusers folder) has its
+own settings in the ``family`` section, tagged by ``kind`` as the model's first stage is; the TAD-SR settings both
+families use (``distill``: the loss weights, ``hsd_t_max``, ``dis_t_max``, ...) exist once. ``model`` is what was
+trained: the teacher's architecture for a ResShift student, none for a diffusers student (its architecture is the
+teacher folder's).
 """
 
 from __future__ import annotations
@@ -87,9 +93,13 @@ class DistillConfig:
     ``score_distill`` picks L_score: HSD (paper Eq. 8, the default) or SDS (Eq. 5, the ablation); ``lambda_score``
     weights either (it was ``lambda_hsd`` until tadsr 0.1, still accepted with a warning).
 
-    Quirks of the authors' code (docs/implementation-notes.md §4.9), each off by default (the paper's method):
-    ``uniform_noise`` (rand instead of randn in the HSD and discriminator perturbations), ``double_scaling``
-    (the teacher sees x / (kappa^2 eta + 1) in HSD), ``unfrozen_teacher`` (teacher weights collect gradients).
+    ``hsd_t_max``: HSD's t' from the teacher process's timesteps [0, hsd_t_max); 0: the family's default (ResShift:
+    3 of T=15, the paper's steps 1-3; a diffusers teacher: 200 of 1000, the same small-t end). ``dis_t_max``: the
+    discriminator's t from [0, dis_t_max); 0: [0, T-1), the paper's.
+
+    ``uniform_noise``, a quirk of the authors' code (docs/implementation-notes.md §4.9; off by default, the paper's
+    method): rand instead of randn in the HSD and discriminator perturbations. The ResShift code's other quirks are
+    settings of its family (``ResShiftFamily``).
 
     ``score_target``: what HSD compares the student with (Eq. 8's z^tch): ``"teacher"``, the teacher's T-step
     output from the same z_T (the paper), or ``"gt"``, the ground truth's latent E(x_gt) (the authors' code's
@@ -101,19 +111,16 @@ class DistillConfig:
     discriminator: Literal["time-aware", "plain", "none"] = "time-aware"
     lambda_score: float = 1.0
     lambda_adv: float = 0.02
-    hsd_t_max: int = 3  # t' drawn from code indices [0, hsd_t_max): paper steps 1..3
+    hsd_t_max: int = 0
     score_target: Literal["teacher", "gt"] = "teacher"
-    dis_t_max: int = 0  # the discriminator's t from code indices [0, dis_t_max); 0: [0, T-1), the paper's
+    dis_t_max: int = 0
     c_dim: int = 64
     teacher_cache: int = 0  # > 0: precompute this many (LR, HR, noise, teacher target) tuples and train on them
     uniform_noise: bool = False
-    double_scaling: bool = False
-    unfrozen_teacher: bool = False
 
     def __post_init__(self) -> None:
-        check_ranges(self, "distill", {"lambda_score": (0, 1e6), "lambda_adv": (0, 1e6), "hsd_t_max": (1, 1000),
-                                       "dis_t_max": (0, 1000),
-                                       "c_dim": (1, 4096), "teacher_cache": (0, 10**7)})
+        check_ranges(self, "distill", {"lambda_score": (0, 1e6), "lambda_adv": (0, 1e6), "hsd_t_max": (0, 100000),
+                                       "dis_t_max": (0, 100000), "c_dim": (1, 4096), "teacher_cache": (0, 10**7)})
 
 
 @dataclass(frozen=True)
@@ -150,37 +157,56 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class SDConfig:
-    """Distillation of an SD-based teacher (a diffusers folder, paper Appendix B; ``tadsr.sd.distill``); unused
-    otherwise. ``prompt``: embedded once by the folder's text encoder and stored with the student. ``noise_level``:
-    the LR image's noise level (the x4 upscaler's ``noise_level``). ``teacher_steps``: the teacher's sampler steps
-    for L_distill's target. ``student_t``: the student's timestep (-1: the last, T-1). ``hsd_t_max``: HSD's t' from
-    the VP process's timesteps [0, hsd_t_max) (200 of 1000: the small-t end, as paper steps 1-3 of ResShift's 15).
-    ``dis_t_max``: the discriminator's t from [0, dis_t_max) (0: [0, T-1))."""
+class ResShiftFamily:
+    """A ResShift teacher: a tadsr model file (``tadsr convert`` / ``tadsr train-teacher``;
+    ``tadsr.training.families.resshift``). Quirks of the authors' code (docs/implementation-notes.md §4.9), each
+    off by default (the paper's method): ``double_scaling`` (the teacher sees x / (kappa^2 eta + 1) in HSD),
+    ``unfrozen_teacher`` (the teacher's weights collect gradients, never used)."""
+
+    double_scaling: bool = False
+    unfrozen_teacher: bool = False
+
+
+@dataclass(frozen=True)
+class DiffusersFamily:
+    """An SD-based teacher: a diffusers folder of the ``StableDiffusionUpscalePipeline`` layout (paper Appendix B;
+    ``tadsr.training.families.diffusers``). ``prompt``: embedded once by the folder's text encoder and stored with
+    the student. ``noise_level``: the LR image's noise level (the x4 upscaler's ``noise_level``). ``teacher_steps``:
+    the teacher's sampler steps for L_distill's target. ``student_t``: the student's timestep (-1: the last, T-1)."""
 
     prompt: str = ""
     noise_level: int = 20
     teacher_steps: int = 20
     student_t: int = -1
-    hsd_t_max: int = 200
-    dis_t_max: int = 0
 
     def __post_init__(self) -> None:
-        check_ranges(self, "sd", {"noise_level": (0, 1000), "teacher_steps": (1, 1000), "student_t": (-1, 100000),
-                                  "hsd_t_max": (1, 100000), "dis_t_max": (0, 100000)})
+        check_ranges(self, "family", {"noise_level": (0, 1000), "teacher_steps": (1, 1000),
+                                      "student_t": (-1, 100000)})
+
+
+# The teacher families, by the ``kind`` tag of the ``family`` section (the kinds ``open_teacher`` knows).
+FAMILIES: dict[str, type] = {"resshift": ResShiftFamily, "diffusers": DiffusersFamily}
+FamilyConfig = ResShiftFamily | DiffusersFamily
+
+
+def family_kind(family: FamilyConfig) -> str:
+    """The ``kind`` tag of a family config."""
+    return next(kind for kind, cls in FAMILIES.items() if isinstance(family, cls))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig
+    model: ModelConfig | None  # None: a diffusers student (its architecture is the teacher folder's)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    sd: SDConfig = field(default_factory=SDConfig)
+    family: FamilyConfig = field(default_factory=ResShiftFamily)
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            return  # the teacher family checks its own sizes (``DistillTeacher.gt_multiple``)
         multiple = self.model.scale * self.model.lr_multiple  # training crops are not padded
         if self.data.gt_size % multiple:
             raise ConfigError(f"data.gt_size = {self.data.gt_size}: this model needs a multiple of {multiple} "
@@ -229,39 +255,98 @@ def train_config(name: str, command: Command = "distill") -> TrainConfig:
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
-    out["model"] = to_dict(config.model)
+    out["model"] = None if config.model is None else to_dict(config.model)
+    out["family"] = {"kind": family_kind(config.family), **out["family"]}
     return out
 
 
-# Renamed keys: old spelling -> today's, accepted with a FutureWarning for one release.
-RENAMED_KEYS = {("distill", "lambda_hsd"): "lambda_score"}
+# Renamed keys: old (section, key) -> today's, accepted with a FutureWarning for one release.
+RENAMED_KEYS = {
+    ("distill", "lambda_hsd"): ("distill", "lambda_score"),
+    ("distill", "double_scaling"): ("family", "double_scaling"),
+    ("distill", "unfrozen_teacher"): ("family", "unfrozen_teacher"),
+    ("sd", "prompt"): ("family", "prompt"),
+    ("sd", "noise_level"): ("family", "noise_level"),
+    ("sd", "teacher_steps"): ("family", "teacher_steps"),
+    ("sd", "student_t"): ("family", "student_t"),
+    ("sd", "hsd_t_max"): ("distill", "hsd_t_max"),
+    ("sd", "dis_t_max"): ("distill", "dis_t_max"),
+}
+# the defaults of tadsr 0.1's ``sd`` section: an older run whose values differ distilled a diffusers teacher
+_OLD_SD_DEFAULTS = {"prompt": "", "noise_level": 20, "teacher_steps": 20, "student_t": -1, "hsd_t_max": 200,
+                    "dis_t_max": 0}
 
 
-def _renamed(section: str, key: str, warn: bool = True) -> str:
+def _renamed(section: str, key: str, warn: bool = True) -> tuple[str, str]:
     new = RENAMED_KEYS.get((section, key))
-    if new is None or not warn:
-        return new or key
-    warnings.warn(f"config key {section}.{key} is now {section}.{new} (the old name goes in the next release)",
-                  FutureWarning, stacklevel=3)
+    if new is None:
+        return section, key
+    if warn:
+        warnings.warn(f"config key {section}.{key} is now {'.'.join(new)} (the old name goes in the next release)",
+                      FutureWarning, stacklevel=4)
     return new
+
+
+def _migrate(data: dict[str, Any], warn: bool) -> dict[str, Any]:
+    """A config dict in today's layout: renamed keys moved (``RENAMED_KEYS``). A dict of tadsr 0.1, with an ``sd``
+    section and no ``family``, gets the family its settings describe: diffusers where its ``sd`` values differ from
+    that release's defaults (``sd.hsd_t_max`` and ``sd.dis_t_max`` then replace ``distill``'s, and the placeholder
+    model goes), else resshift (the ``sd`` section dropped: that release ignored it)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    old_sd = data.pop("sd", None) if "family" not in data else None
+    if isinstance(old_sd, dict):
+        if any(old_sd.get(k, v) != v for k, v in _OLD_SD_DEFAULTS.items()):
+            data["family"] = {"kind": "diffusers"}
+            data["model"] = None
+            for key in ("hsd_t_max", "dis_t_max", "double_scaling", "unfrozen_teacher"):  # unused by that trainer
+                data.setdefault("distill", {}).pop(key, None)
+            data["sd"] = old_sd
+        else:
+            data["family"] = {"kind": "resshift"}
+    for section, values in list(data.items()):
+        if not isinstance(values, dict) or section == "model":
+            continue
+        for key in list(values):
+            new_section, new_key = _renamed(section, key, warn)
+            if (new_section, new_key) != (section, key):
+                data.setdefault(new_section, {})[new_key] = values.pop(key)
+    if not data.get("sd", True):
+        del data["sd"]
+    return data
+
+
+def _family_from_dict(data: Any) -> FamilyConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"family: needs a mapping of keys, got {data!r}")
+    values = dict(data)
+    kind = values.pop("kind", "resshift")
+    if kind not in FAMILIES:
+        raise ConfigError(f"family.kind = {kind!r}: choose from {', '.join(FAMILIES)}")
+    other = [k for k in values if k not in {f.name for f in dataclasses.fields(FAMILIES[kind])}]
+    if other:
+        owners = [name for name, cls in FAMILIES.items() if other[0] in {f.name for f in dataclasses.fields(cls)}]
+        whose = f"a setting of the {owners[0]} family" if owners else "not a setting of any teacher family"
+        raise ConfigError(f"family.{other[0]}: {whose}; this run's teacher is of the {kind} family "
+                          f"(its settings: {', '.join(f.name for f in dataclasses.fields(FAMILIES[kind])) or 'none'})")
+    return from_dict(FAMILIES[kind], values, "family")
 
 
 def config_from_dict(data: dict[str, Any], warn_renamed: bool = True) -> TrainConfig:
     """``warn_renamed``: warn about old key names (a user's file or override); off for the configs that runs of
-    an older release saved in their checkpoints, which are migrated silently."""
-    data = dict(data)
-    for section, values in list(data.items()):
-        if isinstance(values, dict):
-            data[section] = {_renamed(section, k, warn_renamed): v for k, v in values.items()}
+    an older release saved in their checkpoints, which are migrated silently (``_migrate``)."""
+    data = _migrate(data, warn_renamed)
     if "model" not in data:
         raise ConfigError("a training config needs a 'model' section")
-    model = from_dict(ModelConfig, data.pop("model"))
+    model_data = data.pop("model")
+    model = None if model_data is None else from_dict(ModelConfig, model_data)
+    family = _family_from_dict(data.pop("family", {}))
     sections = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "distill": DistillConfig,
-                "teacher": TeacherConfig, "sd": SDConfig}
+                "teacher": TeacherConfig}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown training config section(s): {', '.join(unknown)}")
-    return TrainConfig(model=model, **{k: from_dict(cls, data.get(k, {}), k) for k, cls in sections.items()})
+    return TrainConfig(model=model, family=family, **{k: from_dict(cls, data.get(k, {}), k)
+                                                      for k, cls in sections.items()})
 
 
 def _parse_value(text: str) -> Any:
@@ -272,7 +357,9 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Apply ``section.key=value`` (nested: ``model.unet.model_channels=96``); values parse as JSON, else strings."""
+    """Apply ``section.key=value`` (nested: ``model.unet.model_channels=96``); values parse as JSON, else strings.
+    A key of the other teacher family, or a ``model.*`` key where the run has no model (a diffusers student), is a
+    ConfigError naming it."""
     data = config_to_dict(config)
     for item in overrides:
         if "=" not in item:
@@ -281,11 +368,16 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         node = data
         parts = key.split(".")
         if len(parts) == 2:
-            parts[1] = _renamed(parts[0], parts[1])
+            parts = list(_renamed(parts[0], parts[1]))
+        if parts[0] == "model" and data.get("model") is None and len(parts) > 1:
+            raise ConfigError(f"{key}: a diffusers teacher's student has the teacher folder's architecture; drop the "
+                              "setting")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"override {key!r}: no section {part!r}")
             node = node[part]
+        if parts[-1] not in node and parts[0] == "family" and len(parts) == 2:
+            _family_from_dict({**node, parts[-1]: None})  # names the family the key belongs to
         if parts[-1] not in node:
             raise ConfigError(f"override {key!r}: unknown key {parts[-1]!r}")
         node[parts[-1]] = _parse_value(value)
@@ -341,12 +433,44 @@ def resumed_config(saved: TrainConfig, given: TrainConfig,
     return (apply_overrides(saved, taken) if taken else saved), ignored
 
 
+def for_teacher(config: TrainConfig, kind: str, student: ModelConfig | None) -> TrainConfig:
+    """``config`` for a distillation of a teacher of family ``kind`` whose student is ``student`` (None: no tadsr
+    model, a diffusers student): the family section of that kind (kept where the config already has it, a
+    ConfigError where the config sets another family's settings) and the student's model."""
+    current = family_kind(config.family)
+    if current != kind and config.family != FAMILIES[current]():
+        raise ConfigError(f"family: the config sets {current} settings ({config.family}), but the teacher is of the "
+                          f"{kind} family")
+    family = config.family if current == kind else FAMILIES[kind]()
+    model = None if student is None else dataclasses.replace(student, role="student")
+    return dataclasses.replace(config, family=family, model=model)
+
+
+# the sections a command does not read: an override of one is an error, not a setting silently recorded
+OTHER_COMMANDS_SECTIONS: dict[str, dict[str, str]] = {
+    "distill": {"teacher": "tadsr train-teacher"},
+    "train-teacher": {"distill": "tadsr distill", "family": "tadsr distill (the teacher families)"},
+}
+
+
 def resolve_config(command: Command, config_path: str | Path | None = None, preset: str = "tiny",
                    data_path: str | None = None, steps: int | None = None, seed: int | None = None,
-                   overrides: Sequence[str] = ()) -> TrainConfig:
+                   overrides: Sequence[str] = (), family: str | None = None,
+                   student: ModelConfig | None = None) -> TrainConfig:
     """The config of a training command: a YAML file (or the preset), then ``--data``/``--steps``/``--seed``, then
-    the ``key=value`` overrides. ConfigError names the file or the key."""
+    the ``key=value`` overrides. ConfigError names the file or the key. A distillation names its teacher's
+    ``family`` and ``student`` (``for_teacher``; ``tadsr.training.families.distill_config`` finds both from the
+    teacher's path): a ``model.*`` override may then only restate the teacher's architecture."""
+    for item in overrides:
+        section = item.split(".", 1)[0]
+        if section in OTHER_COMMANDS_SECTIONS[command]:
+            raise ConfigError(f"{item.split('=', 1)[0]}: a setting of {OTHER_COMMANDS_SECTIONS[command][section]}; "
+                              f"tadsr {command} does not use it")
     config = load_config_file(config_path) if config_path else train_config(preset, command)
+    if family is not None:
+        config = for_teacher(config, family, student)
+        if student is not None:
+            check_student_model(student, overrides)
     extra = list(overrides)
     if data_path is not None:
         extra.append(f"data.path={data_path}")

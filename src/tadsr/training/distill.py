@@ -1,18 +1,19 @@
-"""TAD-SR distillation (paper Algorithm 1; docs/implementation-notes.md §4.2-4.6).
+"""TAD-SR distillation (paper Algorithm 1; docs/implementation-notes.md §4.2-4.6), one trainer for every teacher.
 
-Per iteration: the one-step student maps z_T = z_y + kappa sqrt(eta_T) eps to z_0 at t = T-1; the discriminator
-step (``discriminator_step``) compares teacher-encoder features of the noised GT latent (real) and of the noised
-student output (fake, detached); the generator step (``generator_step``, the discriminator's weights frozen)
-minimises L_distill + lambda_score L_hsd - lambda_adv D(fake) reusing the fake features (gradients flow through the
-frozen teacher's activations to the student); then the EMA update.
+The teacher is a component (``tadsr.training.families``: a tadsr ResShift file or a diffusers folder, chosen by
+``open_teacher`` from its path). Per iteration: the one-step student maps the batch's noise to a clean latent
+(``DistillTeacher.student_x0``); the discriminator step (``discriminator_step``) compares the teacher encoder's
+features of the noised GT latent (real) and of the noised student output (fake, detached); the generator step
+(``generator_step``, the discriminator's weights frozen) minimises L_distill + lambda_score L_hsd - lambda_adv D(fake)
+reusing the fake features (gradients flow through the frozen teacher's activations to the student); then the EMA
+update. The losses, the discriminator, both optimisers, the EMA, DDP, the teacher cache, checkpoints and resume are
+this trainer's, whatever the teacher.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +23,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tadsr.diffusion.process import ResShiftCondition, ResShiftProcess
-from tadsr.diffusion.samplers import sample
-from tadsr.diffusion.schedule import prior_sample
-from tadsr.errors import first_line
+from tadsr.devices import DTYPES
+from tadsr.errors import ConfigError, first_line
 from tadsr.fileio import atomic_torch_save
-from tadsr.inference.pipeline import encode_lr
 from tadsr.losses import DistillationLoss, ScoreDistillationLoss, discriminator_hinge_loss, generator_adversarial_loss
-from tadsr.model import denoiser, load_model
 from tadsr.nets.discriminator import LatentDiscriminator
+from tadsr.training.config import TrainConfig
 from tadsr.training.ema import EMA
+from tadsr.training.families import DistillTeacher, open_teacher
 from tadsr.training.stream import tensor_batch_stream
-from tadsr.training.trainer import Trainer, frozen, scheduled_lr
+from tadsr.training.trainer import Trainer, scheduled_lr
 
 
 @contextlib.contextmanager
@@ -52,54 +51,53 @@ def frozen_weights(module: nn.Module | None) -> Iterator[None]:
 
 
 class DistillTrainer(Trainer):
-    """Distils a teacher file (``tadsr convert`` / ``tadsr train-teacher`` output) into a one-step student."""
+    """Distils a teacher (a tadsr file or a diffusers folder: ``tadsr.training.families``) into a one-step student.
+    ``config`` is resolved for that teacher (``tadsr.training.families.distill_config``)."""
 
     command = "distill"
-    settings_from_elsewhere = ("model.",)  # the student is the teacher's architecture and schedule
+    settings_from_elsewhere = ("model.",)  # the student is the teacher's architecture
+    teacher: DistillTeacher
 
-    def __init__(self, config: Any, run_dir: Path, teacher: str | Path, **kwargs: Any) -> None:
+    def __init__(self, config: TrainConfig, run_dir: Path, teacher: str | Path, device: str | torch.device = "cpu",
+                 resume: bool = False, show_progress: bool = True) -> None:
         self.teacher_path = Path(teacher)
-        super().__init__(config, run_dir, **kwargs)
+        super().__init__(config, run_dir, device=device, resume=resume, show_progress=show_progress)
 
     def build(self) -> None:
         cfg = self.config
-        teacher = load_model(self.teacher_path, device=self.device)
-        # the student is the teacher's architecture; the run's config records it
-        self.config = dataclasses.replace(cfg, model=dataclasses.replace(teacher.config, role="student"))
-        self.teacher, self.schedule, self.first_stage = teacher, teacher.schedule, teacher.first_stage
-        frozen(teacher.first_stage)
-        frozen(teacher.unet)
-        if cfg.distill.unfrozen_teacher:  # authors' code: the teacher's weights collect (unused) gradients
-            teacher.unet.requires_grad_(True)
-        self.teacher_denoiser = teacher.denoiser
-        self.network = copy.deepcopy(teacher.unet).train().requires_grad_(True)
-        self.ema = EMA(self.network, cfg.optim.ema_rate)
-        self.validation_steps = 1
-        d = cfg.distill
-        self.discriminator = None
-        last = self.schedule.num_steps - 1
+        self.teacher = open_teacher(self.teacher_path, cfg.family, self.device, DTYPES.get(cfg.run.amp))
+        self.config = dataclasses.replace(cfg, model=self.teacher.student_model)  # what is trained, recorded
+        d, process = cfg.distill, self.teacher.process
+        last = process.num_timesteps - 1
+        self.hsd_t_max = d.hsd_t_max or self.teacher.default_hsd_t_max  # t' from [0, hsd_t_max)
+        if self.hsd_t_max > process.num_timesteps:
+            raise ConfigError(f"distill.hsd_t_max={self.hsd_t_max}: the teacher's process has timesteps 0..{last}")
         if d.dis_t_max > last:
-            raise ValueError(f"distill.dis_t_max={d.dis_t_max}: the discriminator's t must stay below T-1 = {last}")
+            raise ConfigError(f"distill.dis_t_max={d.dis_t_max}: the discriminator's t must stay below T-1 = {last}")
         self.dis_t_max = d.dis_t_max or last  # its t from [0, dis_t_max)
+        if cfg.data.gt_size % self.teacher.gt_multiple:
+            raise ConfigError(f"data.gt_size = {cfg.data.gt_size}: {self.teacher_path} needs a multiple of "
+                              f"{self.teacher.gt_multiple} (its scale x its network's LR multiple)")
+        self.network = self.teacher.make_student()
+        self.ema = EMA(self.network, cfg.optim.ema_rate)
+        self.discriminator = None
         if d.discriminator != "none":
-            unet = teacher.unet
-            self.discriminator = LatentDiscriminator(unet.feature_channels, unet.config.model_channels, d.c_dim,
-                                                     time_aware=d.discriminator == "time-aware").to(self.device)
-        student_ddp: nn.Module = self.network
+            self.discriminator = LatentDiscriminator(self.teacher.feature_channels, self.teacher.model_channels,
+                                                     d.c_dim, time_aware=d.discriminator == "time-aware"
+                                                     ).to(self.device)
+        self.student_ddp: nn.Module = self.network
         self.discriminator_ddp: nn.Module | None = self.discriminator
         if self.world > 1:
-            student_ddp = DistributedDataParallel(self.network)
+            self.student_ddp = DistributedDataParallel(self.network)
             if self.discriminator is not None:
                 self.discriminator_ddp = DistributedDataParallel(self.discriminator)
-        self.student_denoiser = denoiser(student_ddp, self.config.model, self.schedule)
         o = cfg.optim
         self.opt_g = self.make_optimizer(self.network, scheduled_lr(o, 1))
         self.opt_d = self.make_optimizer(self.discriminator, o.lr_d) if self.discriminator is not None else None
         self.distill_loss = DistillationLoss()
-        self.process = ResShiftProcess(self.schedule, self.teacher_denoiser, d.double_scaling)
         self.score_loss = None
         if d.score_distill != "none":
-            self.score_loss = ScoreDistillationLoss(self.process, d.score_distill, (0, d.hsd_t_max),
+            self.score_loss = ScoreDistillationLoss(process, d.score_distill, (0, self.hsd_t_max),
                                                     "uniform" if d.uniform_noise else "gaussian")
 
     @property
@@ -107,38 +105,43 @@ class DistillTrainer(Trainer):
         """The student network being trained (``network``)."""
         return self.network
 
+    @property
+    def scale(self) -> int:
+        return self.teacher.scale
+
+    def write_final(self, path: Path) -> None:
+        """The teacher family's student file of the EMA student."""
+        self.teacher.save_student(path, self.ema.model)
+
+    def validation_output(self, lq: Tensor) -> Tensor:
+        return self.teacher.validate(self.ema.model, lq)
+
     # --- data: on the fly, or from the teacher cache ------------------------------------------------------
 
     def batches(self) -> Any:
         if self.config.distill.teacher_cache <= 0:
             return super().batches()
         run = self.config.run
-        return tensor_batch_stream(self._load_or_build_cache(), run.batch_size // self.world, run.seed, self.rank,
+        return tensor_batch_stream(self.teacher_cache(), run.batch_size // self.world, run.seed, self.rank,
                                    self.world, self.step)
 
-    def _cache_path(self) -> Path:
-        return self.run_dir / "teacher_cache.pt"
-
-    def _cache_key(self) -> str:
-        """What the cache's contents depend on: the teacher file's bytes and the data settings that draw the pairs.
-
-        A cache left in the run folder by another teacher or other settings is rebuilt, never reused.
-        """
-        digest = hashlib.sha256()
-        with open(self.teacher_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    def cache_key(self) -> str:
+        """What the cache's contents depend on: the teacher (``DistillTeacher.cache_identity``) and the data
+        settings that draw the pairs. A cache left in the run folder by another teacher or other settings is
+        rebuilt, never reused."""
         data, run = self.config.data, self.config.run
-        return json.dumps({"teacher_sha256": digest.hexdigest(), "size": self.config.distill.teacher_cache,
+        return json.dumps({**self.teacher.cache_identity(), "size": self.config.distill.teacher_cache,
                            "data": str(Path(data.path).resolve()), "degradation": data.degradation,
                            "gt_size": data.gt_size, "crop": data.crop, "scale_range": list(data.scale_range),
                            "gray_prob": data.gray_prob, "texture": [data.texture_ref, data.texture_tries],
                            "seed": run.seed, "batch_size": run.batch_size}, sort_keys=True)
 
     @torch.no_grad()
-    def _load_or_build_cache(self) -> dict[str, Tensor]:
-        """lq, gt and ``targets`` for ``teacher_cache`` fixed pairs: the teacher's sampler once for each."""
-        path, cache_key = self._cache_path(), self._cache_key()
+    def teacher_cache(self) -> dict[str, Tensor]:
+        """lq, gt and the teacher's ``targets`` for ``distill.teacher_cache`` fixed pairs, from
+        ``RUN_DIR/teacher_cache.pt`` when it holds this run's (``cache_key``), else computed (the teacher's sampler
+        once for each pair) and saved there."""
+        path, cache_key = self.run_dir / "teacher_cache.pt", self.cache_key()
         if path.is_file():
             try:
                 cache = torch.load(path, map_location="cpu", weights_only=True)
@@ -156,7 +159,7 @@ class DistillTrainer(Trainer):
             chunk = items[first:first + self.config.run.batch_size]
             lq = torch.stack([x["lq"] for x in chunk]).to(self.device)
             gt = torch.stack([x["gt"] for x in chunk]).to(self.device)
-            for key, value in {"lq": lq, "gt": gt, **self.targets(lq, gt, gen)}.items():
+            for key, value in {"lq": lq, "gt": gt, **self.teacher.targets(lq, gt, gen)}.items():
                 parts.setdefault(key, []).append(value.float().cpu())
         cache = {k: torch.cat(v) for k, v in parts.items()}
         if self.rank == 0:
@@ -166,36 +169,15 @@ class DistillTrainer(Trainer):
 
     # --- one iteration ------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def _encode(self, lq: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
-        with self.forward_context():
-            return encode_lr(self.teacher, lq).float(), self.teacher.first_stage.encode(gt).float()
-
-    @torch.no_grad()
-    def targets(self, lq: Tensor, gt: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """What one batch of pairs needs beyond (lq, gt), its noise drawn from ``generator``: z_y, the GT latent,
-        the prior noise and the teacher's T-step output from it (cached, or drawn each step)."""
-        z_y, z_gt = self._encode(lq, gt)
-        noise = torch.randn(z_y.shape, generator=generator, dtype=torch.float32).to(z_y)
-        return {"z_y": z_y, "z_gt": z_gt, "noise": noise, "z_tch": self._teacher_target(z_y, lq, noise)}
-
-    def condition(self, batch: dict[str, Tensor]) -> ResShiftCondition:
-        """The teacher process's conditioning of a batch (``tadsr.diffusion.process``)."""
-        return ResShiftCondition(batch["z_y"], batch["lq"])
-
-    def student_output(self, pair: _Pair) -> Tensor:
-        """The one-step student's z_0 from the prior z_T = z_y + kappa sqrt(eta_T) noise at t = T-1."""
-        n, last = pair.lq.shape[0], self.schedule.num_steps - 1
-        z_T = prior_sample(self.schedule, pair.cond.z_y, pair.noise)
-        with self.forward_context():
-            return self.student_denoiser(z_T, torch.full((n,), last, device=self.device), pair.lq,
-                                         pair.cond.z_y).float()
-
-    @torch.no_grad()
-    def _teacher_target(self, z_y: Tensor, lq: Tensor, noise: Tensor) -> Tensor:
-        """The teacher's deterministic T-step output from the same z_T (Eq. 6's target)."""
-        with self.forward_context():
-            return sample(self.teacher_denoiser, self.schedule, z_y, lq, noise, sampler="deterministic").float()
+    def pair(self, batch: dict[str, Any]) -> Pair:
+        """A batch on the device with the teacher's targets (from the cache, or computed now from ``rng``) and its
+        conditioning."""
+        if "z_tch" in batch:  # from the teacher cache
+            parts = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
+        else:
+            lq, gt = batch["lq"].to(self.device), batch["gt"].to(self.device)
+            parts = {"lq": lq, **self.teacher.targets(lq, gt, self.rng)}
+        return Pair(parts, self.teacher.condition(parts))
 
     def _noise_like(self, x: Tensor, uniform: bool = False) -> Tensor:
         draw = torch.rand if uniform else torch.randn
@@ -203,11 +185,12 @@ class DistillTrainer(Trainer):
 
     def _features(self, z0: Tensor, cond: Any, t: Tensor, noise: Tensor) -> list[Tensor]:
         """The teacher encoder's features of z0 noised to t (Eq. 1): what the time-aware discriminator reads."""
-        return self.process.encoder_features(self.process.q_sample(z0, t, noise, cond), t, cond)
+        process = self.teacher.process
+        return process.encoder_features(process.q_sample(z0, t, noise, cond), t, cond)
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        pair = self._pair(batch)
-        z_s = self.student_output(pair)
+        pair = self.pair(batch)
+        z_s = self.teacher.student_x0(self.student_ddp, pair.parts, pair.cond)
         terms: dict[str, Tensor] = {}
         fake = t_dis = None
         if self.discriminator is not None:
@@ -217,20 +200,12 @@ class DistillTrainer(Trainer):
         self.ema.update(self.network)
         return {k: float(v) for k, v in terms.items()}
 
-    def _pair(self, batch: dict[str, Any]) -> _Pair:
-        lq, gt = batch["lq"].to(self.device), batch["gt"].to(self.device)
-        if "z_tch" in batch:  # from the teacher cache
-            parts = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
-        else:
-            parts = {"lq": lq, **self.targets(lq, gt, self.rng)}
-        return _Pair(lq, self.condition(parts), parts["z_gt"], parts["noise"], parts["z_tch"])
-
-    def discriminator_step(self, pair: _Pair, z_s: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+    def discriminator_step(self, pair: Pair, z_s: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """One hinge-loss step of D on real (noised GT latent) and fake (noised student output, detached) features
         at a shared random t < ``distill.dis_t_max`` (default T-1). Returns (d_loss, the fake features with their
         graph to the student, t)."""
         assert self.discriminator_ddp is not None and self.opt_d is not None
-        n = pair.lq.shape[0]
+        n = pair.z_gt.shape[0]
         t_dis = torch.randint(0, self.dis_t_max, (n,), generator=self.rng).to(self.device)
         n_dis = self._noise_like(pair.z_gt, self.config.distill.uniform_noise)
         with self.forward_context():
@@ -249,7 +224,7 @@ class DistillTrainer(Trainer):
         self.d_gap = d_real.detach().mean() - d_fake.detach().mean()
         return d_loss.detach(), fake, t_dis
 
-    def generator_step(self, pair: _Pair, z_s: Tensor, fake: list[Tensor] | None,
+    def generator_step(self, pair: Pair, z_s: Tensor, fake: list[Tensor] | None,
                        t_dis: Tensor | None) -> dict[str, Tensor]:
         """One step of the student on L_distill + lambda_score L_score + lambda_adv L_adv (the discriminator's
         weights frozen: its gradients would be thrown away). Returns the terms (batch means) and ``loss``."""
@@ -268,8 +243,7 @@ class DistillTrainer(Trainer):
             loss = sum(terms.values()).mean()
             self.set_scheduled_lr(self.opt_g)
             self.optimizer_step(self.opt_g, loss)
-        if self.config.distill.unfrozen_teacher:  # the quirk's gradients are never used: do not keep them
-            self.teacher.unet.zero_grad(set_to_none=True)
+        self.teacher.network.zero_grad(set_to_none=True)  # gradients a trainable teacher collected: never used
         self.scaler.update()
         return {**{k: v.detach().mean() for k, v in terms.items()}, "loss": loss.detach()}
 
@@ -291,12 +265,18 @@ class DistillTrainer(Trainer):
             self.opt_d.load_state_dict(checkpoint["opt_d"])
 
 
-class _Pair(NamedTuple):
-    """One batch of the distillation: LR, the teacher process's conditioning (ResShift: z_y and LR), the GT latent,
-    the prior noise and the teacher's output from it."""
+class Pair(NamedTuple):
+    """One batch of the distillation: ``parts``, its tensors on the device (lq, gt and the teacher's ``targets``:
+    the GT latent, the student's noise, the teacher's output from it, ...), and ``cond``, the teacher process's
+    conditioning of it."""
 
-    lq: Tensor
+    parts: dict[str, Tensor]
     cond: Any
-    z_gt: Tensor
-    noise: Tensor
-    z_tch: Tensor
+
+    @property
+    def z_gt(self) -> Tensor:
+        return self.parts["z_gt"]
+
+    @property
+    def z_tch(self) -> Tensor:
+        return self.parts["z_tch"]

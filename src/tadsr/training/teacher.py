@@ -19,8 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tadsr.diffusion.schedule import Schedule, q_sample
 from tadsr.errors import ConfigError
-from tadsr.inference.pipeline import encode_upsampled
-from tadsr.model import build_network, denoiser, load_first_stage, load_model
+from tadsr.inference.pipeline import encode_upsampled, super_resolve
+from tadsr.model import SRModel, build_network, denoiser, load_first_stage, load_model, save_model
+from tadsr.training.config import TrainConfig
 from tadsr.training.ema import EMA
 from tadsr.training.trainer import Trainer, frozen, scheduled_lr
 
@@ -36,8 +37,9 @@ def draw_timesteps(num_steps: int, n: int, last_prob: float, generator: torch.Ge
 class TeacherTrainer(Trainer):
     command = "train-teacher"
 
-    def __init__(self, config: Any, run_dir: Path, first_stage: str | Path | None = None,
-                 init: str | Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: TrainConfig, run_dir: Path, first_stage: str | Path | None = None,
+                 init: str | Path | None = None, device: str | torch.device = "cpu", resume: bool = False,
+                 show_progress: bool = True) -> None:
         """``init``: a tadsr model file to fine-tune. Its network starts the run (and its EMA), and its architecture,
         schedule and first stage replace ``config.model``, as a student takes its teacher's. A resumed run loads its
         checkpoint over it."""
@@ -47,7 +49,7 @@ class TeacherTrainer(Trainer):
         self.init_path = Path(init) if init else None
         if self.init_path is not None:
             self.settings_from_elsewhere = ("model.",)
-        super().__init__(config, run_dir, **kwargs)
+        super().__init__(config, run_dir, device=device, resume=resume, show_progress=show_progress)
 
     def build(self) -> None:
         cfg = self.config
@@ -57,6 +59,8 @@ class TeacherTrainer(Trainer):
             self.first_stage = frozen(start.first_stage.to(self.device))
             self.network = start.unet.to(self.device).train().requires_grad_(True)
         else:
+            if cfg.model is None:
+                raise ConfigError("model: a teacher's architecture is needed (a preset's, or a model section)")
             self.first_stage = frozen(load_first_stage(cfg.model, self.first_stage_path).to(self.device))
             self.network = build_network(cfg.model).to(self.device).train()
         self.schedule = Schedule(cfg.model.schedule)
@@ -64,7 +68,6 @@ class TeacherTrainer(Trainer):
         self.denoiser = denoiser(ddp, cfg.model, self.schedule)
         self.ema = EMA(self.network, cfg.optim.ema_rate)
         self.opt = self.make_optimizer(self.network, scheduled_lr(cfg.optim, 1))
-        self.validation_steps = self.schedule.num_steps
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         lq, gt = batch["lq"].to(self.device), batch["gt"].to(self.device)
@@ -84,6 +87,23 @@ class TeacherTrainer(Trainer):
         self.scaler.update()
         self.ema.update(self.network)
         return {"mse": float(mse.detach().mean())}
+
+    @property
+    def scale(self) -> int:
+        return self.config.model.scale
+
+    def final_model(self) -> SRModel:
+        """What the run produces: the EMA network with the first stage (modules shared, not copied)."""
+        return SRModel(self.config.model, unet=self.ema.model, first_stage=self.first_stage)
+
+    def validation_output(self, lq: Tensor) -> Tensor:
+        """The EMA teacher's T-step samples from a fixed prior noise."""
+        return super_resolve(self.final_model(), lq, steps=self.schedule.num_steps,
+                             generator=torch.Generator().manual_seed(0))
+
+    def write_final(self, path: Path) -> None:
+        """The EMA network with the first stage, a tadsr model file (``save_model``)."""
+        save_model(self.final_model(), path)
 
     def state(self) -> dict[str, Any]:
         return {"model": self.network.state_dict(), "ema": self.ema.model.state_dict(), "opt": self.opt.state_dict()}

@@ -1,11 +1,10 @@
 """The training loop shared by the teacher and the distillation trainers.
 
-A subclass builds its networks (``build``: it sets ``first_stage``, ``schedule``, the trained ``network``, its
-``ema`` and ``validation_steps``), runs one iteration (``train_step``, returning named loss terms) and names what
-goes into a checkpoint (``state``/``load_state``). This class owns the rest: seeds, the batch stream, the
-optimizers' settings and learning-rate schedule, resuming, logging (tqdm, JSONL, TensorBoard when installed),
-non-finite-loss stops, validation, checkpoints, torchrun and the final ``final.safetensors`` (the EMA network
-with the first stage).
+A subclass builds its networks (``build``: it sets the trained ``network`` and its ``ema``), runs one iteration
+(``train_step``, returning named loss terms), names what goes into a checkpoint (``state``/``load_state``), what its
+EMA model makes of validation images (``validation_output``) and which file the run produces (``write_final``). This
+class owns the rest: seeds, the batch stream, the optimizers' settings and learning-rate schedule, resuming, logging
+(tqdm, JSONL, TensorBoard when installed), non-finite-loss stops, validation, checkpoints and torchrun.
 """
 
 from __future__ import annotations
@@ -37,12 +36,9 @@ from tadsr.data.degradation import preset as degradation_preset
 from tadsr.data.image_io import ImageData, to_uint8, write_image
 from tadsr.data.photos import PhotoCropDataset
 from tadsr.devices import DTYPES, autocast
-from tadsr.diffusion.schedule import Schedule
 from tadsr.errors import ConfigError, TadsrError
 from tadsr.fileio import remove_stale_temporaries
-from tadsr.inference.pipeline import super_resolve
 from tadsr.metrics import psnr, ssim
-from tadsr.model import SRModel, save_model
 from tadsr.nets.common import upsample_lr
 from tadsr.training.config import OptimConfig, TrainConfig, config_from_dict, config_to_dict, resumed_config
 from tadsr.training.ema import EMA
@@ -70,11 +66,8 @@ def scheduled_lr(optim_config: OptimConfig, step: int) -> float:
 class Trainer:
     command = "train"
     # set by ``build``
-    first_stage: nn.Module
-    schedule: Schedule
     network: nn.Module  # the network being trained (its EMA copy is what the run produces)
     ema: EMA
-    validation_steps: int  # sampling steps of the validation images
     settings_from_elsewhere: tuple[str, ...] = ()  # config keys (prefixes) the trainer takes from elsewhere
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
@@ -131,16 +124,20 @@ class Trainer:
     def load_state(self, checkpoint: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    # --- shared pieces ------------------------------------------------------------------------------------
-
-    def final_model(self) -> SRModel:
-        """What the run produces: the EMA network with the first stage (modules shared, not copied)."""
-        return SRModel(self.config.model, unet=self.ema.model, first_stage=self.first_stage)
-
     def validation_output(self, lq: Tensor) -> Tensor:
-        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` with the EMA model and a fixed prior noise."""
-        return super_resolve(self.final_model(), lq, steps=self.validation_steps,
-                             generator=torch.Generator().manual_seed(0))
+        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` with the EMA model and a fixed noise."""
+        raise NotImplementedError
+
+    def write_final(self, path: Path) -> None:
+        """The run's model file, from the EMA model."""
+        raise NotImplementedError
+
+    @property
+    def scale(self) -> int:
+        """The upscaling factor of the model being trained."""
+        raise NotImplementedError
+
+    # --- shared pieces ------------------------------------------------------------------------------------
 
     def make_optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         o = self.config.optim
@@ -250,15 +247,6 @@ class Trainer:
             self.write_final(final)
         distributed.barrier()
         return final
-
-    def write_final(self, path: Path) -> None:
-        """The run's model file: the EMA network with the first stage (``save_model``)."""
-        save_model(self.final_model(), path)
-
-    @property
-    def scale(self) -> int:
-        """The upscaling factor of the model being trained."""
-        return self.config.model.scale
 
     def save(self) -> None:
         self.check_weights_finite()

@@ -1,5 +1,6 @@
-"""What ``tadsr serve`` does, without Gradio: the list of models, models loaded once, one upscale job, and the
-files a page session leaves behind. ``tadsr.web.page`` puts these on a page; the tests call them directly.
+"""What ``tadsr serve`` does, without Gradio: the list of models, models opened once (per step count and sampler),
+one upscale job, and the files a page session leaves behind. ``tadsr.web.page`` puts these on a page; the tests
+call them directly.
 
 A job is ``tadsr upscale`` for one file: the same reader and its limits (``image_io.read_image``: file size, then
 width x height from the header, before anything is decoded), the same output-size bound
@@ -16,24 +17,26 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from tadsr.checkpoints import is_sd_student
+from tadsr.backends import model_info, open_model
+from tadsr.checkpoints import ModelKind
 from tadsr.config import Role
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, gray_to_rgb, read_image, to_8bit, write_image
-from tadsr.diffusion.samplers import SAMPLERS
+from tadsr.diffusion.samplers import SAMPLERS, SamplerName
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
+from tadsr.inference.backend import Backend
 from tadsr.inference.batch import NAME_MAX, check_output_size
-from tadsr.inference.color import COLOR_FIXES
-from tadsr.inference.pipeline import resolve_steps
+from tadsr.inference.color import COLOR_FIXES, ColorFix
+from tadsr.inference.pipeline import check_steps, step_choices
+from tadsr.inference.tiling import DEFAULT_TILE
 from tadsr.inference.upscaler import Upscaler
-from tadsr.model import EMBEDDED_NAMES, SRModel, load_model, read_model_config, resolve_model_path
+from tadsr.model import EMBEDDED_NAMES, resolve_model_path
 
 PREVIEW_SIDE = 2048  # the slider's images; the download is full size
 MAX_AGE_SECONDS = 3600  # uploads and results older than this are deleted (and when their page is closed)
@@ -45,32 +48,26 @@ class Cancelled(TadsrError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model the page offers: its label in the list, its file, and what the step choices follow from."""
+    """A model the page offers: its label in the list, its file, and what the step choices follow from (its
+    ``tadsr.backends.ModelInfo``)."""
 
     label: str
     path: Path
     role: Role
-    num_steps: int  # the schedule's T
+    num_steps: int  # the steps it runs by default: a teacher's T, 1 for a one-step file
     scale: int
+    kind: ModelKind
 
     @property
     def step_choices(self) -> list[int]:
-        """1 for a student; T (the default) or 1 for a teacher."""
-        return [1] if self.role == "student" or self.num_steps == 1 else [self.num_steps, 1]
+        """1 for a student; T (the default) or 1 for a teacher (``inference.pipeline.step_choices``)."""
+        return list(step_choices(self.role, self.num_steps))
 
 
 def _entry(label: str, path: Path) -> ModelEntry:
-    if path.suffix.lower() == ".onnx":  # an exported one-step graph: its metadata holds the model's config
-        from tadsr.inference.onnx import OnnxModel
-
-        config = OnnxModel(path).config
-        return ModelEntry(label, path, "student", 1, config.scale)
-    if is_sd_student(path):  # the one-step student of an SD-based teacher (tadsr.sd.student), loaded on first use
-        from tadsr.sd.student import sd_student_scale
-
-        return ModelEntry(label, path, "student", 1, sd_student_scale(path))
-    config = read_model_config(path)
-    return ModelEntry(label, path, config.role, config.schedule.num_steps, config.scale)
+    """The entry of a model file, from its metadata (``tadsr.backends.model_info``): weights load on first use."""
+    info = model_info(path)
+    return ModelEntry(label, path, info.role, info.num_steps, info.scale, info.kind)
 
 
 def model_catalogue(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.PathLike | None = None,
@@ -101,68 +98,59 @@ def model_catalogue(model_paths: Sequence[str | os.PathLike] = (), models_dir: s
             continue
         seen.add(entry.path.resolve())
         label = entry.label if entry.label not in catalogue else str(entry.path)  # two files of one name
-        catalogue[label] = ModelEntry(label, entry.path, entry.role, entry.num_steps, entry.scale)
+        catalogue[label] = replace(entry, label=label)
     return catalogue
 
 
 class ModelCache:
-    """Each model is loaded on first use and kept on ``device``; ``lock`` lets one job at a time use the device."""
+    """Each model is opened (``tadsr.backends.open_model``) on first use with the steps and sampler asked for, and
+    kept on ``device``; ``lock`` lets one job at a time use the device. ``dtype`` is the compute precision of the
+    tadsr models (an exported graph or an SD student runs at its own)."""
 
     def __init__(self, catalogue: dict[str, ModelEntry], device: torch.device, dtype: torch.dtype | None = None):
         self.catalogue = catalogue
         self.device = device
         self.dtype = dtype
         self.lock = threading.Lock()
-        self._models: dict[str, Any] = {}  # SRModel, OnnxModel (an exported file) or SDStudent
+        self._backends: dict[tuple[str, int, str], Backend] = {}
 
     def entry(self, label: str) -> ModelEntry:
         if label not in self.catalogue:
             raise ConfigError(f"unknown model {label!r}: choose one of {', '.join(self.catalogue)}")
         return self.catalogue[label]
 
-    def get(self, label: str) -> Any:
-        """The loaded model of a label (loaded now if it is the first use): an SRModel, an OnnxModel or an
-        SDStudent."""
+    def backend(self, label: str, steps: int | None = None, sampler: SamplerName = "deterministic") -> Backend:
+        """The label's model opened for ``steps`` (None: its default; a count it does not run is a ConfigError) and
+        the T-step ``sampler`` (one step is the same under both), on first use; the same object afterwards."""
         entry = self.entry(label)
-        if label not in self._models:
-            if entry.path.suffix.lower() == ".onnx":
-                from tadsr.inference.onnx import OnnxModel
+        steps = check_steps(steps, entry.role, entry.num_steps, entry.label)
+        sampler = sampler if steps > 1 else "deterministic"
+        key = (label, steps, sampler)
+        if key not in self._backends:
+            self._backends[key] = open_model(entry.path, device=self.device, steps=steps, sampler=sampler,
+                                             dtype=self.dtype if entry.kind == "tadsr" else None)
+        return self._backends[key]
 
-                self._models[label] = OnnxModel(entry.path)
-            elif is_sd_student(entry.path):
-                from tadsr.sd.student import load_sd_student
-
-                self._models[label] = load_sd_student(entry.path, self.device)
-            else:
-                self._models[label] = load_model(entry.path, device=self.device)
-        return self._models[label]
-
-    def upscaler(self, label: str, **options: Any) -> Upscaler:
-        """An Upscaler of the label's model with ``options`` (``UpscaleOptions``), on this cache's device."""
-        model = self.get(label)
-        if isinstance(model, SRModel):
-            return Upscaler(model, device=self.device, dtype=self.dtype, **options)
-        from tadsr.inference.onnx import OnnxModel, OnnxUpscaler
-
-        if isinstance(model, OnnxModel):
-            return OnnxUpscaler(model, **options)
-        from tadsr.sd.student import SDStudentUpscaler
-
-        return SDStudentUpscaler(model, **options)
+    def upscaler(self, label: str, *, steps: int | None = None, sampler: SamplerName = "deterministic",
+                 tile: int = DEFAULT_TILE, seed: int = 0, color_fix: ColorFix = "none",
+                 outscale: float | None = None) -> Upscaler:
+        """An Upscaler of the label's model (``backend``) with the image-level settings of ``UpscaleOptions``."""
+        return Upscaler(self.backend(label, steps, sampler), tile=tile, seed=seed, color_fix=color_fix,
+                        outscale=outscale)
 
 
 @dataclass(frozen=True)
 class JobSettings:
     """The page's controls. ``steps`` None: the model's default; ``outscale`` None: the model's native scale;
-    ``sampler``: the T-step sampler (``UpscaleOptions.sampler``)."""
+    ``sampler``: the T-step sampler (``ModelBackend``'s; one step is the same under both)."""
 
     model: str
     steps: int | None = None
     seed: int = 0
-    tile: int = 128
+    tile: int = DEFAULT_TILE
     outscale: float | None = None
-    color_fix: str = "none"
-    sampler: str = "deterministic"
+    color_fix: ColorFix = "none"
+    sampler: SamplerName = "deterministic"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -211,9 +199,7 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
     """
     source = Path(source)
     entry = models.entry(settings.model)
-    if settings.steps is not None and settings.steps not in entry.step_choices:
-        raise ConfigError(f"{entry.label} runs {' or '.join(map(str, entry.step_choices))} steps, "
-                          f"not {settings.steps}")
+    steps = check_steps(settings.steps, entry.role, entry.num_steps, entry.label)
     outscale = None if settings.outscale in (None, entry.scale) else settings.outscale
     start = time.perf_counter()
     try:
@@ -233,7 +219,7 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
         start += time.perf_counter() - waited  # the time it took, not the time it waited
         if cancelled is not None and cancelled():
             raise Cancelled(f"{name}: cancelled")
-        upscaler = models.upscaler(settings.model, tile=settings.tile, steps=settings.steps, sampler=settings.sampler,
+        upscaler = models.upscaler(settings.model, steps=steps, sampler=settings.sampler, tile=settings.tile,
                                    seed=settings.seed, color_fix=settings.color_fix, outscale=outscale)
         out_h, out_w = upscaler.output_size(height, width)
         try:
@@ -250,7 +236,6 @@ def upscale_file(source: str | os.PathLike, name: str, settings: JobSettings, mo
     seconds = time.perf_counter() - start
     before, after = write_previews(image, result, out_dir)
     depth = f"{result.bit_depth}-bit {'gray' if result.is_gray else 'RGB'}{'A' if result.has_alpha else ''}"
-    steps = resolve_steps(entry.role, entry.num_steps, settings.steps)
     how = f"{steps} steps ({settings.sampler} sampler)" if steps > 1 else "1 step"
     summary = (f"{width}x{height} -> {out_w}x{out_h} ({depth} PNG, {output.stat().st_size / 1e6:.1f} MB) in "
                f"{seconds:.2f} s with {entry.label}, {how}, on {models.device}")

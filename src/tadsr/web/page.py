@@ -129,21 +129,16 @@ def _number(value: Any, name: str, integer: bool = True) -> Any:
     return number
 
 
-def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
-    """The gr.Blocks of the page (not launched). ``models`` holds the catalogue and the device."""
-    gr = import_gradio()
-    catalogue = models.catalogue
-    first = next(iter(catalogue.values()))
+def _steps_control(models: ModelCache, label: str) -> dict[str, Any]:
+    """The steps control of a model: 1 for a student (fixed); T (the default) or 1 for a teacher."""
+    entry = models.entry(label)
+    choices = [(f"{n} (the schedule's T)" if n == entry.num_steps and n > 1 else str(n), n)
+               for n in entry.step_choices]
+    return dict(choices=choices, value=entry.step_choices[0], interactive=len(choices) > 1)
 
-    def steps_of(label: str) -> dict[str, Any]:
-        """The steps control of a model: 1 for a student (fixed); T (the default) or 1 for a teacher."""
-        entry = models.entry(label)
-        choices = [(f"{n} (the schedule's T)" if n == entry.num_steps and n > 1 else str(n), n)
-                   for n in entry.step_choices]
-        return dict(choices=choices, value=entry.step_choices[0], interactive=len(choices) > 1)
 
-    def on_model(label: str) -> tuple[Any, Any]:
-        return gr.Dropdown(**steps_of(label)), gr.Number(value=models.entry(label).scale)
+def _upscale_handler(gr: Any, models: ModelCache, sessions: Sessions, max_pixels: int) -> Any:
+    """The page's Upscale handler (Gradio reads its signature: the inputs, then the request and progress)."""
 
     async def run(image: dict | None, model: str, steps: Any, seed: Any, tile: Any, outscale: Any, color_fix: str,
                   sampler: str | None, request: gr.Request,
@@ -183,6 +178,23 @@ def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT
         finally:
             sessions.end_job(session, flag)
         return (str(result.before), str(result.after)), str(result.output), result.summary
+
+    return run
+
+
+def build_page(models: ModelCache, sessions: Sessions, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """The gr.Blocks of the page (not launched). ``models`` holds the catalogue and the device."""
+    gr = import_gradio()
+    catalogue = models.catalogue
+    first = next(iter(catalogue.values()))
+
+    def steps_of(label: str) -> dict[str, Any]:
+        return _steps_control(models, label)
+
+    def on_model(label: str) -> tuple[Any, Any]:
+        return gr.Dropdown(**steps_of(label)), gr.Number(value=models.entry(label).scale)
+
+    run = _upscale_handler(gr, models, sessions, max_pixels)
 
     def uploaded(image: dict | None, request: gr.Request) -> None:
         """Note the session's upload as it arrives, so that closing the page deletes it even if never upscaled."""
@@ -247,7 +259,7 @@ def serve(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.Pa
         report(f"serving on {host}: anyone who can reach this machine's port {port} can upload images and run "
                "jobs on it")
     models = ModelCache(catalogue, resolve_device(device), dtype)
-    models.get(next(iter(catalogue)))  # the default model, so that the first job does not wait for it
+    models.backend(next(iter(catalogue)))  # the default model, so that the first job does not wait for it
     root = Path(tempfile.mkdtemp(prefix="tadsr-serve-"))
     os.environ["GRADIO_TEMP_DIR"] = str(root)  # Gradio's uploads and caches, read when the page is built
     sessions = Sessions(root)

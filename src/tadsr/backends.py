@@ -1,0 +1,160 @@
+"""Opening a model for inference by what it is: ``open_model`` (a ``Backend`` to run) and ``model_info`` (what it
+is and runs, from its metadata alone).
+
+What a path is (a tadsr model file, an ONNX graph from ``tadsr export``, the SD student file of ``tadsr distill
+--teacher DIFFUSERS_DIR``, a diffusers pipeline folder) is decided once, by ``tadsr.checkpoints.model_kind``; this
+module is the one that acts on it for inference: ``tadsr upscale``, ``evaluate``, ``serve``, ``bench``, ``export``
+and ``demo`` open their models here. It stands above ``tadsr.inference`` and the SD family (``tadsr.sd``), which
+know nothing of each other: an SD backend has the ``Backend`` attributes without importing them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tadsr.checkpoints import ModelKind, model_kind
+from tadsr.config import Role
+from tadsr.devices import resolve_device
+from tadsr.diffusion.samplers import SamplerName
+from tadsr.errors import ConfigError
+from tadsr.inference.backend import Backend, ModelBackend
+from tadsr.inference.onnx import OnnxModel
+from tadsr.inference.pipeline import check_steps
+from tadsr.model import EMBEDDED_NAMES, SRModel, load_model, read_model_config, resolve_model_path
+from tadsr.sd.diffusers_teacher import (
+    DEFAULT_NOISE_LEVEL,
+    DEFAULT_STEPS,
+    DiffusersBackend,
+    DiffusersUpscaleTeacher,
+    pipeline_scale,
+    read_index,
+)
+from tadsr.sd.student import load_sd_student, sd_student_scale
+
+NOUNS: dict[ModelKind, str] = {"tadsr": "a tadsr model", "onnx": "an exported ONNX graph",
+                               "sd-student": "an SD student", "diffusers": "a diffusers pipeline"}
+DEFAULTS: dict[str, object] = {"sampler": "deterministic", "channels_last": False, "compile": False, "prompt": "",
+                               "noise_level": DEFAULT_NOISE_LEVEL}  # a setting at its default is not asked for
+TAKES: dict[ModelKind, tuple[str, ...]] = {"tadsr": ("sampler", "channels_last", "compile"), "onnx": (),
+                                           "sd-student": (), "diffusers": ("prompt", "noise_level")}
+IGNORES: dict[ModelKind, dict[str, str]] = {"diffusers": {"sampler": "samples with its own scheduler"}}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is and runs, from its metadata: its ``kind``; ``role`` (a student runs one step only);
+    ``num_steps``, its schedule's T (1 for an exported graph or an SD student, one-step files; a pipeline's default
+    steps), so that ``inference.pipeline.step_choices(role, num_steps)`` are the step counts it runs, its default
+    first (a pipeline runs any); its ``scale``; ``path``, its file or folder (an embedded name's file)."""
+
+    kind: ModelKind
+    role: Role
+    num_steps: int
+    scale: int
+    path: Path
+
+
+def locate(path_or_name: str | os.PathLike | None) -> Path:
+    """An embedded model's file (by name: "student", the default, or "teacher"), or the path as given."""
+    if path_or_name is None or str(path_or_name) in EMBEDDED_NAMES:
+        return resolve_model_path(path_or_name)
+    return Path(path_or_name)
+
+
+def model_info(path_or_name: str | os.PathLike | None = None) -> ModelInfo:
+    """``ModelInfo`` of a path or embedded name, without loading weights (an ONNX file's session excepted: its
+    metadata is read through it); one line for a path that is not a model."""
+    path = locate(path_or_name)
+    kind = model_kind(path)
+    if kind == "tadsr":
+        config = read_model_config(path)
+        return ModelInfo(kind, config.role, config.schedule.num_steps, config.scale, path)
+    if kind == "onnx":
+        graph = OnnxModel(path)
+        return ModelInfo(kind, graph.config.role, 1, graph.scale, path)  # one step, whatever the exported role
+    if kind == "sd-student":
+        return ModelInfo(kind, "student", 1, sd_student_scale(path), path)
+    if kind == "diffusers":
+        return ModelInfo(kind, "teacher", DEFAULT_STEPS, pipeline_scale(read_index(path)), path)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None, steps: int | None = None, sampler: SamplerName = "deterministic",
+               channels_last: bool = False, compile: bool = False, prompt: str = "",
+               noise_level: int = DEFAULT_NOISE_LEVEL, report: Callable[[str], None] | None = None) -> Backend:
+    """The ``Backend`` of a model path or embedded name ("student", the default, or "teacher"), by its kind
+    (``tadsr.checkpoints.model_kind``):
+
+    * a tadsr model file: ``ModelBackend`` (``steps``, ``sampler``, ``dtype``, ``channels_last``, ``compile``);
+    * an ONNX file from ``tadsr export``: ``OnnxModel``, ONNX Runtime on the CPU whatever ``device``, one step, the
+      file's own precision;
+    * an SD student file: ``SDStudent``, one step, float32;
+    * a diffusers folder (``StableDiffusionUpscalePipeline``): ``DiffusersBackend``, ``steps`` of its scheduler
+      (default ``DEFAULT_STEPS``), float32, the ``prompt`` embedded once, the LR noise ``noise_level``.
+
+    ``device`` None is CUDA when available. ``steps`` must be one the model runs (``inference.pipeline.
+    check_steps``: 1 for a student or a one-step file; T or 1 for a teacher; any for a pipeline). A setting other
+    than its default that the model does not take is a ConfigError naming the setting and the model: ``prompt`` or
+    ``noise_level`` but for a pipeline; ``sampler``, ``channels_last``, ``compile`` but for a tadsr model; a
+    ``dtype`` other than float32 but for a tadsr model. The exception: a pipeline samples with its own scheduler, so
+    a ``sampler`` there is said (``report``, by default a warning) and ignored. Weights are read only after every
+    setting is checked.
+    """
+    path = locate(path_or_name)
+    name = str(path_or_name if path_or_name is not None else "student")
+    kind = model_kind(path)
+    _check_settings(kind, name, dtype, {"sampler": sampler, "channels_last": channels_last, "compile": compile,
+                                        "prompt": prompt, "noise_level": noise_level}, report)
+    if kind == "tadsr":
+        config = read_model_config(path)
+        steps = check_steps(steps, config.role, config.schedule.num_steps, name)
+        return ModelBackend(load_model(path), device=device, dtype=dtype, steps=steps, sampler=sampler,
+                            channels_last=channels_last, compile=compile)
+    if kind == "onnx":
+        check_steps(steps, "student", 1, name)
+        return OnnxModel(path)
+    if kind == "sd-student":
+        check_steps(steps, "student", 1, name)
+        return load_sd_student(path, resolve_device(device))
+    if kind == "diffusers":
+        teacher = DiffusersUpscaleTeacher.from_folder(path, prompt=prompt, noise_level=noise_level,
+                                                      device=resolve_device(device))
+        return DiffusersBackend(teacher, steps)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def load_sr_model(path_or_name: str | os.PathLike | None, purpose: str) -> SRModel:
+    """The ``SRModel`` of a tadsr model file or embedded name, for what needs the network itself (``purpose``, e.g.
+    "tadsr export"); one line naming the path for another kind of model."""
+    path = locate(path_or_name)
+    kind = model_kind(path)
+    if kind != "tadsr":
+        raise ConfigError(f"{path}: {NOUNS[kind]}; {purpose} takes a tadsr model (a .safetensors file made by "
+                          "`tadsr convert` or `tadsr distill`, or an embedded name: student, teacher)")
+    return load_model(path)
+
+
+def _check_settings(kind: ModelKind, name: str, dtype: torch.dtype | None, settings: dict[str, object],
+                    report: Callable[[str], None] | None) -> None:
+    """``open_model``'s rule for the settings a kind of model does not take (its docstring)."""
+    noun = NOUNS[kind]
+    if kind != "tadsr" and dtype not in (None, torch.float32):
+        raise ConfigError(f"{name}: {noun} runs in float32; it does not take dtype {dtype}")
+    for setting, value in settings.items():
+        if value == DEFAULTS[setting] or setting in TAKES[kind]:
+            continue
+        why = IGNORES.get(kind, {}).get(setting)
+        if why is None:
+            raise ConfigError(f"{name}: {noun} does not take {setting} (got {value!r})")
+        line = f"{name}: {noun} {why}; {setting} {value!r} is ignored"
+        if report is not None:
+            report(line)
+        else:
+            warnings.warn(line, UserWarning, stacklevel=3)
