@@ -83,6 +83,8 @@ def test_tensor_shapes_are_checked_against_the_header_before_allocating(tmp_path
     ("run.steps=1.5", "run.steps = 1.5: needs an integer"),
     ("optim.lr=1e39", "optim.lr = 1e+39: needs between 0 and 1"),
     ("data.gt_size=72", "data.gt_size = 72: this model needs a multiple of 64"),
+    ("optim.ema_warmup=-1", "optim.ema_warmup = -1.0: needs between 0 and 10"),
+    ("run.raw_weights=2", "run.raw_weights = 2: needs true or false"),
 ])
 def test_bad_training_settings_fail_in_one_line_naming_key_value_and_what_is_allowed(tmp_path: Path, override: str,
                                                                                       needle: str) -> None:

@@ -45,9 +45,13 @@ def test_distillation_loss_by_hand() -> None:
 
 
 def test_hinge_losses_by_hand() -> None:
-    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.5, 1.0])
-    torch.testing.assert_close(discriminator_hinge_loss(real, fake), torch.tensor([0.0, 2.0, 4.0]))
-    torch.testing.assert_close(generator_adversarial_loss(fake), -fake)
+    """Per logit (the authors'): the hinge on each of a sample's logits, then their mean; per sample mean (tadsr
+    0.1's): the hinge on the mean logit. Sample 0 tells them apart: its logits straddle the margins, its means don't."""
+    real = torch.tensor([[2.0, 0.0], [0.5, 0.5], [-1.0, -1.0]])
+    fake = torch.tensor([[-2.0, 0.0], [0.5, 0.5], [1.0, 1.0]])
+    torch.testing.assert_close(discriminator_hinge_loss(real, fake), torch.tensor([1.0, 2.0, 4.0]))
+    torch.testing.assert_close(discriminator_hinge_loss(real, fake, per_logit=False), torch.tensor([0.0, 2.0, 4.0]))
+    torch.testing.assert_close(generator_adversarial_loss(fake), torch.tensor([1.0, -0.5, -1.0]))
 
 
 def test_hsd_is_zero_when_the_student_equals_the_teacher() -> None:
@@ -143,6 +147,6 @@ def test_discriminator_shapes_and_time_dependence() -> None:
     for time_aware in (True, False):
         d = randomize(LatentDiscriminator(unet.feature_channels, 32, time_aware=time_aware), seed=2, std=0.1).eval()
         out = d(feats, t)
-        assert out.shape == (3,)
+        assert out.shape == (3, 64 * sum(f.shape[2] * f.shape[3] for f in feats))  # every head's logits
         other = d(feats, torch.tensor([9, 9, 9]))
         assert torch.allclose(out, other) != time_aware

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -42,9 +43,9 @@ def test_a_distillation_step_moves_student_and_discriminator_not_teacher(photo_d
     trainer = _trainer(photo_dir, teacher_file, tmp_path)
     teacher, student, disc = _params(trainer.teacher.network), _params(trainer.student), _params(trainer.discriminator)
     terms = trainer.train_step(next(trainer.batches()))
-    assert set(terms) == {"d_loss", "d_acc", "d_gap", "distill", "hsd", "adv", "loss"}
+    assert set(terms) == {"d_loss", "d_acc", "d_pair_acc", "d_gap", "d_spread", "distill", "hsd", "adv", "loss"}
     assert all(np.isfinite(v) for v in terms.values())
-    assert 0 <= terms["d_acc"] <= 1
+    assert 0 <= terms["d_acc"] <= 1 and 0 <= terms["d_pair_acc"] <= 1
     assert all(torch.equal(a, b) for a, b in zip(teacher, _params(trainer.teacher.network), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(student, _params(trainer.student), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(disc, _params(trainer.discriminator), strict=True))
@@ -98,7 +99,7 @@ def test_the_discriminator_is_frozen_during_the_generator_step(photo_dir: Path, 
 
 @pytest.mark.parametrize(("overrides", "keys"), [
     (("distill.score_distill=sds", "distill.discriminator=plain"),
-     {"d_loss", "d_acc", "d_gap", "distill", "sds", "adv", "loss"}),
+     {"d_loss", "d_acc", "d_pair_acc", "d_gap", "d_spread", "distill", "sds", "adv", "loss"}),
     (("distill.score_distill=none", "distill.discriminator=none"), {"distill", "loss"}),
 ])
 def test_ablation_switches_change_the_objective(photo_dir: Path, teacher_file: Path, tmp_path: Path,
@@ -109,17 +110,20 @@ def test_ablation_switches_change_the_objective(photo_dir: Path, teacher_file: P
 
 def test_the_discriminator_logs_its_separation_and_keeps_to_its_t_range(photo_dir: Path, teacher_file: Path,
                                                                         tmp_path: Path) -> None:
-    """d_acc: the share of samples on the right side of 0; d_gap: mean D(real) - mean D(fake), both before the D
-    step; ``distill.dis_t_max`` bounds the discriminator's t (0: the paper's t < T-1)."""
+    """On each sample's mean logit, before the D step: d_acc, the share of samples on the right side of 0;
+    d_pair_acc, the share of pairs (same LR, t, noise) ranked real above fake; d_gap, the mean pair margin; d_spread,
+    D(real)'s spread. ``distill.dis_t_max`` bounds the discriminator's t (0: the paper's t < T-1)."""
     trainer = _trainer(photo_dir, teacher_file, tmp_path, "distill.dis_t_max=1", "run.batch_size=4")
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     trainer.discriminator.register_forward_hook(lambda module, args, out: seen.append((args[1], out.detach())))
     terms = trainer.train_step(next(trainer.batches()))
     t, out = seen[0]  # the D step's forward: real then fake, at the same t
     assert (t == 0).all()
-    real, fake = out.chunk(2)
+    real, fake = (half.mean(dim=1) for half in out.chunk(2))
     assert terms["d_gap"] == pytest.approx(float(real.mean() - fake.mean()), abs=1e-6)
     assert terms["d_acc"] == pytest.approx(float(((real > 0).float().mean() + (fake < 0).float().mean()) / 2))
+    assert terms["d_pair_acc"] == pytest.approx(float((real > fake).float().mean()))
+    assert terms["d_spread"] == pytest.approx(float(real.std(unbiased=False)), abs=1e-6)
     last = trainer.teacher.process.num_timesteps - 1
     with pytest.raises(ValueError, match=f"dis_t_max={last + 1}.*below T-1"):
         _trainer(photo_dir, teacher_file, tmp_path / "b", f"distill.dis_t_max={last + 1}")
@@ -391,3 +395,64 @@ def test_resume_honours_bookkeeping_and_names_each_setting_it_keeps(photo_dir: P
     assert resumed.returncode == 0, resumed.stderr
     warning = [line for line in resumed.stderr.splitlines() if "resumed with the run's own settings" in line]
     assert len(warning) == 1 and "optim.lr=0.0005 (kept: " in warning[0] and "model." not in warning[0]
+
+
+@pytest.mark.parametrize("hinge", ["per-logit", "mean"])
+def test_the_discriminator_hinge_is_per_logit_or_on_the_mean(photo_dir: Path, teacher_file: Path, tmp_path: Path,
+                                                              hinge: str) -> None:
+    """distill.hinge: Eq. 12 on each logit then their mean (the authors'), or on each sample's mean logit."""
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, f"distill.hinge={hinge}", "run.batch_size=4")
+    seen: list[torch.Tensor] = []
+    trainer.discriminator.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    terms = trainer.train_step(next(trainer.batches()))
+    real, fake = seen[0].chunk(2)
+    relu = torch.nn.functional.relu
+    if hinge == "per-logit":
+        expected = relu(1 - real).mean(1) + relu(1 + fake).mean(1)
+    else:
+        expected = relu(1 - real.mean(1)) + relu(1 + fake.mean(1))
+    assert terms["d_loss"] == pytest.approx(float(expected.mean()), rel=1e-6)
+
+
+def test_hsd_t_min_leaves_the_smallest_timesteps_out(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "distill.hsd_t_min=1")
+    assert trainer.score_loss is not None and trainer.score_loss.t_range == (1, 3)  # T = 4: the family's 3
+    with pytest.raises(ValueError, match=r"distill.hsd_t_min=3: .*hsd_t_max is 3"):
+        _trainer(photo_dir, teacher_file, tmp_path / "b", "distill.hsd_t_min=3")
+
+
+def test_the_ema_warm_up_follows_k_diffusions_schedule_and_off_is_the_constant_rate() -> None:
+    from tadsr.training.ema import EMA, ema_rate
+
+    assert ema_rate(0.995, 0.0, 1) == 0.995  # off: today's constant rate
+    assert ema_rate(0.995, 2 / 3, 1) == pytest.approx(1 - 2 ** (-2 / 3))  # 0.37: the first steps follow the network
+    assert ema_rate(0.995, 2 / 3, 100) == pytest.approx(1 - 101 ** (-2 / 3))
+    assert ema_rate(0.995, 2 / 3, 10**6) == 0.995  # capped at the rate
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, 0.995, warmup=2 / 3)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net, 1)
+    torch.testing.assert_close(ema.model.weight, start + (1 - ema_rate(0.995, 2 / 3, 1)))
+
+
+def test_raw_weights_are_validated_and_written_beside_the_ema(photo_dir: Path, teacher_file: Path,
+                                                              tmp_path: Path) -> None:
+    """run.raw_weights: the raw network's validation figures beside the EMA's, and final-raw.safetensors; a resumed
+    run is told when its hinge or EMA warm-up differs (never silently mixed)."""
+    from tadsr.training.config import resumed_config
+
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "run.steps=2", "run.raw_weights=true", "run.val_every=2",
+                       "data.val_count=1", "distill.teacher_cache=4", "optim.ema_rate=0.9")
+    trainer.run()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {"val_psnr", "val_psnr_raw", "val_ssim_raw"} <= set(log[-1])
+    ema, raw = (load_model(tmp_path / name) for name in ("final.safetensors", "final-raw.safetensors"))
+    assert torch.equal(next(ema.unet.parameters()), next(trainer.ema.model.parameters()))
+    assert torch.equal(next(raw.unet.parameters()), next(trainer.network.parameters()))
+    assert not torch.equal(next(ema.unet.parameters()), next(raw.unet.parameters()))
+    given = dataclasses.replace(trainer.config, distill=dataclasses.replace(trainer.config.distill, hinge="mean"),
+                                optim=dataclasses.replace(trainer.config.optim, ema_warmup=0.75))
+    _, ignored = resumed_config(trainer.config, given)
+    assert ignored == ["optim.ema_warmup=0.75 (kept: 0.0)", "distill.hinge=mean (kept: per-logit)"]

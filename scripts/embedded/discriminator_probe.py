@@ -38,14 +38,15 @@ def main() -> None:
         shutil.copy(args.run / "teacher_cache.pt", Path(tmp) / "teacher_cache.pt")
         trainer = DistillTrainer(config, Path(tmp), teacher=args.teacher, show_progress=False)
         batches = iter(trainer.batches())
-        acc = gap = 0.0
+        sums = {"d_acc": 0.0, "d_pair_acc": 0.0, "d_gap": 0.0}
         for step in range(1, args.steps + 1):
-            pair = trainer._pair(next(batches))
-            trainer.discriminator_step(pair, pair.z_tch if args.fake == "teacher" else pair.cond.z_y)
-            acc, gap = acc + float(trainer.d_accuracy), gap + float(trainer.d_gap)
+            pair = trainer.pair(next(batches))
+            terms, _, _ = trainer.discriminator_step(pair, pair.z_tch if args.fake == "teacher" else pair.cond.z_y)
+            sums = {k: v + float(terms[k]) for k, v in sums.items()}
             if step % 50 == 0:
-                print(f"step {step}: accuracy {acc / 50:.3f}, margin {gap / 50:+.4f}", flush=True)
-                acc = gap = 0.0
+                print(f"step {step}: accuracy {sums['d_acc'] / 50:.3f}, pair accuracy {sums['d_pair_acc'] / 50:.3f}, "
+                      f"margin {sums['d_gap'] / 50:+.4f}", flush=True)
+                sums = dict.fromkeys(sums, 0.0)
 
 
 if __name__ == "__main__":

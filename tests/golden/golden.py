@@ -100,8 +100,10 @@ def training_values() -> dict[str, Tensor]:
         final = teacher.run()
         out |= summary("teacher.model", teacher.network.state_dict())
         out |= summary("teacher.ema", teacher.ema.model.state_dict())
+        # distill.hinge=mean: the hinge the values were recorded with (tadsr 0.1's; per-logit is the default now)
         config = apply_overrides(train_config("tiny", "distill"),
-                                 [*base, "distill.teacher_cache=4", "distill.lambda_adv=0", "run.log_every=1"])
+                                 [*base, "distill.teacher_cache=4", "distill.lambda_adv=0", "run.log_every=1",
+                                  "distill.hinge=mean"])
         student = DistillTrainer(config, work / "student", teacher=final, show_progress=False)
         student.run()
         out |= summary("distill.student", student.network.state_dict())

@@ -9,7 +9,8 @@ timestep t; this module holds only the trainable heads. Per feature scale k:
 
 with (gamma, beta) = Linear(SiLU(sinusoid(t))) and DiscHead = spectral-norm Conv1d k=1 -> GN(4) -> LeakyReLU(0.2),
 a residual block of the same with k=9, /sqrt(2), then a spectral-norm Conv1d to ``c_dim`` logits per position.
-The output is the mean of all logits of a sample, shape (B,).
+The output is every head's logits of a sample concatenated, (B, L) float32; the hinge losses
+(``tadsr.losses.adversarial``) reduce them.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class ScaleHead(nn.Module):
 class LatentDiscriminator(nn.Module):
     """Heads on the teacher encoder's features; ``time_aware=False`` gives the ablation's plain discriminator.
 
-    ``forward(features, t)`` -> (B,) mean logit per sample, features as ``SwinUNet.encoder_features`` returns them.
+    ``forward(features, t)`` -> (B, L) logits per sample (every head's, concatenated), features as
+    ``SwinUNet.encoder_features`` returns them.
     """
 
     def __init__(self, feature_channels: list[int], embed_dim: int, c_dim: int = 64, time_aware: bool = True) -> None:
@@ -79,4 +81,4 @@ class LatentDiscriminator(nn.Module):
     def forward(self, features: list[Tensor], t: Tensor) -> Tensor:
         t_emb = timestep_embedding(t, self.embed_dim)
         logits = torch.cat([head(f, t_emb) for head, f in zip(self.heads, features, strict=True)], dim=1)
-        return logits.float().mean(dim=1)
+        return logits.float()

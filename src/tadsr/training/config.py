@@ -71,7 +71,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW for the generator (student or teacher) and the discriminator; linear warm-up of the generator only."""
+    """AdamW for the generator (student or teacher) and the discriminator; linear warm-up of the generator only.
+
+    ``ema_rate``: the EMA's rate; ``ema_warmup`` > 0 makes it rise with the step as 1 - (1 + step)^-ema_warmup up to
+    ``ema_rate`` (k-diffusion's EMA warm-up with inv_gamma 1; 2/3 or 3/4 are its usual powers), so that the EMA of a
+    short run follows the network it averages instead of the copy it started from (a distilled student's EMA starts
+    as the teacher: 0.995^200 = 37% of it after 200 steps at a constant 0.995). 0: the constant rate.
+    """
 
     lr: float = 5e-5
     lr_d: float = 5e-5
@@ -80,10 +86,12 @@ class OptimConfig:
     warmup: int = 5000
     milestones: tuple[int, ...] = (500000,)
     ema_rate: float = 0.999
+    ema_warmup: float = 0.0
 
     def __post_init__(self) -> None:
         check_ranges(self, "optim", {"lr": (0, 1), "lr_d": (0, 1), "weight_decay": (0, 1), "betas": (0, 0.999999),
-                                     "warmup": (0, None), "milestones": (0, None), "ema_rate": (0, 1)})
+                                     "warmup": (0, None), "milestones": (0, None), "ema_rate": (0, 1),
+                                     "ema_warmup": (0, 10)})
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,12 @@ class DistillConfig:
     ``score_distill`` picks L_score: HSD (paper Eq. 8, the default) or SDS (Eq. 5, the ablation); ``lambda_score``
     weights either (it was ``lambda_hsd`` until tadsr 0.1, still accepted with a warning).
 
-    ``hsd_t_max``: HSD's t' from the teacher process's timesteps [0, hsd_t_max); 0: the family's default (ResShift:
-    3 of T=15, the paper's steps 1-3; a diffusers teacher: 200 of 1000, the same small-t end). ``dis_t_max``: the
-    discriminator's t from [0, dis_t_max); 0: [0, T-1), the paper's.
+    ``hsd_t_min``, ``hsd_t_max``: HSD's t' from the teacher process's timesteps [hsd_t_min, hsd_t_max); hsd_t_max 0:
+    the family's default (ResShift: 3 of T=15, the paper's steps 1-3; a diffusers teacher: 200 of 1000, the same
+    small-t end); hsd_t_min 0 is the paper's (t' = 0 included; a weak teacher's x0-hat at t' = 0 can be worse than its
+    input, and HSD's factor is largest there). ``dis_t_max``: the discriminator's t from [0, dis_t_max); 0: [0, T-1),
+    the paper's. ``hinge``: the discriminator's hinge on each of its logits, then their mean (``per-logit``, the
+    authors' code) or on the sample's mean logit (``mean``, tadsr 0.1's; ``tadsr.losses.adversarial``).
 
     ``uniform_noise``, a quirk of the authors' code (docs/implementation-notes.md §4.9; off by default, the paper's
     method): rand instead of randn in the HSD and discriminator perturbations. The ResShift code's other quirks are
@@ -112,15 +123,18 @@ class DistillConfig:
     lambda_score: float = 1.0
     lambda_adv: float = 0.02
     hsd_t_max: int = 0
+    hsd_t_min: int = 0
     score_target: Literal["teacher", "gt"] = "teacher"
     dis_t_max: int = 0
+    hinge: Literal["per-logit", "mean"] = "per-logit"
     c_dim: int = 64
     teacher_cache: int = 0  # > 0: precompute this many (LR, HR, noise, teacher target) tuples and train on them
     uniform_noise: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self, "distill", {"lambda_score": (0, 1e6), "lambda_adv": (0, 1e6), "hsd_t_max": (0, 100000),
-                                       "dis_t_max": (0, 100000), "c_dim": (1, 4096), "teacher_cache": (0, 10**7)})
+                                       "hsd_t_min": (0, 100000), "dis_t_max": (0, 100000), "c_dim": (1, 4096),
+                                       "teacher_cache": (0, 10**7)})
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class RunConfig:
     val_every: int = 2000
     keep_last: int = 3
     dist_timeout_minutes: float = 30.0  # under torchrun: a rank that waits longer for the others ends the job
+    raw_weights: bool = False  # also validate the raw (non-EMA) weights and write them as final-raw.safetensors
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
@@ -416,7 +431,7 @@ def check_student_model(teacher: ModelConfig, overrides: Sequence[str]) -> None:
 
 # what a resumed run takes from the command line; every other setting is the checkpoint's own
 RESUMABLE_SETTINGS = ("run.steps", "run.log_every", "run.save_every", "run.val_every", "run.keep_last",
-                      "run.dist_timeout_minutes", "data.workers")
+                      "run.dist_timeout_minutes", "run.raw_weights", "data.workers")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig,

@@ -69,9 +69,12 @@ class DistillTrainer(Trainer):
         self.config = dataclasses.replace(cfg, model=self.teacher.student_model)  # what is trained, recorded
         d, process = cfg.distill, self.teacher.process
         last = process.num_timesteps - 1
-        self.hsd_t_max = d.hsd_t_max or self.teacher.default_hsd_t_max  # t' from [0, hsd_t_max)
+        self.hsd_t_max = d.hsd_t_max or self.teacher.default_hsd_t_max  # t' from [hsd_t_min, hsd_t_max)
         if self.hsd_t_max > process.num_timesteps:
             raise ConfigError(f"distill.hsd_t_max={self.hsd_t_max}: the teacher's process has timesteps 0..{last}")
+        if d.hsd_t_min >= self.hsd_t_max:
+            raise ConfigError(f"distill.hsd_t_min={d.hsd_t_min}: HSD's t' is drawn from [hsd_t_min, hsd_t_max) and "
+                              f"hsd_t_max is {self.hsd_t_max}")
         if d.dis_t_max > last:
             raise ConfigError(f"distill.dis_t_max={d.dis_t_max}: the discriminator's t must stay below T-1 = {last}")
         self.dis_t_max = d.dis_t_max or last  # its t from [0, dis_t_max)
@@ -79,7 +82,7 @@ class DistillTrainer(Trainer):
             raise ConfigError(f"data.gt_size = {cfg.data.gt_size}: {self.teacher_path} needs a multiple of "
                               f"{self.teacher.gt_multiple} (its scale x its network's LR multiple)")
         self.network = self.teacher.make_student()
-        self.ema = EMA(self.network, cfg.optim.ema_rate)
+        self.ema = EMA(self.network, cfg.optim.ema_rate, cfg.optim.ema_warmup)
         self.discriminator = None
         if d.discriminator != "none":
             self.discriminator = LatentDiscriminator(self.teacher.feature_channels, self.teacher.model_channels,
@@ -97,7 +100,7 @@ class DistillTrainer(Trainer):
         self.distill_loss = DistillationLoss()
         self.score_loss = None
         if d.score_distill != "none":
-            self.score_loss = ScoreDistillationLoss(process, d.score_distill, (0, self.hsd_t_max),
+            self.score_loss = ScoreDistillationLoss(process, d.score_distill, (d.hsd_t_min, self.hsd_t_max),
                                                     "uniform" if d.uniform_noise else "gaussian")
 
     @property
@@ -109,12 +112,12 @@ class DistillTrainer(Trainer):
     def scale(self) -> int:
         return self.teacher.scale
 
-    def write_final(self, path: Path) -> None:
-        """The teacher family's student file of the EMA student."""
-        self.teacher.save_student(path, self.ema.model)
+    def write_final(self, path: Path, network: nn.Module) -> None:
+        """The teacher family's student file."""
+        self.teacher.save_student(path, network)
 
-    def validation_output(self, lq: Tensor) -> Tensor:
-        return self.teacher.validate(self.ema.model, lq)
+    def validation_output(self, network: nn.Module, lq: Tensor) -> Tensor:
+        return self.teacher.validate(network, lq)
 
     # --- data: on the fly, or from the teacher cache ------------------------------------------------------
 
@@ -194,16 +197,16 @@ class DistillTrainer(Trainer):
         terms: dict[str, Tensor] = {}
         fake = t_dis = None
         if self.discriminator is not None:
-            terms["d_loss"], fake, t_dis = self.discriminator_step(pair, z_s)
-            terms["d_acc"], terms["d_gap"] = self.d_accuracy, self.d_gap
+            d_terms, fake, t_dis = self.discriminator_step(pair, z_s)
+            terms |= d_terms
         terms |= self.generator_step(pair, z_s, fake, t_dis)
-        self.ema.update(self.network)
+        self.ema.update(self.network, self.step + 1)
         return {k: float(v) for k, v in terms.items()}
 
-    def discriminator_step(self, pair: Pair, z_s: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
-        """One hinge-loss step of D on real (noised GT latent) and fake (noised student output, detached) features
-        at a shared random t < ``distill.dis_t_max`` (default T-1). Returns (d_loss, the fake features with their
-        graph to the student, t)."""
+    def discriminator_step(self, pair: Pair, z_s: Tensor) -> tuple[dict[str, Tensor], list[Tensor], Tensor]:
+        """One hinge-loss step of D (``distill.hinge``) on real (noised GT latent) and fake (noised student output,
+        detached) features at a shared random t < ``distill.dis_t_max`` (default T-1). Returns (``d_loss`` and the
+        separation measures of ``separation``, the fake features with their graph to the student, t)."""
         assert self.discriminator_ddp is not None and self.opt_d is not None
         n = pair.z_gt.shape[0]
         t_dis = torch.randint(0, self.dis_t_max, (n,), generator=self.rng).to(self.device)
@@ -215,14 +218,10 @@ class DistillTrainer(Trainer):
             # real and (detached) fake through D in one forward: one DDP forward per backward
             both = [torch.cat([r, f.detach()]) for r, f in zip(real, fake, strict=True)]
             d_real, d_fake = self.discriminator_ddp(both, t_dis.repeat(2)).chunk(2)
-            d_loss = discriminator_hinge_loss(d_real, d_fake).mean()
+            d_loss = discriminator_hinge_loss(d_real, d_fake, self.config.distill.hinge == "per-logit").mean()
         self.check_finite({"d_loss": d_loss})
         self.optimizer_step(self.opt_d, d_loss)
-        # how well D separates real from fake before this step: the share of samples on the right side of 0
-        # and the margin between them, mean D(real) - mean D(fake) (hinge losses stay at 2 while it is ~0)
-        self.d_accuracy = ((d_real.detach() > 0).float().mean() + (d_fake.detach() < 0).float().mean()) / 2
-        self.d_gap = d_real.detach().mean() - d_fake.detach().mean()
-        return d_loss.detach(), fake, t_dis
+        return {"d_loss": d_loss.detach(), **separation(d_real.detach(), d_fake.detach())}, fake, t_dis
 
     def generator_step(self, pair: Pair, z_s: Tensor, fake: list[Tensor] | None,
                        t_dis: Tensor | None) -> dict[str, Tensor]:
@@ -263,6 +262,22 @@ class DistillTrainer(Trainer):
         if self.discriminator is not None and self.opt_d is not None:
             self.discriminator.load_state_dict(checkpoint["discriminator"])
             self.opt_d.load_state_dict(checkpoint["opt_d"])
+
+
+def separation(d_real: Tensor, d_fake: Tensor) -> dict[str, Tensor]:
+    """How well D separates real from fake, from its logits (B, L) before its step, on each sample's mean logit:
+
+    * ``d_acc``: the share of samples on the right side of 0 (real > 0, fake < 0); a per-sample content offset of
+      D's output, common to a pair, moves it without any separation;
+    * ``d_pair_acc``: the share of pairs (the same LR, t and noise) with D(real) > D(fake): what the generator's
+      gradient follows (0.5: D cannot rank them);
+    * ``d_gap``: the mean pair margin, D(real) - D(fake) (hinge losses stay at 2 while it is ~0);
+    * ``d_spread``: the spread (standard deviation) of D(real) across the batch, the content offset to read
+      ``d_gap`` against."""
+    real, fake = d_real.mean(dim=1), d_fake.mean(dim=1)
+    return {"d_acc": ((real > 0).float().mean() + (fake < 0).float().mean()) / 2,
+            "d_pair_acc": (real > fake).float().mean(), "d_gap": (real - fake).mean(),
+            "d_spread": real.std(unbiased=False)}
 
 
 class Pair(NamedTuple):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tadsr.diffusion.schedule import Schedule, q_sample
@@ -66,7 +66,7 @@ class TeacherTrainer(Trainer):
         self.schedule = Schedule(cfg.model.schedule)
         ddp = DistributedDataParallel(self.network) if self.world > 1 else self.network
         self.denoiser = denoiser(ddp, cfg.model, self.schedule)
-        self.ema = EMA(self.network, cfg.optim.ema_rate)
+        self.ema = EMA(self.network, cfg.optim.ema_rate, cfg.optim.ema_warmup)
         self.opt = self.make_optimizer(self.network, scheduled_lr(cfg.optim, 1))
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -85,25 +85,25 @@ class TeacherTrainer(Trainer):
         self.set_scheduled_lr(self.opt)
         self.optimizer_step(self.opt, mse.mean())
         self.scaler.update()
-        self.ema.update(self.network)
+        self.ema.update(self.network, self.step + 1)
         return {"mse": float(mse.detach().mean())}
 
     @property
     def scale(self) -> int:
         return self.config.model.scale
 
-    def final_model(self) -> SRModel:
-        """What the run produces: the EMA network with the first stage (modules shared, not copied)."""
-        return SRModel(self.config.model, unet=self.ema.model, first_stage=self.first_stage)
+    def final_model(self, network: nn.Module) -> SRModel:
+        """A model of ``network`` (the EMA's or the raw one) with the first stage (modules shared, not copied)."""
+        return SRModel(self.config.model, unet=network, first_stage=self.first_stage)
 
-    def validation_output(self, lq: Tensor) -> Tensor:
-        """The EMA teacher's T-step samples from a fixed prior noise."""
-        return super_resolve(self.final_model(), lq, steps=self.schedule.num_steps,
+    def validation_output(self, network: nn.Module, lq: Tensor) -> Tensor:
+        """The teacher's T-step samples from a fixed prior noise."""
+        return super_resolve(self.final_model(network), lq, steps=self.schedule.num_steps,
                              generator=torch.Generator().manual_seed(0))
 
-    def write_final(self, path: Path) -> None:
-        """The EMA network with the first stage, a tadsr model file (``save_model``)."""
-        save_model(self.final_model(), path)
+    def write_final(self, path: Path, network: nn.Module) -> None:
+        """A tadsr model file (``save_model``)."""
+        save_model(self.final_model(network), path)
 
     def state(self) -> dict[str, Any]:
         return {"model": self.network.state_dict(), "ema": self.ema.model.state_dict(), "opt": self.opt.state_dict()}

@@ -1,8 +1,10 @@
 """The training loop shared by the teacher and the distillation trainers.
 
 A subclass builds its networks (``build``: it sets the trained ``network`` and its ``ema``), runs one iteration
-(``train_step``, returning named loss terms), names what goes into a checkpoint (``state``/``load_state``), what its
-EMA model makes of validation images (``validation_output``) and which file the run produces (``write_final``). This
+(``train_step``, returning named loss terms), names what goes into a checkpoint (``state``/``load_state``), what a
+network (the EMA's, or the raw one) makes of validation images (``validation_output``) and the model file it makes
+(``write_final``). The run writes the EMA network as ``final.safetensors``; with ``run.raw_weights`` also the raw one
+(``final-raw.safetensors``) and the raw network's validation figures beside the EMA's. This
 class owns the rest: seeds, the batch stream, the optimizers' settings and learning-rate schedule, resuming, logging
 (tqdm, JSONL, TensorBoard when installed), non-finite-loss stops, validation, checkpoints and torchrun.
 """
@@ -14,6 +16,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +127,13 @@ class Trainer:
     def load_state(self, checkpoint: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def validation_output(self, lq: Tensor) -> Tensor:
-        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` with the EMA model and a fixed noise."""
+    def validation_output(self, network: nn.Module, lq: Tensor) -> Tensor:
+        """HR images (N, 3, H, W) in [-1, 1] from LR ``lq`` by ``network`` (the EMA's or the raw one), from a fixed
+        noise."""
         raise NotImplementedError
 
-    def write_final(self, path: Path) -> None:
-        """The run's model file, from the EMA model."""
+    def write_final(self, path: Path, network: nn.Module) -> None:
+        """A model file of ``network`` (the EMA's or the raw one)."""
         raise NotImplementedError
 
     @property
@@ -244,7 +248,10 @@ class Trainer:
         self.check_ranks_agree()
         final = self.run_dir / "final.safetensors"
         if self.rank == 0:
-            self.write_final(final)
+            self.write_final(final, self.ema.model)
+            if run.raw_weights:
+                with evaluating(self.network):
+                    self.write_final(self.run_dir / "final-raw.safetensors", self.network)
         distributed.barrier()
         return final
 
@@ -302,21 +309,39 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, writer: Any = None) -> dict[str, float] | None:
-        """PSNR/SSIM of the EMA model on the validation set and an image grid (rank 0)."""
+        """PSNR/SSIM of the EMA network on the validation set (``val_psnr``, ``val_ssim``) and an image grid (rank 0):
+        per sample bicubic | EMA | GT; with ``run.raw_weights`` the raw network too (``val_psnr_raw``,
+        ``val_ssim_raw``, a column before the GT)."""
         if self.rank != 0 or self.config.data.val_count <= 0 or not (self.config.data.val_path or
                                                                       self.config.data.path):
             return None
         gt, lq = self._validation_set()
-        out = (self.validation_output((lq * 2 - 1).to(self.device)).float().cpu() + 1) / 2
-        out = out.clamp(0, 1)
-        metrics = {"val_psnr": float(psnr(out, gt).mean()), "val_ssim": float(ssim(out, gt).mean())}
+        networks = {"": self.ema.model, "_raw": self.network} if self.config.run.raw_weights else {"": self.ema.model}
+        metrics, outs = {}, []
+        for suffix, network in networks.items():
+            with evaluating(network):
+                out = (self.validation_output(network, (lq * 2 - 1).to(self.device)).float().cpu() + 1) / 2
+            outs.append(out.clamp(0, 1))
+            metrics |= {f"val_psnr{suffix}": float(psnr(outs[-1], gt).mean()),
+                        f"val_ssim{suffix}": float(ssim(outs[-1], gt).mean())}
         self._log({"step": self.step, **metrics}, writer)
         up = upsample_lr(lq, self.scale)
-        rows = torch.cat([up.clamp(0, 1), out, gt], dim=3)  # per sample: bicubic | model | GT
+        rows = torch.cat([up.clamp(0, 1), *outs, gt], dim=3)
         grid = torch.cat(list(rows), dim=1).permute(1, 2, 0).numpy()
         (self.run_dir / "val").mkdir(parents=True, exist_ok=True)
         write_image(self.run_dir / "val" / f"step_{self.step:08d}.png", ImageData(to_uint8(grid)))
         return metrics
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, its own mode (train for a network being trained) restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def frozen(module: nn.Module) -> nn.Module:
