@@ -243,7 +243,15 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
     from tadsr.inference.upscaler import Upscaler
 
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive, report=_warn)
-    info = model_info(model)  # a path that is not a model it can run is one line before anything is written
+    # a path that is not a model it can run, or a setting it does not take, is one line before anything is written;
+    # a dry run reads only the model's metadata, a run opens it once
+    if dry_run:
+        info = model_info(model)
+    else:
+        rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
+        backend = open_model(model, device=dev, dtype=DTYPES[precision] if precision else None, steps=steps,
+                             sampler=sampler, channels_last=channels_last, compile=compile_, prompt=prompt,
+                             noise_level=noise_level, report=_warn if rank == 0 else lambda line: None)
     if not jobs:
         _fail(f"{input_spec}: no images found")
     if dry_run:
@@ -252,10 +260,6 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
             click.echo(f"{job.source} -> {job.target}{note}")
         click.echo(f"{len(jobs)} image(s) with model {info.path}; nothing written (dry run)")
         return
-    rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
-    backend = open_model(model, device=dev, dtype=DTYPES[precision] if precision else None, steps=steps,
-                         sampler=sampler, channels_last=channels_last, compile=compile_, prompt=prompt,
-                         noise_level=noise_level, report=_warn if rank == 0 else lambda line: None)
     upscaler = Upscaler(backend, tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
                         batch_size=batch_size, outscale=outscale)
     check_writable(out_dir)

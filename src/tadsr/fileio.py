@@ -1,4 +1,5 @@
-"""Atomic file writes, the one implementation every writer uses (images, model files, checkpoints, caches).
+"""Atomic file writes, the one implementation every writer uses (images, model files, checkpoints, caches), and the
+content digest of a file or folder (``content_digest``).
 
 A file is written to a temporary sibling (same folder, so the same file system) and renamed over the target: a
 reader, a crash or a kill never sees a half-written file, and the temporary file is removed on any failure.
@@ -6,6 +7,7 @@ reader, a crash or a kill never sees a half-written file, and the temporary file
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -84,3 +86,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, or of a folder's files: each one's path relative to the folder, then its
+    bytes, in sorted order. Read in 1 MiB blocks."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

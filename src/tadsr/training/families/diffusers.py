@@ -11,7 +11,6 @@ UNet's down blocks. The run writes the student file of ``tadsr.sd.student`` (UNe
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,11 @@ from torch import Tensor, nn
 
 from tadsr.devices import autocast
 from tadsr.errors import ConfigError
+from tadsr.fileio import content_digest
 from tadsr.sd.diffusers_teacher import DiffusersUpscaleTeacher, read_index
 from tadsr.sd.process import SDCondition, VPProcess, unet_x0
 from tadsr.sd.student import save_sd_student
 from tadsr.training.config import DiffusersFamily
-
-
-def folder_digest(folder: Path) -> str:
-    """SHA-256 of a folder's files (their relative paths and bytes), in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 class DiffusersTeacher:
@@ -95,7 +84,7 @@ class DiffusersTeacher:
             return self._x0(student, batch["noise"], cond).float()
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"teacher_sha256": folder_digest(self.path), "family": list(vars(self.family).values())}
+        return {"teacher_sha256": content_digest(self.path), "family": list(vars(self.family).values())}
 
     def save_student(self, path: Path, student: nn.Module) -> None:
         t = self.teacher

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,10 @@ from tadsr.devices import autocast
 from tadsr.diffusion.process import ResShiftCondition, ResShiftProcess
 from tadsr.diffusion.samplers import sample
 from tadsr.diffusion.schedule import prior_sample
+from tadsr.fileio import content_digest
 from tadsr.inference.pipeline import encode_lr, super_resolve
 from tadsr.model import SRModel, denoiser, load_model, read_model_config, save_model
 from tadsr.training.config import ResShiftFamily, infer_train_preset
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ResShiftTeacher:
@@ -88,7 +79,7 @@ class ResShiftTeacher:
                 z_T, torch.full((n,), last, device=self.device), cond.lq, cond.z_y).float()
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"teacher_sha256": file_digest(self.path)}
+        return {"teacher_sha256": content_digest(self.path)}
 
     def _model(self, student: nn.Module) -> SRModel:
         return SRModel(self.student_model, unet=student, first_stage=self.model.first_stage)  # shared, not copied
