@@ -32,3 +32,9 @@ class NotFoundError(TadsrError, FileNotFoundError):
 
 class MissingExtraError(TadsrError, ImportError):
     """An optional dependency a command needs is not installed (the message says which extra to install)."""
+
+
+class BackendError(TadsrError, RuntimeError):
+    """A network run failed in a foreign runtime (ONNX Runtime, diffusers), or returned what it must not (a wrong
+    shape, non-finite values). Raised at the boundary that calls the runtime, so that a batch names the file and
+    goes on."""
