@@ -32,16 +32,29 @@ Files written under --out (float32, contiguous):
     swin/config.json, swin/state.safetensors, swin/io.safetensors
                                          RAM's LoRA Swin as DAPE builds it; state before the LoRA merge; x -> y
     README.md                            what made them
+    tagging/                             DAPE's tag head (RAM's tagging_head, label_embed, wordvec_proj, fc, built
+                                         from ram/models/bert_lora.py as ram/models/ram_lora.py:RAMLora builds
+                                         them, LoRA and the tied tag_encoder LoRA included), image_proj, the tags
+                                         the official generate_tag writes, and the official DAPE preprocessing;
+                                         tagging/README.md describes every file
 After writing, it reloads every module from the written files in fresh instances and checks that the outputs
 reproduce bit for bit (it exits non-zero otherwise).
+
+For tagging/, ram/models/ram_lora.py is imported (with the bert_lora.py, utils.py, ... it imports) as a package
+named `seesr_ram_models` whose path is the checkout's ram/models/, so `ram/__init__.py` still never runs; RAMLora
+itself is never constructed (its __init__ downloads bert-base-uncased): its methods run on a module holding only
+the parts they use.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import io as stdio
 import json
+import math
 import subprocess
 import sys
 import types
@@ -50,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -103,6 +117,42 @@ SWIN_LORA: dict[str, Any] = {
     "lora_dropout": 0.0,
 }
 SWIN_DROPPED = ("relative_position_index", "attn_mask")  # buffers RAM's loader deletes (recomputed by the class)
+
+# DAPE's tag head (tagging/): configs/q2l_config.json at tiny widths. encoder_width is 512 as RAMLora sets it
+# (ram_lora.py:132; image_proj gives 512 and wordvec_proj is Linear(512, hidden), both hard-coded). A width of 12 in
+# 4 heads of 3 (not 3 of 4) catches a swap of heads and head width. The embeddings are built (and deleted, as
+# del_selfattention does) but never used: their sizes only keep the constructors small.
+TAG_HEAD_CONFIG: dict[str, Any] = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 12,
+    "initializer_range": 0.02,
+    "intermediate_size": 24,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 16,
+    "model_type": "bert",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 16,
+    "encoder_width": 512,
+    "add_cross_attention": True,
+    "add_tag_cross_attention": False,
+}
+# RAM's tag_encoder (configs/med_config.json, encoder_width 512, ram_lora.py:111-114), at the tag head's widths as
+# tie_encoder_decoder_weights needs; 3 layers, of which the lowest 2 share the tag head's weights.
+TAG_ENCODER_CONFIG: dict[str, Any] = {**TAG_HEAD_CONFIG, "num_attention_heads": 6, "num_hidden_layers": 3}
+TAG_INDICES = (0, 1, 2, 500, 1000, 2000, 2701, 3000, 4000, 4584)  # rows of ram/data/ram_tag_list.txt used as names
+TAG_BATCH, TAG_TOKENS = 2, 7  # image embeddings (TAG_BATCH, TAG_TOKENS, 512) of the head-only io
+LR_SIZE = (50, 37)  # (H, W) of the LR of the preprocessing and end-to-end io: odd, one side up, one down to 32
+DAPE_SIZE = 384  # test_seesr.py:48: transforms.Resize((384, 384))
+DAPE_STRIDE = 4  # the 384 x 384 output is kept at every 4th row and column (the whole would be 1.8 MB)
+IMAGENET_MEAN = [0.485, 0.456, 0.406]  # test_seesr.py:49
+IMAGENET_STD = [0.229, 0.224, 0.225]
+THRESHOLD_MARGIN = 1e-3  # least |sigmoid(logit) - threshold| of the fixtures: tags then agree within 1e-5 logits
 
 BIAS_STD = 0.05  # biases ~ N(0, 0.05^2), norm weights 1 + N(0, 0.05^2); other weights N(0, 1 / fan_in)
 HINT_GAIN = 1.7  # ~ 1 / rms(silu(N(0, 1))): keeps the ControlNet hint encoder's activations at unit scale
@@ -302,6 +352,297 @@ class; RAM's checkpoint loader deletes them too); keys have no `visual_encoder.`
     (out / "README.md").write_text(text)
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# tagging/: DAPE's tag head, image_proj, the official tags and preprocessing.
+
+
+def swin_width() -> int:
+    """Token width out of the Swin of swin/ (SwinTransformer.num_features): embed_dim * 2^(stages - 1)."""
+    return SWIN_CONFIG["embed_dim"] * 2 ** (len(SWIN_CONFIG["depths"]) - 1)
+
+
+def load_ram_lora(seesr: Path) -> Any:
+    """Import ram/models/ram_lora.py (RAMLora's methods, tie_encoder_decoder_weights, bert_lora's BertModel and
+    BertConfig) as `seesr_ram_models.ram_lora`, without running ram/__init__.py."""
+    models_dir = seesr / "ram" / "models"
+    if not (models_dir / "ram_lora.py").is_file():
+        sys.exit(f"seesr_parity_fixtures: {models_dir / 'ram_lora.py'} not found (is --seesr a SeeSR checkout?)")
+    package = types.ModuleType("seesr_ram_models")
+    package.__path__ = [str(models_dir)]  # relative imports (.bert_lora, .utils, ...) resolve inside ram/models
+    sys.modules["seesr_ram_models"] = package
+    return importlib.import_module("seesr_ram_models.ram_lora")
+
+
+class RamParts(nn.Module):
+    """The parts of ram_lora.RAMLora that generate_tag, generate_image_embeds and condition_forward use, registered
+    in RAMLora.__init__'s order (visual_encoder, tag_encoder, tagging_head, label_embed, wordvec_proj, fc,
+    image_proj): eval() merges the LoRA of each loralib layer in that order, and the tied weights get two merges."""
+
+
+def build_ram_parts(ram_lora: Any, visual_encoder: nn.Module, tag_names: list[str], chinese: list[str],
+                    generator: torch.Generator | None) -> RamParts:
+    """As RAMLora.__init__ builds them (ram_lora.py:111-151), at TAG_HEAD_CONFIG's sizes: the tag head with
+    del_selfattention applied, tied to a tag_encoder by the official tie_encoder_decoder_weights; then, when a
+    generator is given, every new parameter replaced by seeded noise (label_embed ~ N(0, 1), the rest as
+    `randomise`). Left in train mode (LoRA unmerged); visual_encoder is used as given."""
+    parts = RamParts()
+    parts.visual_encoder = visual_encoder
+    encoder_config = ram_lora.BertConfig(**TAG_ENCODER_CONFIG)
+    parts.tag_encoder = ram_lora.BertModel(config=encoder_config, add_pooling_layer=False)
+    head_config = ram_lora.BertConfig(**TAG_HEAD_CONFIG)
+    parts.tagging_head = ram_lora.BertModel(config=head_config, add_pooling_layer=False)
+    parts.label_embed = nn.Parameter(torch.zeros(len(tag_names), head_config.encoder_width))
+    parts.wordvec_proj = (nn.Linear(512, head_config.hidden_size) if head_config.hidden_size != 512
+                          else nn.Identity())
+    parts.fc = nn.Linear(head_config.hidden_size, 1)
+    ram_lora.RAMLora.del_selfattention(parts)
+    with contextlib.redirect_stdout(stdio.StringIO()):  # it prints one line per tied module
+        ram_lora.tie_encoder_decoder_weights(parts.tag_encoder, parts.tagging_head, "", " ")
+    parts.image_proj = nn.Linear(swin_width(), 512)
+    parts.num_class = len(tag_names)
+    parts.class_threshold = torch.ones(len(tag_names)) * 0.68  # replaced by the fixture's thresholds
+    parts.delete_tag_index = []
+    parts.tag_list = ram_lora.np.array(tag_names)
+    parts.tag_list_chinese = ram_lora.np.array(chinese)
+    if generator is not None:
+        for module in (parts.tag_encoder, parts.tagging_head, parts.wordvec_proj, parts.fc, parts.image_proj):
+            randomise(module, generator)
+        with torch.no_grad():
+            parts.label_embed.copy_(torch.randn(parts.label_embed.shape, generator=generator))
+    return parts
+
+
+def tagging_state(parts: RamParts) -> dict[str, torch.Tensor]:
+    """The train-mode (unmerged) tensors the tag head and image_proj need, official names: tagging_head.* (LoRA
+    included), label_embed, wordvec_proj.*, fc.*, image_proj.*, and the LoRA of the tag_encoder layers whose
+    weights the tag head shares (tag_encoder.encoder.layer.i.crossattention.self.{query,key}.lora_{A,B})."""
+    layers = TAG_HEAD_CONFIG["num_hidden_layers"]
+    tied = tuple(f"tag_encoder.encoder.layer.{i}.crossattention.self.{p}.lora_{ab}"
+                 for i in range(layers) for p in ("query", "key") for ab in "AB")
+    keep = ("tagging_head.", "label_embed", "wordvec_proj.", "fc.", "image_proj.")
+    state = {k: v for k, v in parts.state_dict().items() if k.startswith(keep) or k in tied}
+    return {k: v.clone() for k, v in contiguous(state).items()}
+
+
+def read_lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:  # as RAMLora.load_tag_list reads them (ram_lora.py:164-168)
+        return f.read().splitlines()
+
+
+def design_thresholds(probabilities: torch.Tensor) -> list[float]:
+    """Per class, from its probabilities over every fixture row: class c % 3 == 0 fires in every row (threshold
+    below all), == 1 in none (above all), == 2 in some (in the widest gap), each at least THRESHOLD_MARGIN away."""
+    out = []
+    for c in range(probabilities.shape[1]):
+        p = sorted(probabilities[:, c].tolist())
+        if c % 3 == 0:
+            t = math.floor((p[0] - 0.02) * 100) / 100
+        elif c % 3 == 1:
+            t = math.ceil((p[-1] + 0.02) * 100) / 100
+        else:
+            gap, i = max((p[i + 1] - p[i], i) for i in range(len(p) - 1))
+            t = round((p[i] + p[i + 1]) / 2, 3)
+        if min(abs(v - t) for v in p) < THRESHOLD_MARGIN:
+            sys.exit(f"seesr_parity_fixtures: class {c}: no threshold {THRESHOLD_MARGIN} away from {p}")
+        out.append(t)
+    return out
+
+
+def official_preprocess(transforms: Any, x: torch.Tensor, size: int, antialias: bool | None) -> torch.Tensor:
+    """test_seesr.py:47-50's ram_transforms at `size`: Resize((size, size)) then Normalize, on a tensor. antialias
+    False is what torchvision 0.15 (SeeSR's torch 2.0.1) does for tensors ("warn" -> None -> False); None leaves
+    the installed torchvision's default (True from 0.17 on)."""
+    resize = (transforms.Resize((size, size)) if antialias is None
+              else transforms.Resize((size, size), antialias=antialias))
+    return transforms.Compose([resize, transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])(x)
+
+
+@torch.no_grad()
+def run_tagging(ram_lora: Any, parts: RamParts, embeds: torch.Tensor, lq: torch.Tensor) -> dict[str, Any]:
+    """Official outputs on the head-only input `embeds` (visual_encoder and image_proj swapped for identities) and on
+    the preprocessed LR `lq` (the whole DAPE): logits by RAMLora.condition_forward(only_feature=False), tags by
+    RAMLora.generate_tag (English list), embeddings by RAMLora.generate_image_embeds."""
+    method = ram_lora.RAMLora
+    out: dict[str, Any] = {"embeds_lr": method.generate_image_embeds(parts, lq)}
+    out["logits_lr"] = method.condition_forward(parts, lq, only_feature=False)[1]
+    out["tags_lr"] = list(method.generate_tag(parts, lq)[0])
+    visual_encoder, image_proj = parts.visual_encoder, parts.image_proj
+    parts.visual_encoder, parts.image_proj = nn.Identity(), nn.Identity()
+    try:
+        out["logits"] = method.condition_forward(parts, embeds, only_feature=False)[1]
+        out["tags"] = list(method.generate_tag(parts, embeds)[0])
+    finally:
+        parts.visual_encoder, parts.image_proj = visual_encoder, image_proj
+    return out
+
+
+def write_tagging(seesr: Path, out: Path, seed: int, swin_module: Any) -> None:
+    """tagging/: see write_tagging_readme. Uses its own generator (seed + 1), so the other fixtures do not depend on
+    it; the Swin is the one of swin/ (reloaded from its files)."""
+    from torchvision import transforms
+
+    ram_lora = load_ram_lora(seesr)
+    generator = torch.Generator().manual_seed(seed + 1)
+    all_names = read_lines(seesr / "ram" / "data" / "ram_tag_list.txt")
+    all_chinese = read_lines(seesr / "ram" / "data" / "ram_tag_list_chinese.txt")
+    names = [all_names[i] for i in TAG_INDICES]
+    chinese = [all_chinese[i] for i in TAG_INDICES]
+    swin = reload_swin(swin_module, out / "swin")
+    parts = build_ram_parts(ram_lora, swin, names, chinese, generator)
+    state = tagging_state(parts)
+    parts.eval()  # loralib merges: the tag head's own LoRA, and the tied tag_encoder's into the shared weights
+
+    embeds = torch.randn(TAG_BATCH, TAG_TOKENS, 512, generator=generator)
+    lr = torch.randint(0, 256, (1, 3, *LR_SIZE), generator=generator).float() / 255  # as ToTensor of a uint8 image
+    size = SWIN_CONFIG["img_size"]
+    pre = {
+        "lr": lr,
+        "y": official_preprocess(transforms, lr, size, antialias=False),
+        "y_antialias": official_preprocess(transforms, lr, size, antialias=None),
+        "y384": official_preprocess(transforms, lr, DAPE_SIZE, antialias=False)[..., ::DAPE_STRIDE, ::DAPE_STRIDE],
+    }
+    # TAD-SeeSR pipelines/pipeline_tadsr.py (steps 749/499/249): F.interpolate(image, size=(384, 384),
+    # mode='bicubic'), then ram_normalize(ram_values[i]) per image; here at `size`.
+    bicubic = F.interpolate(lr, size=(size, size), mode="bicubic")
+    normalize = transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    for i in range(bicubic.shape[0]):
+        bicubic[i] = normalize(bicubic[i])
+    pre["y_bicubic"] = bicubic
+    lq = pre["y"]
+
+    first = run_tagging(ram_lora, parts, embeds, lq)
+    probabilities = torch.sigmoid(torch.cat([first["logits"], first["logits_lr"]]))
+    lines = [f"{t}" for t in design_thresholds(probabilities)]
+    class_threshold = torch.ones(len(names)) * 0.68  # as ram_lora.py:155-162 builds it from the file's lines
+    for key, value in enumerate(float(s.strip()) for s in lines):
+        class_threshold[key] = value
+    parts.class_threshold = class_threshold
+    fired_everywhere = [c for c in range(len(names)) if c % 3 == 0]
+    parts.delete_tag_index = [fired_everywhere[1]]  # deleted: a class that fires in every row
+    result = run_tagging(ram_lora, parts, embeds, lq)
+    if not all(result["tags"]) or len(set(result["tags"])) < 2 or not result["tags_lr"][0]:
+        sys.exit(f"seesr_parity_fixtures: tag fixtures not varied enough: {result['tags']} {result['tags_lr']}")
+
+    folder = out / "tagging"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "tagging_head": TAG_HEAD_CONFIG,
+        "tag_encoder": TAG_ENCODER_CONFIG,
+        "num_classes": len(names),
+        "tag_indices": list(TAG_INDICES),
+        "delete_tag_index": parts.delete_tag_index,
+        "lora_r": 8,  # bert_lora.py:163-170: lora.Linear(..., r=8) for query and key
+        "lora_alpha": 1,  # loralib's default, not overridden
+        "lora_scaling": 1 / 8,
+        "tied_tag_encoder_layers": list(range(TAG_HEAD_CONFIG["num_hidden_layers"])),
+        "image_proj": [parts.image_proj.in_features, parts.image_proj.out_features],
+        "swin": "../swin (config.json, state.safetensors)",
+        "input_size": size,
+        "lr_size": list(LR_SIZE),
+        "dape_size": DAPE_SIZE,
+        "dape_stride": DAPE_STRIDE,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "tag_list.txt").write_text("\n".join(names), encoding="utf-8")
+    (folder / "thresholds.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "tags.json").write_text(json.dumps({"tags": result["tags"], "tags_lr": result["tags_lr"]}, indent=2,
+                                                 ensure_ascii=False) + "\n", encoding="utf-8")
+    save_file(state, folder / "state.safetensors")
+    io = contiguous({"embeds": embeds, "logits": result["logits"], "class_threshold": class_threshold,
+                     "lq": lq, "embeds_lr": result["embeds_lr"], "logits_lr": result["logits_lr"]})
+    save_file(io, folder / "io.safetensors")
+    save_file(contiguous(pre), folder / "preprocess.safetensors")
+    write_tagging_readme(folder, io, pre, state, result)
+
+    # Reload: fresh official modules from the written files (random tag_encoder weights beyond the tied ones, which
+    # the tag head never sees), rerun, compare bit for bit.
+    parts2 = build_ram_parts(ram_lora, reload_swin(swin_module, out / "swin"), read_lines(folder / "tag_list.txt"),
+                             chinese, None)
+    loaded = parts2.load_state_dict({k: v.clone() for k, v in load_file(folder / "state.safetensors").items()},
+                                    strict=False)
+    wanted = ("tagging_head.", "label_embed", "wordvec_proj.", "fc.", "image_proj.")
+    if loaded.unexpected_keys or [k for k in loaded.missing_keys if k.startswith(wanted)]:
+        sys.exit(f"seesr_parity_fixtures: tagging reload: {loaded}")
+    parts2.eval()
+    saved = {k: v.clone() for k, v in load_file(folder / "io.safetensors").items()}
+    threshold2 = torch.ones(len(names)) * 0.68
+    with open(folder / "thresholds.txt", encoding="utf-8") as f:
+        for key, value in enumerate(float(s.strip()) for s in f):
+            threshold2[key] = value
+    parts2.class_threshold = threshold2
+    parts2.delete_tag_index = json.loads((folder / "config.json").read_text())["delete_tag_index"]
+    again = run_tagging(ram_lora, parts2, saved["embeds"], saved["lq"])
+    bad = [k for k in ("logits", "logits_lr", "embeds_lr") if not torch.equal(again[k], saved[k])]
+    if again["tags"] != result["tags"] or again["tags_lr"] != result["tags_lr"]:
+        bad.append("tags")
+    if not torch.equal(threshold2, saved["class_threshold"]):
+        bad.append("class_threshold")
+    if bad:
+        sys.exit(f"seesr_parity_fixtures: tagging reload does not reproduce {bad}")
+
+
+def write_tagging_readme(folder: Path, io: dict, pre: dict, state: dict, result: dict) -> None:
+    size = SWIN_CONFIG["img_size"]
+    layers = TAG_HEAD_CONFIG["num_hidden_layers"]
+    text = f"""# DAPE tag head and preprocessing fixtures
+
+Made by `scripts/seesr_parity_fixtures.py` (with the files one folder up; same environment, seed + 1 for
+everything here) from cswry/SeeSR's `ram/models/ram_lora.py` and `ram/models/bert_lora.py`. `RAMLora` itself is
+never built (its constructor downloads bert-base-uncased): its methods `generate_tag`, `condition_forward` and
+`generate_image_embeds` ran on a module holding just the parts they use, built and tied as `RAMLora.__init__`
+does. Every parameter is seeded noise (as one folder up; `label_embed` ~ N(0, 1); LoRA B is not zero).
+
+## config.json, tag_list.txt, thresholds.txt
+The tag head's BERT config (`configs/q2l_config.json` at tiny widths: {TAG_HEAD_CONFIG['hidden_size']} wide,
+{TAG_HEAD_CONFIG['num_attention_heads']} heads, intermediate {TAG_HEAD_CONFIG['intermediate_size']}, {layers}
+layers, encoder_width 512 as RAMLora sets it), the tag_encoder's (`med_config.json`'s role, the same widths,
+{TAG_ENCODER_CONFIG['num_hidden_layers']} layers), {len(TAG_INDICES)} classes named by rows {list(TAG_INDICES)} of
+`ram/data/ram_tag_list.txt` (tag_list.txt, read as RAM reads it: `f.read().splitlines()`), their thresholds
+(thresholds.txt, read as RAM reads `ram_tag_list_threshold.txt`: 0.68, then `float(line.strip())` per line, into
+a float32 tensor) and `delete_tag_index`.
+Thresholds were chosen from the official probabilities of the three rows below: classes 0, 3, 6, 9 fire in every
+row, 1, 4, 7 in none, 2, 5, 8 in some; every probability is at least {THRESHOLD_MARGIN} from its threshold.
+`delete_tag_index` clears one class that fires everywhere.
+
+## state.safetensors
+The train-mode (LoRA not merged) tensors, official names: `tagging_head.encoder.layer.i.*` (crossattention
+`self.query` / `self.key` are loralib `Linear(r=8)`: `weight`, `bias`, `lora_A` (8, in), `lora_B` (out, 8);
+`self.value`, `output.dense`, `output.LayerNorm`, `intermediate.dense`, `output.*`), `label_embed`,
+`wordvec_proj.*`, `fc.*`, `image_proj.*` (Linear({swin_width()}, 512) after the Swin of ../swin), and
+`tag_encoder.encoder.layer.i.crossattention.self.{{query,key}}.lora_{{A,B}}` for i < {layers}.
+`RAMLora.__init__` ties (`tie_encoder_decoder_weights(self.tag_encoder, self.tagging_head, '', ' ')`) the
+`weight` and `bias` of the tag_encoder's lowest {layers} layers to the tag head's, not their LoRA; `eval()` merges,
+in module order, `W += lora_B @ lora_A * 1/8` for the tag_encoder's layers and then for the tag head's, so the
+shared query / key weights the tag head uses are `W + (B_enc A_enc + B_tag A_tag) / 8`.
+
+## io.safetensors
+{shapes(io)}.
+`logits` = `condition_forward(embeds, only_feature=False)[1]` with `visual_encoder` and `image_proj` replaced by
+identities: the tag head on image embeddings `embeds`. `class_threshold` is the float32 tensor RAM compares with.
+`lq` = the preprocessed LR below (`preprocess.safetensors` `y`), `embeds_lr` = `generate_image_embeds(lq)`
+(Swin of ../swin, then `image_proj`), `logits_lr` = `condition_forward(lq, only_feature=False)[1]`.
+
+## tags.json
+`tags` = `generate_tag(embeds)[0]` (identity encoder, as above), `tags_lr` = `generate_tag(lq)[0]`: the official
+strings (`sigmoid(logits) > class_threshold`, `delete_tag_index` cleared, names by class index, ", "-joined):
+{json.dumps(result['tags'])} and {json.dumps(result['tags_lr'])}.
+
+## preprocess.safetensors
+{shapes(pre)}. `lr` is a {LR_SIZE[0]}x{LR_SIZE[1]} LR as ToTensor gives it (uint8 / 255). As `test_seesr.py:47-50`
+(`transforms.Compose([Resize((S, S)), Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])` on the
+tensor) with the torchvision of this environment ({metadata.version('torchvision')}) and:
+`y`: S = {size}, `antialias=False`, which is what SeeSR's torchvision 0.15 (torch 2.0.1) does for a tensor (its
+`antialias="warn"` default means None, i.e. False; torchvision 0.15 cannot be installed here, so this emulates it
+by passing the value it used); `y_antialias`: S = {size}, torchvision's current default (antialias True since
+0.17); `y384`: S = {DAPE_SIZE}, `antialias=False`, every {DAPE_STRIDE}th row and column (`[..., ::{DAPE_STRIDE},
+::{DAPE_STRIDE}]`); `y_bicubic`: S = {size}, TAD-SeeSR's multi-step re-embedding (`pipelines/pipeline_tadsr.py`:
+`F.interpolate(image, size=(S, S), mode='bicubic')`, then `Normalize` per image).
+"""
+    (folder / "README.md").write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seesr", type=Path, required=True, help="a SeeSR checkout (github.com/cswry/SeeSR)")
@@ -358,6 +699,7 @@ def main() -> None:
         bad.append("swin y")
     if bad:
         sys.exit(f"seesr_parity_fixtures: reload does not reproduce {bad}")
+    write_tagging(args.seesr.resolve(), args.out, args.seed, swin_module)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"wrote {args.out} ({size / 1e6:.2f} MB); reloaded outputs reproduce bit for bit")
 
