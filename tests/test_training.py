@@ -364,11 +364,12 @@ def test_the_unfrozen_teacher_quirk_keeps_no_gradients(photo_dir: Path, teacher_
 def test_a_student_setting_that_cannot_change_is_one_line_before_any_work(photo_dir: Path, teacher_file: Path,
                                                                           tmp_path: Path) -> None:
     from tadsr.model import read_model_config
-    from tadsr.training.config import check_student_model
+    from tadsr.training.config import check_model_overrides
 
     teacher = read_model_config(teacher_file)
     kappa = teacher.schedule.kappa
-    check_student_model(teacher, [f"model.schedule.kappa={kappa}", "optim.lr=1e-4"])  # restating it is fine
+    restated = [f"model.schedule.kappa={kappa}", "optim.lr=1e-4"]
+    check_model_overrides(teacher, restated, "the teacher's", "")  # restating it is fine
     result = _cli(*_distill_args(photo_dir, teacher_file, tmp_path / "run", 2),
                   f"model.schedule.kappa={kappa + 0.5}", "model.unet.model_channels=96")
     assert result.returncode == 1

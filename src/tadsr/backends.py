@@ -32,7 +32,11 @@ from tadsr.sd.diffusers_teacher import (
     DEFAULT_STEPS,
     DiffusersBackend,
     DiffusersUpscaleTeacher,
+    check_folder,
+    check_noise_level,
+    noise_level_range,
     pipeline_scale,
+    quiet_runtimes,  # noqa: F401  (re-exported: the CLI silences the foreign runtimes through here)
     read_index,
 )
 from tadsr.sd.student import load_sd_student, sd_student_scale
@@ -97,7 +101,13 @@ def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | t
       file's own precision;
     * an SD student file: ``SDStudent``, one step, float32;
     * a diffusers folder (``StableDiffusionUpscalePipeline``): ``DiffusersBackend``, ``steps`` of its scheduler
-      (default ``DEFAULT_STEPS``), float32, the ``prompt`` embedded once, the LR noise ``noise_level``.
+      (default ``DEFAULT_STEPS``, at most its ``num_train_timesteps``), float32, the ``prompt`` embedded once, the LR
+      noise ``noise_level`` (at most the folder's ``max_noise_level``, its low-res scheduler's last step and its
+      UNet's last noise-level class).
+
+    An SD student or a diffusers folder is checked whole before it is allocated (``tadsr.sd.diffusers_teacher``):
+    each config, each metadata value, each weight's shape against the file's header; one line naming the file (and
+    the key) otherwise. ``quiet_runtimes`` silences diffusers' and transformers' notices and progress bars.
 
     ``device`` None is CUDA when available. ``steps`` must be one the model runs (``inference.pipeline.
     check_steps``: 1 for a student or a one-step file; T or 1 for a teacher; any for a pipeline). A setting other
@@ -128,6 +138,35 @@ def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | t
                                                       device=resolve_device(device))
         return DiffusersBackend(teacher, steps)
     raise ValueError(f"unknown model kind {kind!r}")
+
+
+def check_settings(path_or_name: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None,
+                   steps: int | None = None, sampler: SamplerName = "deterministic", channels_last: bool = False,
+                   compile: bool = False, prompt: str = "", noise_level: int = DEFAULT_NOISE_LEVEL,
+                   report: Callable[[str], None] | None = None) -> ModelInfo:
+    """What ``open_model`` would refuse of these settings, from the model's metadata alone (no weights, no
+    diffusers: for ``tadsr upscale --dry-run``, or a command that opens its model later): the settings its kind
+    does not take (``open_model``'s rule), a step count it does not run, a noise level or step count beyond a
+    diffusers folder's. Returns its ``ModelInfo``; one line naming the setting and the model otherwise."""
+    path = locate(path_or_name)
+    name = str(path_or_name if path_or_name is not None else "student")
+    kind = model_kind(path)
+    _check_settings(kind, name, dtype, {"sampler": sampler, "channels_last": channels_last, "compile": compile,
+                                        "prompt": prompt, "noise_level": noise_level}, report)
+    info = model_info(path_or_name)
+    if kind == "tadsr":
+        check_steps(steps, info.role, info.num_steps, name)
+    elif kind in ("onnx", "sd-student"):
+        check_steps(steps, "student", 1, name)
+    else:
+        index = read_index(path)
+        configs = check_folder(index)
+        check_noise_level(noise_level, noise_level_range(configs.unet, configs.low_res_scheduler,
+                                                         index.max_noise_level), str(index.folder))
+        most = configs.scheduler.get("num_train_timesteps") or 1000
+        if steps is not None and not 1 <= steps <= most:
+            raise ConfigError(f"{index.folder}: --steps {steps}: its scheduler runs 1 to {most} steps")
+    return info
 
 
 def load_sr_model(path_or_name: str | os.PathLike | None, purpose: str) -> SRModel:

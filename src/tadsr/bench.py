@@ -41,10 +41,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tadsr.backends import open_model
+from tadsr.backends import model_info, open_model
 from tadsr.devices import DTYPES, autocast, cpu_bf16_native, peak_memory_mib, reset_peak_memory, synchronize
 from tadsr.errors import ConfigError, TadsrError, first_line
-from tadsr.inference.backend import Backend, ModelBackend
+from tadsr.inference.backend import Backend, ModelBackend, fixed_tile
 from tadsr.inference.fast import prepare_for_inference
 from tadsr.inference.onnx import OnnxModel
 from tadsr.inference.pipeline import encode_lr, super_resolve
@@ -225,13 +225,35 @@ def bench_file(backend: Backend, name: str, lr_size: int, repeats: int, tile: in
     (``Upscaler.upscale_tensor``: padding, the noise, tiling above ``tile``): an exported graph (``tadsr export``,
     ONNX Runtime on the CPU, a fixed-size file at its own size) or an SD student (``tadsr.sd.student``, float32).
     Median seconds of the whole image, images per second, peak memory."""
-    up = Upscaler(backend, tile=tile if lr_size > tile else 0, tile_overlap=overlap)  # a fixed-size file: its size
+    fixed = fixed_tile(backend)[0]  # a fixed-size file runs its own size
+    up = Upscaler(backend, tile=None if fixed else (tile if lr_size > tile else 0),
+                  tile_overlap=None if fixed else overlap)
     dtype = f"{backend.metadata.get('precision', 'fp32')} (ORT)" if isinstance(backend, OnnxModel) else "fp32"
     lr = _lr_batch(1, lr_size, backend.device)
     seconds, peak = _measure(lambda: up.upscale_tensor(lr), backend.device, repeats)
     return {"model": Path(name).name, "lr": lr_size, "out": lr_size * up.scale, "batch": 1, "dtype": dtype,
             "tiles": up.tile_size(), "student_1_s": seconds, "student_images_per_s": 1 / seconds,
             "student_peak_mib": peak}
+
+
+def check_file_settings(settings: BenchSettings) -> None:
+    """A one-step file (an ONNX graph, an SD student) runs in its own precision, without channels-last or
+    compilation: a ConfigError naming it, before anything is timed, when ``settings`` ask for those."""
+    asked = [f"--dtypes {d}" for d in settings.dtypes if d != "fp32"]
+    asked += [flag for flag, on in (("--channels-last", settings.channels_last), ("--compile", settings.compile))
+              if on]
+    if not asked:
+        return
+    for name in settings.models:
+        if name in MODEL_PRESETS or name == "embedded":
+            continue
+        try:
+            kind = model_info(name).kind
+        except TadsrError as err:
+            raise ConfigError(f"--models {name}: {err}") from err
+        if kind in ("onnx", "sd-student"):
+            raise ConfigError(f"--models {name}: a one-step file runs in its own precision, as it is; it does not "
+                              f"take {', '.join(asked)} (bench it in a run of its own)")
 
 
 def load(name: str, device: torch.device) -> SRModel | Backend:
@@ -344,6 +366,7 @@ def run_bench(settings: BenchSettings, device: torch.device,
     rows: list[dict[str, Any]] = []
     yardsticks: dict[tuple[int, str, int], dict[str, Any]] = {}
     fast = dict(channels_last=settings.channels_last, compile=settings.compile)
+    check_file_settings(settings)
 
     def yardstick(size: int, dtype: str, batch: int) -> dict[str, Any]:
         key = (size, dtype, batch)

@@ -15,6 +15,7 @@ Our own format is one safetensors file: tensors under ``unet.`` and ``first_stag
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -54,12 +55,33 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    return unwrap_state_dict(load_weights_only(path), path)
+
+
+def load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)`` of a file, memory-mapped where its format allows (a zip checkpoint: its
+    tensors are read when used, so a large file does not need its size in RAM), on the CPU. A file that holds
+    Python objects beyond tensors and plain containers is refused, never unpickled."""
+    import pickle
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights-only errors all mean "not a checkpoint we can read"
-        first = first_line(err)
-        raise CheckpointError(f"{path}: not a readable weights-only PyTorch checkpoint ({first})") from err
-    return unwrap_state_dict(obj, path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used" not in str(err):
+                raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(err))
+        if found:  # torch's message goes on to advise weights_only=False: not ours to give
+            raise CheckpointError(f"{path}: it holds a Python object ({found.group(1)}) besides tensors, which "
+                                  "tadsr never unpickles (no code in a file is run); save its state dict or use "
+                                  "safetensors") from None
+        raise CheckpointError(f"{path}: not a readable weights-only PyTorch checkpoint (damaged, or not a "
+                              "checkpoint)") from None
+    except Exception as err:  # zip and format errors all mean "not a checkpoint we can read"
+        raise CheckpointError(f"{path}: not a readable weights-only PyTorch checkpoint ({first_line(err)})") \
+            from None
 
 
 def unwrap_state_dict(obj: object, source: str | os.PathLike = "<checkpoint>") -> dict[str, Tensor]:

@@ -8,7 +8,12 @@ and ``_error`` print the per-file lines that library code hands to its ``report`
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,11 +26,11 @@ from tadsr.data.degradation import PRESETS as DEGRADATION_PRESETS
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
 from tadsr.devices import DTYPES, resolve_device
 from tadsr.diffusion.samplers import SAMPLERS
-from tadsr.errors import ConfigError, TadsrError
+from tadsr.errors import ConfigError, TadsrError, first_line
 from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
-from tadsr.model import SRModel, load_model, model_from_official, save_model
+from tadsr.model import SRModel, load_model, model_from_official, read_model_config, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 from tadsr.sd.diffusers_teacher import DEFAULT_NOISE_LEVEL
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
@@ -33,7 +38,8 @@ from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_c
 SEED = click.IntRange(0, 2**63 - 1)  # what every seeded generator accepts
 
 # Options shared by several commands: one definition each.
-DEVICE_OPTION = click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto (torchrun: one per rank).")
+DEVICE_OPTION = click.option("--device", default="auto",
+                             help="cpu, cuda, cuda:N, mps, xpu or auto (torchrun: one per rank).")
 MAX_PIXELS_OPTION = click.option(
     "--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS,
     help="Refuse images with more pixels, checked from the header before decoding (decompression-bomb guard); "
@@ -58,12 +64,56 @@ class TadsrGroup(click.Group):
     """Runs a subcommand; a ``TadsrError`` from below becomes one line on stderr and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TadsrError as err:
-            _fail(str(err))
-        except OSError as err:  # the machine's, not the input's: a full disk, a permission, a vanished file
-            _fail(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err))
+        with _terminate_as_exit(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except TadsrError as err:
+                _fail(str(err))
+            except OSError as err:  # the machine's, not the input's: a full disk, a permission, a vanished file
+                _fail(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err))
+            except Terminated:
+                _error("stopped by SIGTERM; nothing half-written was left")
+                raise
+
+
+def _given(names: tuple[str, ...]) -> list[str]:
+    """The options (their longest flag) of the running command among the parameters ``names`` that the user gave,
+    not left at their defaults."""
+    ctx = click.get_current_context()
+    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params}
+    return [flags[name] for name in names
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the program is, so that every ``finally`` runs (an atomic write removes its temporary
+    file) before the process exits with status 143 (128 + SIGTERM), as a terminated process does."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` while a command runs (in the main thread; ``tadsr serve`` installs its own);
+    a second SIGTERM during the clean-up is ignored. The previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A warning as one line, ``tadsr: warning: MESSAGE``, whoever raised it."""
+    _warn(first_line(message) if isinstance(message, BaseException) else str(message).strip().splitlines()[0])
 
 
 @click.group(cls=TadsrGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -92,9 +142,10 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", help="Storage dtype.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .safetensors file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (default: refuse).")
 def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | None, ncnn_param: Path | None,
             ncnn_bin: Path | None, ae_path: Path | None, schedule: str | None, role: Role, dtype: str,
-            output: Path) -> None:
+            output: Path, overwrite: bool) -> None:
     """Convert official weights to a tadsr safetensors file.
 
     \b
@@ -108,6 +159,13 @@ def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | 
     """
     if output.suffix != ".safetensors":
         _fail(f"{output}: output must end in .safetensors")
+    if output.exists() and not overwrite:
+        _fail(f"{output}: exists; pass --overwrite to replace it")
+    unused = {"realesrgan-ncnn": ("preset", "config_path", "unet_path", "ae_path", "schedule", "role", "dtype"),
+              "resshift": ("ncnn_param", "ncnn_bin") + (("preset", "schedule", "role") if config_path else ())}
+    for name in _given(unused[kind]):
+        _fail(f"{name}: not used by `tadsr convert {kind}`"
+              + (" with --config (the config file holds it)" if config_path and kind == "resshift" else ""))
     if kind == "realesrgan-ncnn":
         from tadsr.baselines import convert_ncnn, packaged_ncnn_files, save_rrdbnet
 
@@ -137,14 +195,17 @@ def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | 
               help="The .onnx file to write (whole or not at all).")
 @click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
               help="0: dynamic LR size, the noise a second input (what `tadsr upscale --model FILE.onnx` runs); "
-                   "N: one N x N input with the noise of --seed embedded (for apps that feed one image).")
+                   "N (at most 4096, and a file within 2 GiB): one N x N input with the noise of --seed embedded "
+                   "(for apps that feed one image).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the embedded noise (--tile N).")
 @click.option("--teacher-one-step", is_flag=True,
               help="Export a teacher's one step (its x0-hat at t = T-1) instead of refusing it.")
 @click.option("--fp16", is_flag=True,
               help="Float16 weights and compute (half the file; inputs and output stay float32). For GPU execution "
                    "providers: on a CPU, ONNX Runtime runs most float16 nodes through float32 casts.")
-def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one_step: bool, fp16: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (default: refuse).")
+def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one_step: bool, fp16: bool,
+           overwrite: bool) -> None:
     """Export a model's one-step path (LR in [0, 1] -> HR in [0, 1]) as one ONNX graph.
 
     \b
@@ -154,13 +215,14 @@ def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one
       tadsr export student -o student-fp16.onnx --fp16      # float16 weights and compute
     """
     from tadsr.backends import load_sr_model
-    from tadsr.export import describe, export_onnx
+    from tadsr.export import check_target, describe, export_onnx
 
     if output.suffix.lower() != ".onnx":
         _fail(f"{output}: the output must be a .onnx file")
+    check_target(output, overwrite)  # before the model is read; export_onnx checks again
     check_writable(output.parent)
     metadata = export_onnx(load_sr_model(model, "tadsr export"), output, tile=tile, seed=seed,
-                           teacher_one_step=teacher_one_step, fp16=fp16)
+                           teacher_one_step=teacher_one_step, fp16=fp16, overwrite=overwrite)
     click.echo(f"wrote {output}: {describe(metadata)}")
 
 
@@ -189,8 +251,9 @@ def info(model: str) -> None:
               help="A .safetensors file from `tadsr convert`, 'student' / 'teacher' (embedded), or a diffusers "
                    "folder of an SD x4 upscaler (tadsr[sd]). [default: student]")
 @click.option("--prompt", default="", help="A diffusers folder's prompt (embedded once). [default: empty]")
-@click.option("--noise-level", type=click.IntRange(0, 1000), default=DEFAULT_NOISE_LEVEL, show_default=True,
-              help="A diffusers folder's LR noise level (the x4 upscaler's conditioning).")
+@click.option("--noise-level", type=click.IntRange(min=0), default=DEFAULT_NOISE_LEVEL, show_default=True,
+              help="A diffusers folder's LR noise level (the x4 upscaler's conditioning), up to what the folder "
+                   "takes (its max_noise_level and low-res scheduler steps).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="1 = one step (the student's path); T = the teacher's full T-step deterministic sampling. "
                    "[default: 1 for a student, T for a teacher]")
@@ -200,10 +263,11 @@ def info(model: str) -> None:
 @click.option("-s", "--outscale", type=click.FloatRange(min=0, max=16, min_open=True), default=None,
               help="Final scale (at most 16): the model's native scale, then a high-quality resize. "
                    "[default: native]")
-@click.option("-t", "--tile", type=click.IntRange(min=0), default=DEFAULT_TILE,
-              help="Tile size in LR pixels (rounded up to the model's multiple); 0 = whole image.")
-@click.option("--tile-overlap", type=click.IntRange(min=0), default=DEFAULT_TILE_OVERLAP,
-              help="Tile overlap in LR pixels.")
+@click.option("-t", "--tile", type=click.IntRange(min=0), default=None,
+              help=f"Tile size in LR pixels (rounded up to the model's multiple); 0 = whole image. [default: "
+                   f"{DEFAULT_TILE}; a fixed-size ONNX file: its own]")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=None,
+              help=f"Tile overlap in LR pixels. [default: {DEFAULT_TILE_OVERLAP}]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Tiles per network call.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Float32 compute [default on CPU].")
 @click.option("--fp16", "precision", flag_value="fp16", help="Float16 autocast [default on CUDA].")
@@ -212,7 +276,8 @@ def info(model: str) -> None:
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the networks (the first tile of each size compiles first).")
 @DEVICE_OPTION
-@click.option("--seed", type=SEED, default=0, help="Seed of the prior noise (the same for every image).")
+@click.option("--seed", type=SEED, default=None,
+              help="Seed of the prior noise (the same for every image). [default: 0; a fixed-size ONNX file: its own]")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none",
               help="Restore the LR's colours: wavelet (low frequencies) or adain (channel statistics).")
 @click.option("--ext", type=click.Choice(["auto", *WRITE_FORMATS]), default="auto",
@@ -224,9 +289,9 @@ def info(model: str) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, noise_level: int, steps: int | None,
-            sampler: str, outscale: float | None, tile: int,
-            tile_overlap: int, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
-            device: str, seed: int, color_fix: str,
+            sampler: str, outscale: float | None, tile: int | None,
+            tile_overlap: int | None, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
+            device: str, seed: int | None, color_fix: str,
             ext: str, suffix: str, recursive: bool, overwrite: bool, max_pixels: int, dry_run: bool,
             quiet: bool) -> None:
     """Super-resolve images: one network call per tile with a student, T calls with a teacher.
@@ -238,15 +303,20 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
       tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
       torchrun --nproc_per_node 8 -m tadsr.cli upscale -i dataset/ -o out/    # sharded over 8 GPUs
     """
-    from tadsr.backends import model_info, open_model
+    from tadsr.backends import check_settings, open_model, quiet_runtimes
+    from tadsr.inference.backend import fixed_tile
     from tadsr.inference.batch import Summary, plan_jobs, run_jobs, shard
     from tadsr.inference.upscaler import Upscaler
 
+    if quiet:  # diffusers' and transformers' notices and bars too, until the command ends
+        click.get_current_context().with_resource(quiet_runtimes())
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive, report=_warn)
     # a path that is not a model it can run, or a setting it does not take, is one line before anything is written;
     # a dry run reads only the model's metadata, a run opens it once
     if dry_run:
-        info = model_info(model)
+        info = check_settings(model, dtype=DTYPES[precision] if precision else None, steps=steps, sampler=sampler,
+                              channels_last=channels_last, compile=compile_, prompt=prompt, noise_level=noise_level,
+                              report=_warn)
     else:
         rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
         backend = open_model(model, device=dev, dtype=DTYPES[precision] if precision else None, steps=steps,
@@ -260,11 +330,12 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
             click.echo(f"{job.source} -> {job.target}{note}")
         click.echo(f"{len(jobs)} image(s) with model {info.path}; nothing written (dry run)")
         return
+    say = _warn if rank == 0 else lambda line: None
     upscaler = Upscaler(backend, tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
-                        batch_size=batch_size, outscale=outscale)
+                        batch_size=batch_size, outscale=outscale, report=say)
     check_writable(out_dir)
-    if upscaler.tile_size() != tile and rank == 0:
-        _warn(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
+    if tile is not None and not fixed_tile(backend)[0] and upscaler.tile_size() != tile:
+        say(f"--tile {tile} runs as {upscaler.tile_size()}, this model's multiple")
     mine = run_jobs(upscaler, shard(jobs, rank, world), overwrite=overwrite, max_pixels=max_pixels,
                     show_progress=not quiet and rank == 0, report=_error, notice=_warn)
     summary = Summary.combined(distributed.gather(mine))
@@ -339,11 +410,13 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
               help="LR folder: run --models on it.")
 @click.option("--pred", "pred_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of predictions to measure (instead of --lr/--models).")
-@click.option("--models", default="bicubic", help="Comma-separated NAME[:STEPS]: bicubic, realesrgan, teacher, "
-                                                  "student, or a .safetensors path.")
-@click.option("--metrics", "metric_names", default="psnr,ssim",
+@click.option("--models", default=None, help="With --lr, comma-separated NAME[:STEPS]: bicubic, realesrgan, teacher, "
+                                             "student, or a model file or folder (STEPS a whole number, e.g. "
+                                             "student:1).  [default: bicubic]")
+@click.option("--metrics", "metric_names", default=None,
               help="Comma-separated: psnr, ssim, lpips, niqe, chroma, gray, detail (clipiqa, musiq, maniqa, fid: "
-                   "see the README).")
+                   "see the README); with --no-ref only niqe, clipiqa, musiq, maniqa.  [default: psnr,ssim; niqe "
+                   "with --no-ref]")
 @click.option("--scale", type=click.IntRange(min=1), default=4,
               help="SR factor for the detail metric of --pred folders (with --lr: GT size / LR size).")
 @click.option("--y-channel", is_flag=True, help="PSNR/SSIM on the BT.601 Y channel (pyiqa's test_y_channel).")
@@ -357,16 +430,19 @@ def degrade(hr_dir: Path, out_dir: Path, preset: str, seed: int, gt_size: int, m
 @click.option("--lpips-backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--lpips-heads", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @DEVICE_OPTION
-@click.option("--seed", type=SEED, default=0)
-@click.option("--tile", type=click.IntRange(min=0), default=0, help="Tile size for diffusion models (0 = whole).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the models' noise. [default: 0; a fixed-size ONNX "
+                                                     "file: its own]")
+@click.option("--tile", type=click.IntRange(min=0), default=None,
+              help="Tile size for diffusion models (0 = whole). [default: 0; a fixed-size ONNX file: its own]")
 @MAX_PIXELS_OPTION
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32",
               help="Compute precision of the models (fp16/bf16 under autocast); fp32 on every device by default.")
 @click.option("-q", "--quiet", is_flag=True)
-def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, models: str, metric_names: str,
+def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, models: str | None,
+             metric_names: str | None,
              scale: int, y_channel: bool, crop_border: int, no_ref: bool, out_dir: Path,
              realesrgan_weights: Path | None, lpips_net: str, lpips_backbone: Path | None, lpips_heads: Path | None,
-             device: str, seed: int, tile: int, max_pixels: int, dtype: str, quiet: bool) -> None:
+             device: str, seed: int | None, tile: int | None, max_pixels: int, dtype: str, quiet: bool) -> None:
     """Measure SR results against ground truth (by file name) and write a report, a CSV and a comparison sheet.
 
     \b
@@ -376,21 +452,43 @@ def evaluate(gt_dir: Path | None, lr_dir: Path | None, pred_dir: Path | None, mo
       tadsr evaluate --lr testset/lq --gt testset/gt --models bicubic,student --metrics psnr,chroma,gray,detail -o r/
       tadsr evaluate --lr RealSet65/ --no-ref --models bicubic,realesrgan --metrics niqe -o report/
     """
+    from tadsr.backends import quiet_runtimes
     from tadsr.evaluate import build_metric_set
     from tadsr.evaluate import evaluate as run_evaluation
 
+    if quiet:  # diffusers' and transformers' notices and bars too, until the command ends
+        click.get_current_context().with_resource(quiet_runtimes())
+
     if (lr_dir is None) == (pred_dir is None):
         _fail("give either --lr (with --models) or --pred")
+    if gt_dir is not None and no_ref:
+        _fail(f"--gt {gt_dir} and --no-ref exclude each other: give the ground truth, or say there is none")
     if gt_dir is None and not no_ref:
         _fail("--gt is required (or --no-ref for sets without ground truth)")
+    if metric_names is None:
+        metric_names = "niqe" if no_ref else "psnr,ssim"
+    names = [m.strip() for m in metric_names.split(",") if m.strip()]
+    model_list = (models if models is not None else "bicubic").split(",") if pred_dir is None else []
+    # a setting that would not be used is refused, never dropped in silence
+    unused = _given(("models", "realesrgan_weights", "seed", "tile", "dtype")) if pred_dir is not None else []
+    if unused:
+        _fail(f"{', '.join(unused)}: for models run on --lr images; --pred measures the predictions as they are")
+    if _given(("scale",)) and pred_dir is None:
+        _fail(f"--scale {scale}: for --pred; with --lr, detail is measured at each pair's GT size / LR size")
+    if _given(("scale",)) and "detail" not in names:
+        _fail(f"--scale {scale}: only the detail metric uses it, and --metrics has no detail")
+    lpips_options = _given(("lpips_net", "lpips_backbone", "lpips_heads"))
+    if lpips_options and "lpips" not in names:
+        _fail(f"{', '.join(lpips_options)}: for the lpips metric, and --metrics has no lpips")
+    if realesrgan_weights is not None and pred_dir is None and "realesrgan" not in [m.strip() for m in model_list]:
+        _fail(f"--realesrgan-weights {realesrgan_weights}: --models has no realesrgan")
     dev = resolve_device(device)
-    metrics = build_metric_set([m for m in metric_names.split(",") if m], y_channel, crop_border, lpips_net,
-                               lpips_backbone, lpips_heads, dev)
+    metrics = build_metric_set(names, y_channel, crop_border, lpips_net, lpips_backbone, lpips_heads, dev,
+                               reference=not no_ref)
     for name, why in metrics.unavailable.items():
         click.echo(f"tadsr: {name}: not available: {why}", err=True)
-    run_evaluation(out_dir, None if no_ref else gt_dir, metrics, lr_dir=lr_dir,
-                   models=[m for m in models.split(",") if m], pred_dir=pred_dir, device=dev, seed=seed,
-                   tile=tile, realesrgan_weights=realesrgan_weights,
+    run_evaluation(out_dir, gt_dir, metrics, lr_dir=lr_dir, models=model_list, pred_dir=pred_dir, device=dev,
+                   seed=seed, tile=tile, realesrgan_weights=realesrgan_weights,
                    report=_warn, show_progress=not quiet,
                    max_pixels=max_pixels, dtype=dtype, scale=scale)
     if distributed.rank() == 0:  # under torchrun, rank 0 wrote the one report
@@ -500,9 +598,11 @@ def _print_config(config: TrainConfig) -> NoReturn:
 
 
 def _training_config(command: Command, config_path: Path | None, preset: str, data_path: str | None,
-                     steps: int | None, seed: int | None, overrides: tuple[str, ...], dry_run: bool) -> TrainConfig:
+                     steps: int | None, seed: int | None, overrides: tuple[str, ...], dry_run: bool,
+                     init: Path | None = None) -> TrainConfig:
     """The resolved config; with --dry-run it is printed and the command ends here."""
-    config = resolve_config(command, config_path, preset, data_path, steps, seed, overrides)
+    config = resolve_config(command, config_path, preset, data_path, steps, seed, overrides,
+                            init=read_model_config(init) if init is not None else None)
     if dry_run:
         _print_config(config)
     return config
@@ -530,7 +630,7 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
     from tadsr.training.teacher import TeacherTrainer
 
     config = _training_config("train-teacher", config_path, preset or "tiny", data_path, steps, seed, overrides,
-                              dry_run)
+                              dry_run, init)
     trainer = TeacherTrainer(config, run_dir, first_stage=first_stage, init=init, device=resolve_device(device),
                              resume=resume, show_progress=not quiet)
     final = trainer.run()

@@ -15,17 +15,41 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` / None (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``; ConfigError names a device
-    that is not one or is not available here."""
+    """``auto`` / None (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu``; ConfigError
+    names a device that is not one, one tadsr does not run on (``meta``, ``hpu``...), or one this PyTorch build or
+    machine lacks (``mps`` off Apple silicon, ``cuda`` on a CPU build, ``cuda:N`` past the last GPU)."""
     if spec is None or str(spec) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {spec}: not a device (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
+        raise ConfigError(f"--device {spec}: not a device (use {', '.join(DEVICE_TYPES)}, cuda:N or auto)") from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError(f"--device {spec}: tadsr does not run on {device.type} devices (use "
+                          f"{', '.join(DEVICE_TYPES)} or auto)")
+    if not _available(device.type):
+        raise ConfigError(f"--device {spec}: {device.type.upper()} is not available on this machine or in this "
+                          f"PyTorch build ({torch.__version__})")
+    if device.index is not None and device.type != "cpu" and device.index >= _count(device.type):
+        raise ConfigError(f"--device {spec}: this machine has {_count(device.type)} {device.type} device(s)")
     return device
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what --device takes; each must be available here
+
+
+def _available(kind: str) -> bool:
+    if kind == "cpu":
+        return True
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    module = getattr(torch, kind, None)
+    return bool(module is not None and module.is_available())
+
+
+def _count(kind: str) -> int:
+    """Devices of a type (1 for MPS, which has no index beyond 0)."""
+    return 1 if kind == "mps" else int(getattr(torch, kind).device_count())
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 natively (Linux /proc/cpuinfo names)

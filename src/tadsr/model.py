@@ -4,6 +4,7 @@ the factories that build them (from a config, or from official weights)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,7 +17,6 @@ from tadsr.checkpoints import (
     atomic_save_file,
     check_fits,
     export_tensors,
-    load_official,
     load_state_dict_strict,
     read_metadata,
     read_shapes,
@@ -62,8 +62,20 @@ def load_first_stage(config: ModelConfig, weights: str | os.PathLike | None) -> 
     if not has_weights(stage) and weights is not None:
         raise CheckpointError(f"{weights}: this model's first stage (pixel-unshuffle) has no weights to load")
     if weights is not None:
-        load_official(stage, weights)
+        stage = built_to_fit(lambda: build_first_stage(config.first_stage), weights)
     return stage
+
+
+def built_to_fit(build: Callable[[], nn.Module], weights: str | os.PathLike) -> nn.Module:
+    """``build()`` with the official file ``weights`` loaded strictly (``checkpoints.load_official``), its shapes
+    checked on the meta device first: a config whose network does not fit the file is refused before its memory
+    is allocated (and the file is memory-mapped where its format allows)."""
+    state = read_state_dict(weights)
+    with torch.device("meta"):
+        check_fits(build(), {k: tuple(v.shape) for k, v in state.items()}, weights)
+    module = build()
+    load_state_dict_strict(module, state, weights)
+    return module
 
 
 def denoiser(net: nn.Module, config: ModelConfig, schedule: Schedule) -> ResShiftDenoiser:
@@ -92,7 +104,7 @@ class SRModel(nn.Module):
 def model_from_official(config: ModelConfig, unet_weights: str | os.PathLike,
                         first_stage_weights: str | os.PathLike | None) -> SRModel:
     """An SRModel of ``config`` with official ResShift / SinSR weights (any official form, strict)."""
-    unet = load_official(build_network(config), unet_weights)
+    unet = built_to_fit(lambda: build_network(config), unet_weights)
     return SRModel(config, unet=unet, first_stage=load_first_stage(config, first_stage_weights))
 
 

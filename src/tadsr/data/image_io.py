@@ -143,9 +143,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     (``max_file_bytes``), checked before reading.
     """
     path = Path(path)
-    data = _read_bytes(path, max_pixels)
-    gray, orientation, icc, exif_bytes = _checked_header(path, data, max_pixels)
-    pixels = _decode(path, data, max_pixels)
+    try:
+        data = _read_bytes(path, max_pixels)
+        gray, orientation, icc, exif_bytes = _checked_header(path, data, max_pixels)
+        pixels = _decode(path, data, max_pixels)
+    except MemoryError:  # --max-pixels 0 and a file larger than this process may allocate
+        raise ImageError(f"{path}: not enough memory to read it (keep --max-pixels on, or free memory)") from None
     return ImageData(apply_orientation(_to_rgb_order(pixels, gray), orientation), icc_profile=icc, exif=exif_bytes)
 
 
@@ -201,6 +204,8 @@ def _checked_header(path: Path, data: bytes, max_pixels: int) -> tuple[bool, int
 
 def _decode(path: Path, data: bytes, max_pixels: int) -> np.ndarray:
     """OpenCV's decoding of checked bytes: (H, W[, C]) uint8 or uint16 in OpenCV's channel order."""
+    if data.startswith(PNG_SIGNATURE):
+        data = _png_pixels_only(data)
     try:
         with _quiet_decoders():
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -248,6 +253,26 @@ def output_format(ext: str) -> str:
     if ext not in WRITE_FORMATS:
         raise ConfigError(f"unsupported output format {ext!r}; choose from {', '.join(WRITE_FORMATS)}")
     return ext
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")  # what the pixels depend on (OpenCV ignores gAMA)
+
+
+def _png_pixels_only(png: bytes) -> bytes:
+    """A checked PNG (``_integrity_problem``) with only the chunks its pixels need, for OpenCV's decoder: the
+    metadata was read by Pillow already, and libpng would print its own complaints about a damaged profile or
+    text chunk (``libpng warning: iCCP: too short``) straight to stderr."""
+    out, pos = [png[:8]], 8
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack(">I", png[pos:pos + 4])[0], png[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if kind in PNG_PIXEL_CHUNKS:
+            out.append(png[pos:end])
+        if kind == b"IEND":
+            break
+        pos = end
+    return b"".join(out)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

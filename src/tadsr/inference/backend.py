@@ -30,7 +30,12 @@ from tadsr.model import SRModel
 class Backend(Protocol):
     """A network the tiler runs. Optionally also ``fixed_tile`` (int, 0 = any size) and ``fixed_seed``: a backend
     that runs only ``fixed_tile`` x ``fixed_tile`` inputs with its own noise (an ONNX file exported with
-    ``--tile N``); ``Upscaler`` then feeds it tiles of exactly that size."""
+    ``--tile N``); ``Upscaler`` then feeds it tiles of exactly that size, refuses another seed and says how a
+    tile or overlap asked for runs.
+
+    A backend's failures are ``tadsr.errors.BackendError`` (one line; a foreign runtime's exception is mapped to it
+    where the runtime is called), and what ``run`` returns is checked by the tiler (``tiling.checked_run``): a
+    tensor of the shape below, finite, else a BackendError, so that a batch names the image and goes on."""
 
     @property
     def scale(self) -> int:
@@ -132,3 +137,9 @@ class ModelBackend(ModelGeometry):
 def fixed_tile(backend: Backend) -> tuple[int, int]:
     """(tile, seed) of a backend that runs only tile x tile inputs with its own noise; (0, 0) for any other."""
     return getattr(backend, "fixed_tile", 0), getattr(backend, "fixed_seed", 0)
+
+
+def backend_name(backend: Backend) -> str:
+    """How a message names a backend: its file (``path``, as an ``OnnxModel`` has), else its class."""
+    path = getattr(backend, "path", None)
+    return str(path) if path is not None else type(backend).__name__

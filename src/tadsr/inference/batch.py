@@ -1,7 +1,8 @@
 """Batch upscaling of files: plan inputs to outputs, run them one by one, report.
 
-A file that fails (unreadable, too small, too large, unwritable output...) gets one line naming it and the
-problem; the run goes on with the others. Outputs are written atomically (``image_io.write_image``).
+A file that fails (unreadable, too small, too large, unwritable output, a model that fails on it or returns a
+wrong shape or non-finite values: ``tadsr.errors.BackendError``) gets one line naming it and the problem; the run
+goes on with the others. Outputs are written atomically (``image_io.write_image``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tadsr.data.image_io import (
     read_image,
     write_image,
 )
-from tadsr.errors import ConfigError, NotFoundError, first_line
+from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.inference.upscaler import Upscaler
 
 
@@ -194,8 +195,14 @@ def run_jobs(upscaler: Upscaler, jobs: list[Job], overwrite: bool = False, max_p
             result = upscaler.upscale_image(image, progress)
             job.target.parent.mkdir(parents=True, exist_ok=True)
             write_image(job.target, result)
-        except ImageError as err:
+        except ImageError as err:  # names its file (the input, or the output)
             summary.fail(str(err), report)
+        except TadsrError as err:  # the model's run on this image (BackendError), a setting: name the image
+            message = first_line(err)
+            summary.fail(message if message.startswith(str(job.source)) else f"{job.source}: {message}", report)
+        except MemoryError:  # this image's arrays do not fit (--max-pixels 0, or a small address space)
+            summary.fail(f"{job.source}: not enough memory to upscale it (lower --tile, or keep --max-pixels on)",
+                         report)
         except (OSError, RuntimeError, ValueError) as err:  # keep the batch going; name the file
             summary.fail(f"{job.source}: {type(err).__name__}: {first_line(err)}", report)
         else:

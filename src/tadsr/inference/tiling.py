@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from tadsr.errors import BackendError
 from tadsr.inference.backend import Backend
 from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
 
@@ -34,6 +35,26 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     stride = max(align, (tile - overlap) // align * align)
     starts = list(range(0, length - tile, stride)) + [length - tile]
     return sorted(set(starts))
+
+
+def checked_run(backend: Backend, lr: Tensor, noise: Tensor) -> Tensor:
+    """``backend.run(lr, noise)``, checked: every backend's output passes here (the tiler runs it, whole image or
+    tiles, a fixed-size file's tiles too). A BackendError (one line) unless it is a floating-point tensor of shape
+    (N, 3, h scale, w scale) for the (N, 3, h, w) ``lr``, and finite."""
+    out = backend.run(lr, noise)
+    n, _, h, w = lr.shape
+    s = backend.scale
+    expected = (n, 3, h * s, w * s)
+    if not isinstance(out, Tensor):
+        raise BackendError(f"model returned an object of type {type(out).__name__} for a {tuple(lr.shape)} tile; "
+                           f"expected a tensor {expected}")
+    if tuple(out.shape) != expected:
+        raise BackendError(f"model returned {tuple(out.shape)} for a {tuple(lr.shape)} tile; expected {expected}")
+    if not out.is_floating_point():
+        raise BackendError(f"model returned {out.dtype} values; expected floating point")
+    if not bool(torch.isfinite(out).all()):
+        raise BackendError("model returned non-finite values (NaN/inf)")
+    return out
 
 
 def blend_ramp(size: int, ramp: int, left: bool, right: bool) -> Tensor:
@@ -64,7 +85,8 @@ def tiled_super_resolve(
     The image is reflect-padded to ``backend.size_multiple``; its noise is one ``backend.draw_noise`` from ``seed``
     (the prior's and, for the stochastic T-step sampler, each step's), of which every tile takes its slice. ``tile``
     (LR pixels, rounded up to the size multiple; 0 = whole image) and ``overlap`` (LR pixels) set the tiling; tile
-    starts are multiples of ``backend.noise_factor``; ``batch_size`` tiles go through ``backend.run`` together.
+    starts are multiples of ``backend.noise_factor``; ``batch_size`` tiles go through ``backend.run`` together, and
+    what it returns is checked (``checked_run``: a BackendError for a wrong shape or non-finite values).
     ``progress(done, total)`` is called after each batch of tiles. ``blend="flat"`` averages overlaps uniformly, as
     ResShift does (for comparison).
     """
@@ -75,7 +97,7 @@ def tiled_super_resolve(
     hp, wp = padded.shape[-2:]
     noise = backend.draw_noise(hp, wp, seed)  # (D, 1, C, hp / f, wp / f)
     if tile <= 0 or (hp <= tile and wp <= tile):
-        out = backend.run(padded, noise.to(padded.device))
+        out = checked_run(backend, padded, noise.to(padded.device))
         if progress:
             progress(1, 1)
         return crop_to(out, (h * s, w * s))
@@ -91,7 +113,7 @@ def tiled_super_resolve(
         noise_tiles = torch.cat([  # (D, N, C, th / f, tw / f)
             noise[..., y // f:(y + th) // f, x // f:(x + tw) // f] for y, x in batch
         ], dim=1).to(padded.device)
-        out = backend.run(lr_tiles, noise_tiles).cpu()
+        out = checked_run(backend, lr_tiles, noise_tiles).cpu()
         for (y, x), tile_out in zip(batch, out, strict=True):
             wy = blend_ramp(th * s, ramp, left=y > 0, right=y + th < hp)
             wx = blend_ramp(tw * s, ramp, left=x > 0, right=x + tw < wp)

@@ -25,11 +25,12 @@ from PIL import Image
 from tadsr.bt601 import LUMA
 from tadsr.data.image_io import MIN_SIDE, ImageData, gray_to_rgb
 from tadsr.errors import ConfigError
-from tadsr.inference.backend import Backend, fixed_tile
+from tadsr.inference.backend import Backend, backend_name, fixed_tile
 from tadsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
 from tadsr.inference.pipeline import upsample_lr
 from tadsr.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiled_super_resolve
+from tadsr.limits import check_tile
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,33 @@ class UpscaleOptions:
 
 class Upscaler:
     """Super-resolution of images by ``backend`` (its steps, sampler, precision and device are the backend's:
-    ``tadsr.backends.open_model``), with the image-level settings of ``UpscaleOptions``."""
+    ``tadsr.backends.open_model``), with the image-level settings of ``UpscaleOptions``.
 
-    def __init__(self, backend: Backend, *, tile: int = DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
-                 seed: int = 0, color_fix: ColorFix = "none", batch_size: int = 1,
-                 outscale: float | None = None) -> None:
+    ``tile``, ``tile_overlap`` and ``seed`` left at None are the defaults (``DEFAULT_TILE``,
+    ``DEFAULT_TILE_OVERLAP``, 0); ``tile`` is at most ``tadsr.limits.MAX_TILE``. A fixed-size backend (``Backend``'s
+    ``fixed_tile``: an ONNX file exported with ``--tile N``) runs N x N tiles with the noise of its own seed, so,
+    here and nowhere else:
+
+    * a ``seed`` other than its own is refused (ConfigError naming the file): its noise is embedded;
+    * a ``tile`` other than N runs as N, said in one line to ``report`` (by default a warning);
+    * its tiles overlap by ``tile_overlap`` up to a quarter of N: a larger one runs as N / 4 (rounded down), said
+      in one line; left at None it is the default or N / 4, whichever is less, without a word.
+    """
+
+    def __init__(self, backend: Backend, *, tile: int | None = None, tile_overlap: int | None = None,
+                 seed: int | None = None, color_fix: ColorFix = "none", batch_size: int = 1,
+                 outscale: float | None = None, report: Callable[[str], None] | None = None) -> None:
         self.backend = backend
-        self.options = UpscaleOptions(tile=tile, tile_overlap=tile_overlap, seed=seed, color_fix=color_fix,
-                                      batch_size=batch_size, outscale=outscale)
+        if tile is not None:
+            check_tile(tile, "--tile")
+        fixed, fixed_seed = fixed_tile(backend)
+        if fixed:
+            tile, tile_overlap, seed = _fixed_settings(backend, fixed, fixed_seed, tile, tile_overlap, seed,
+                                                       report or _warn)
+        self.options = UpscaleOptions(tile=DEFAULT_TILE if tile is None else tile,
+                                      tile_overlap=DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap,
+                                      seed=0 if seed is None else seed, color_fix=color_fix, batch_size=batch_size,
+                                      outscale=outscale)
 
     @property
     def scale(self) -> int:
@@ -111,12 +131,12 @@ class Upscaler:
 
     def _fixed_tiles(self, lr: torch.Tensor, progress: Callable[[int, int], None] | None) -> torch.Tensor:
         """A backend of one input size (``Backend``'s ``fixed_tile``): every tile exactly that size (the image
-        reflect-padded up to it where smaller), the backend's own noise (``fixed_seed``; ``seed`` does not apply)."""
+        reflect-padded up to it where smaller), the backend's own noise (``fixed_seed``), the overlap of
+        ``_fixed_settings``."""
         tile, seed = fixed_tile(self.backend)
         h, w = lr.shape[-2:]
         padded = lr if (h >= tile and w >= tile) else pad_to_multiple(lr, tile)[0]
-        overlap = min(self.options.tile_overlap, tile // 4)
-        out = tiled_super_resolve(self.backend, padded, tile=tile, overlap=overlap, seed=seed,
+        out = tiled_super_resolve(self.backend, padded, tile=tile, overlap=self.options.tile_overlap, seed=seed,
                                   batch_size=self.options.batch_size, progress=progress)
         return crop_to(out, (h * self.scale, w * self.scale))
 
@@ -180,6 +200,29 @@ class Upscaler:
     def upscale_batch(self, images: Sequence[np.ndarray | Image.Image]) -> list[np.ndarray | Image.Image]:
         """Upscale several images; each gets the same seed, so an image's result does not depend on the batch."""
         return [self.upscale(image) for image in images]
+
+
+def _fixed_settings(backend: Backend, fixed: int, fixed_seed: int, tile: int | None, overlap: int | None,
+                    seed: int | None, report: Callable[[str], None]) -> tuple[int, int, int]:
+    """(tile, overlap, seed) a fixed-size backend runs for those asked (``Upscaler``'s rule, its docstring)."""
+    name = backend_name(backend)
+    if seed is not None and seed != fixed_seed:
+        raise ConfigError(f"{name}: seed {seed} cannot apply: a fixed-size file runs the noise of seed {fixed_seed}, "
+                          f"embedded when it was exported (leave the seed out or give {fixed_seed}, or export it "
+                          f"again with --seed {seed})")
+    if tile is not None and tile != fixed:
+        report(f"{name}: tile {tile} runs as {fixed}: a fixed-size file runs {fixed}x{fixed} tiles only")
+    cap = fixed // 4
+    if overlap is None:
+        overlap = min(DEFAULT_TILE_OVERLAP, cap)
+    elif overlap > cap:
+        report(f"{name}: tile overlap {overlap} runs as {cap}, a quarter of its {fixed}x{fixed} tile")
+        overlap = cap
+    return fixed, overlap, fixed_seed
+
+
+def _warn(line: str) -> None:
+    warnings.warn(line, UserWarning, stacklevel=4)
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -10,6 +10,11 @@ for detail (the embedded models' targets, docs/model-card.md). Images are (H, W,
   frequency, radial frequency in (1 / (2 scale), 1/2] cycles per HR pixel. Divided by the ground truth's it says
   how much of the GT's fine detail the output has (bicubic about 0.02, an unsharp mask about 0.1; noise counts
   too, so read it with PSNR-Y and the colour figures).
+
+Degenerate cases give no number that could pass for a figure: ``mse_to_psnr`` of a zero error is ``inf`` (as PSNR
+of identical images); ``detail_ratio`` is NaN, "undefined", where its denominator is: at scale 1 (no band above the
+LR's Nyquist frequency) and for a ground truth whose band holds less than ``DETAIL_FLOOR`` levels² per pixel (RMS
+0.001 of an 8-bit level: a flat GT, where floating-point noise alone would make the ratio 1e17).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def chroma_mse(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def mse_to_psnr(mse: float, peak: float = 255.0) -> float:
-    return float(10 * np.log10(peak**2 / max(mse, 1e-10)))
+    """PSNR in dB of a mean squared error; ``inf`` for no error (identical images), as ``full_reference.psnr``."""
+    return float("inf") if mse <= 0 else float(10 * np.log10(peak**2 / mse))
 
 
 def is_gray(img: np.ndarray, tolerance: float = 1.0) -> bool:
@@ -57,6 +63,15 @@ def high_band_energy(img: np.ndarray, scale: int) -> float:
     return float(spectrum[(radius > 1 / (2 * scale)) & (radius <= 0.5)].sum())
 
 
+DETAIL_FLOOR = 1e-6  # levels² per pixel: the least band energy of a ground truth that a ratio can be taken of
+
+
 def detail_ratio(pred: np.ndarray, gt: np.ndarray, scale: int) -> float:
-    """``high_band_energy`` of the output over the ground truth's."""
-    return high_band_energy(pred, scale) / max(high_band_energy(gt, scale), 1e-12)
+    """``high_band_energy`` of the output over the ground truth's; NaN (undefined) at ``scale`` < 2, where the band
+    is empty, and for a ground truth with less than ``DETAIL_FLOOR`` in the band (a flat GT)."""
+    if scale < 2:
+        return float("nan")
+    reference = high_band_energy(gt, scale)
+    if reference / float(gt.shape[0] * gt.shape[1]) ** 2 < DETAIL_FLOOR:  # per pixel (Parseval), in levels²
+        return float("nan")
+    return high_band_energy(pred, scale) / reference

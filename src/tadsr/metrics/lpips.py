@@ -20,6 +20,7 @@ from tadsr.errors import ConfigError
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
+MIN_SIDE = {"alex": 31, "vgg": 16}  # the least height and width whose deepest tapped layer still has a pixel
 
 
 def _alexnet_features() -> tuple[nn.Sequential, list[int], list[int]]:
@@ -99,6 +100,9 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        if min(x.shape[-2:]) < MIN_SIDE[self.net]:
+            side = MIN_SIDE[self.net]
+            raise ValueError(f"LPIPS ({self.net}) needs {side}x{side} pixels or more, got {x.shape[-1]}x{x.shape[-2]}")
         total = 0
         for k, (fx, fy) in enumerate(zip(self._feats(x), self._feats(y), strict=True)):
             total = total + getattr(self, f"lin{k}").model((fx - fy) ** 2).mean((2, 3))

@@ -7,11 +7,17 @@ coefficients (7x7 Gaussian window, replicate borders, (I - mu) / (sigma + 1)) gi
 coefficients (2 features) and of their products with the 4 neighbours (4 x 4 features); the distance between the
 multivariate Gaussian of the blocks and the pristine model (package data, see data/README.md) is
 sqrt((mu_p - mu_d)^T pinv((S_p + S_d) / 2) (mu_p - mu_d)).
+
+The covariance of the blocks needs two of them: an image must hold two whole 96x96 blocks (``MIN_BLOCKS``; 96x192
+or larger), and NIQE is NaN, "undefined", where fewer than two blocks have features (a block whose coefficients
+are all of one sign, as in a flat region, has none: NaN, as in the reference, which drops such blocks). NumPy's
+warnings on those blocks (means of empty slices) are the expected path and kept quiet.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from importlib.resources import files
 
@@ -21,6 +27,12 @@ import numpy as np
 from tadsr.bt601 import YCBCR_Y
 
 BLOCK = 96
+MIN_BLOCKS = 2  # whole BLOCK x BLOCK blocks, for a covariance
+
+
+def fits(height: int, width: int) -> bool:
+    """True when a (``height``, ``width``) luma image holds the ``MIN_BLOCKS`` whole blocks NIQE needs."""
+    return height >= BLOCK and width >= BLOCK and (height // BLOCK) * (width // BLOCK) >= MIN_BLOCKS
 
 
 @lru_cache(maxsize=1)
@@ -98,12 +110,19 @@ def matlab_imresize(img: np.ndarray, scale: float) -> np.ndarray:
 
 
 def niqe_y(y: np.ndarray) -> float:
-    """NIQE of a 2-D luma image in [0, 255] (already rounded as MATLAB's uint8 would be)."""
+    """NIQE of a 2-D luma image in [0, 255] (already rounded as MATLAB's uint8 would be); NaN where fewer than two
+    blocks have features (module docstring). A ValueError for an image without two whole blocks."""
     mu_p, cov_p, window = pristine_model()
     h, w = y.shape
     nh, nw = h // BLOCK, w // BLOCK
-    if nh == 0 or nw == 0:
-        raise ValueError(f"NIQE needs at least {BLOCK}x{BLOCK} pixels, got {w}x{h}")
+    if not fits(h, w):
+        raise ValueError(f"NIQE needs two whole {BLOCK}x{BLOCK} blocks ({BLOCK}x{2 * BLOCK} or larger), got {w}x{h}")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # flat blocks: NaN features, as in the reference
+        return _niqe_blocks(y, nh, nw, mu_p, cov_p, window)
+
+
+def _niqe_blocks(y: np.ndarray, nh: int, nw: int, mu_p: np.ndarray, cov_p: np.ndarray, window: np.ndarray) -> float:
     img = y[: nh * BLOCK, : nw * BLOCK].astype(np.float32)  # float32 throughout, as the reference
 
     def smooth(a: np.ndarray) -> np.ndarray:  # accumulate in float64, store float32
@@ -120,6 +139,8 @@ def niqe_y(y: np.ndarray) -> float:
         if scale == 1:
             img = matlab_imresize(img / np.float32(255.0), 0.5).astype(np.float32) * np.float32(255.0)
     feats = np.concatenate(features, axis=1)
+    if (~np.isnan(feats).any(axis=1)).sum() < MIN_BLOCKS:
+        return float("nan")
     mu_d = np.nanmean(feats, axis=0)
     cov_d = np.cov(feats[~np.isnan(feats).any(axis=1)], rowvar=False)
     diff = mu_p - mu_d

@@ -414,19 +414,20 @@ def flat_settings(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def check_student_model(teacher: ModelConfig, overrides: Sequence[str]) -> None:
-    """A distilled student is the teacher's architecture and schedule (``DistillTrainer``), so a ``model.*``
-    override can only restate the teacher's value: any other is a ConfigError naming each key, before any work."""
+def check_model_overrides(model: ModelConfig, overrides: Sequence[str], whose: str, why: str) -> None:
+    """A run whose network comes from a file (a distilled student is its teacher's architecture and schedule; a
+    fine-tuned teacher is its ``--init`` file's) takes its ``model`` from there, so a ``model.*`` override can only
+    restate the file's value: any other is a ConfigError naming each key, the value ``whose`` it is ("the
+    teacher's") and ``why``, before any work."""
     given = [item for item in overrides if item.startswith("model.")]
     if not given:
         return
-    base = dataclasses.replace(train_config("tiny"), model=teacher)
+    base = dataclasses.replace(train_config("tiny"), model=model)
     before, after = flat_settings(base), flat_settings(apply_overrides(base, given))
-    changed = [f"{k}={after[k]} (the teacher's: {before[k]})" for k in after
+    changed = [f"{k}={after[k]} ({whose}: {before[k]})" for k in after
                if k.startswith("model.") and k != "model.role" and after[k] != before[k]]
     if changed:
-        raise ConfigError(f"{', '.join(changed)}: the student takes its teacher's architecture and schedule; drop "
-                          "the setting (or train a teacher with it)")
+        raise ConfigError(f"{', '.join(changed)}: {why}")
 
 
 # what a resumed run takes from the command line; every other setting is the checkpoint's own
@@ -471,11 +472,18 @@ OTHER_COMMANDS_SECTIONS: dict[str, dict[str, str]] = {
 def resolve_config(command: Command, config_path: str | Path | None = None, preset: str = "tiny",
                    data_path: str | None = None, steps: int | None = None, seed: int | None = None,
                    overrides: Sequence[str] = (), family: str | None = None,
-                   student: ModelConfig | None = None) -> TrainConfig:
+                   student: ModelConfig | None = None, init: ModelConfig | None = None) -> TrainConfig:
     """The config of a training command: a YAML file (or the preset), then ``--data``/``--steps``/``--seed``, then
     the ``key=value`` overrides. ConfigError names the file or the key. A distillation names its teacher's
     ``family`` and ``student`` (``for_teacher``; ``tadsr.training.families.distill_config`` finds both from the
-    teacher's path): a ``model.*`` override may then only restate the teacher's architecture."""
+    teacher's path): a ``model.*`` override may then only restate the teacher's architecture. So for ``init``, the
+    model config of the file ``train-teacher --init`` fine-tunes. A key set both by an override and by its flag
+    (``run.steps=`` and ``--steps``) is a ConfigError: neither silently wins."""
+    flags = {"data.path": ("--data", data_path), "run.steps": ("--steps", steps), "run.seed": ("--seed", seed)}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in flags and flags[key][1] is not None:
+            raise ConfigError(f"{key}: set both by {flags[key][0]} {flags[key][1]} and by {item}; give one")
     for item in overrides:
         section = item.split(".", 1)[0]
         if section in OTHER_COMMANDS_SECTIONS[command]:
@@ -485,7 +493,12 @@ def resolve_config(command: Command, config_path: str | Path | None = None, pres
     if family is not None:
         config = for_teacher(config, family, student)
         if student is not None:
-            check_student_model(student, overrides)
+            check_model_overrides(student, overrides, "the teacher's", "the student takes its teacher's "
+                                  "architecture and schedule; drop the setting (or train a teacher with it)")
+    if init is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(init, role="teacher"))
+        check_model_overrides(init, overrides, "the --init file's", "--init fine-tunes that file's architecture "
+                              "and schedule; drop the setting (or train a teacher from random weights with it)")
     extra = list(overrides)
     if data_path is not None:
         extra.append(f"data.path={data_path}")

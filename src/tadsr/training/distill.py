@@ -152,7 +152,10 @@ class DistillTrainer(Trainer):
                 self.warn(f"{path}: not a readable teacher cache ({first_line(err)}); rebuilding it")
                 cache = None
             if isinstance(cache, dict) and cache.pop("key", None) == cache_key:
-                return cache
+                problem = _cache_problem(cache, self.config.distill.teacher_cache)
+                if problem is None:
+                    return cache
+                self.warn(f"{path}: a damaged teacher cache ({problem}); rebuilding it")
         size = self.config.distill.teacher_cache
         data = self.dataset()
         items = [data.sample(i % len(data), i // len(data)) for i in range(size)]
@@ -295,3 +298,22 @@ class Pair(NamedTuple):
     @property
     def z_tch(self) -> Tensor:
         return self.parts["z_tch"]
+
+
+CACHE_TENSORS = ("lq", "gt", "z_tch")  # what every family's cache holds (``DistillTrainer.pair`` reads z_tch)
+
+
+def _cache_problem(cache: dict[str, Any], size: int) -> str | None:
+    """Why a teacher cache with this run's key cannot be used (a tensor missing, of another count of pairs,
+    not floating point or not finite), or None."""
+    missing = [name for name in CACHE_TENSORS if name not in cache]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for name, value in cache.items():
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            return f"{name} is not a floating-point tensor"
+        if value.ndim == 0 or value.shape[0] != size:
+            return f"{name} holds {value.shape[0] if value.ndim else 0} pairs, not distill.teacher_cache={size}"
+        if not torch.isfinite(value).all():
+            return f"{name} is not finite"
+    return None

@@ -258,6 +258,10 @@ def serve(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.Pa
     if host not in LOCAL_HOSTS:
         report(f"serving on {host}: anyone who can reach this machine's port {port} can upload images and run "
                "jobs on it")
+    as_they_are = [entry.label for entry in catalogue.values() if entry.kind != "tadsr"]
+    if dtype not in (None, torch.float32) and as_they_are:  # said, not silently dropped
+        report(f"{', '.join(as_they_are)}: one-step files run in float32 (or an ONNX file's own precision); "
+               f"{dtype} applies to the tadsr models only")
     models = ModelCache(catalogue, resolve_device(device), dtype)
     models.backend(next(iter(catalogue)))  # the default model, so that the first job does not wait for it
     root = Path(tempfile.mkdtemp(prefix="tadsr-serve-"))

@@ -36,7 +36,7 @@ class DiffusersTeacher:
     def __init__(self, path: Path, family: DiffusersFamily, device: torch.device, amp: torch.dtype | None) -> None:
         self.path, self.family, self.device, self.amp = path, family, device, amp
         self.teacher = DiffusersUpscaleTeacher.from_folder(path, prompt=family.prompt, noise_level=family.noise_level,
-                                                           device=device)
+                                                           device=device, setting="family.noise_level")
         self.network = self.teacher.unet.eval().requires_grad_(False)
         self.teacher.vae.eval().requires_grad_(False)
         acp = self.teacher.scheduler.alphas_cumprod.to(torch.float64)
@@ -89,7 +89,7 @@ class DiffusersTeacher:
     def save_student(self, path: Path, student: nn.Module) -> None:
         t = self.teacher
         save_sd_student(path, student, t.vae, t.low_res_scheduler, t.prompt_embeds, t.noise_level, self.student_t,
-                        self.process.prediction, self.process.alphas_cumprod)
+                        self.process.prediction, self.process.alphas_cumprod, max_noise_level=t.max_noise_level)
 
     @torch.no_grad()
     def validate(self, student: nn.Module, lq: Tensor) -> Tensor:
