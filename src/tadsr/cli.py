@@ -123,7 +123,8 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["resshift", "realesrgan-ncnn"]), default="resshift", required=False)
+@click.argument("kind", type=click.Choice(["resshift", "realesrgan-ncnn", "seesr"]), default="resshift",
+                required=False)
 @click.option("--preset", type=click.Choice(MODEL_PRESETS), default="realsr-x4", help="Official architecture.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A ModelConfig JSON file (as `tadsr info` prints) for a custom architecture; replaces --preset.")
@@ -140,32 +141,73 @@ def main() -> None:
 @click.option("--role", type=click.Choice(["teacher", "student"]), default="teacher",
               help="teacher: samples T steps by default; student: one step.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", help="Storage dtype.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output .safetensors file.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file (default: refuse).")
+@click.option("--sd-base", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="seesr: Stable Diffusion 2 base, as diffusers saves it (vae/, text_encoder/, tokenizer/, "
+                   "scheduler/).")
+@click.option("--release", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="seesr: the SeeSR or TAD-SeeSR release folder (unet/ and controlnet/).")
+@click.option("--ram", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="seesr: RAM's checkpoint, ram_swin_large_14m.pth.")
+@click.option("--dape", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="seesr: SeeSR's DAPE.pth (the LoRA fine-tune of RAM).")
+@click.option("--tag-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="seesr: RAM's ram/data/ram_tag_list.txt (in a SeeSR checkout).")
+@click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="seesr: RAM's ram/data/ram_tag_list_threshold.txt (in a SeeSR checkout).")
+@click.option("--variant", type=click.Choice(["tad-seesr", "seesr"]), default=None,
+              help="seesr: the release's kind (required: the files look alike): tad-seesr runs one step, seesr "
+                   "SeeSR's 50-step sampler.")
+@click.option("--fp16", is_flag=True, help="seesr: store float16 weights (half the folder; computed in float32).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output .safetensors file (seesr: the output folder).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output file, or a folder `tadsr convert seesr` wrote (default: refuse).")
 def convert(kind: str, preset: str, config_path: Path | None, unet_path: Path | None, ncnn_param: Path | None,
             ncnn_bin: Path | None, ae_path: Path | None, schedule: str | None, role: Role, dtype: str,
-            output: Path, overwrite: bool) -> None:
-    """Convert official weights to a tadsr safetensors file.
+            sd_base: Path | None, release: Path | None, ram: Path | None, dape: Path | None, tag_list: Path | None,
+            thresholds: Path | None, variant: str | None, fp16: bool, output: Path, overwrite: bool) -> None:
+    """Convert official weights to a tadsr safetensors file (SeeSR: a model folder).
 
     \b
     KIND resshift (default): ResShift/SinSR denoiser + autoencoder -> one model file (config in its metadata).
     KIND realesrgan-ncnn: Real-ESRGAN x4plus from ncnn files -> RRDBNet weights (lossless).
+    KIND seesr: a SeeSR / TAD-SeeSR release + SD-2-base + RAM and DAPE -> one folder of safetensors and JSON.
     \b
     Examples:
       tadsr convert --preset realsr-x4 --unet resshift_realsrx4_s15_v1.pth \\
           --autoencoder autoencoder_vq_f4.pth -o resshift-realsr-x4.safetensors
       tadsr convert realesrgan-ncnn -o realesrgan-x4plus.safetensors
+      tadsr convert seesr --variant tad-seesr --sd-base stable-diffusion-2-base --release TAD-SeeSR \\
+          --ram ram_swin_large_14m.pth --dape DAPE.pth --tag-list SeeSR/ram/data/ram_tag_list.txt \\
+          --thresholds SeeSR/ram/data/ram_tag_list_threshold.txt --fp16 -o tad-seesr
     """
-    if output.suffix != ".safetensors":
-        _fail(f"{output}: output must end in .safetensors")
-    if output.exists() and not overwrite:
-        _fail(f"{output}: exists; pass --overwrite to replace it")
-    unused = {"realesrgan-ncnn": ("preset", "config_path", "unet_path", "ae_path", "schedule", "role", "dtype"),
-              "resshift": ("ncnn_param", "ncnn_bin") + (("preset", "schedule", "role") if config_path else ())}
+    seesr_options = ("sd_base", "release", "ram", "dape", "tag_list", "thresholds", "variant", "fp16")
+    resshift_options = ("preset", "config_path", "unet_path", "ae_path", "schedule", "role", "dtype")
+    unused = {"realesrgan-ncnn": resshift_options + seesr_options,
+              "resshift": ("ncnn_param", "ncnn_bin") + seesr_options
+              + (("preset", "schedule", "role") if config_path else ()),
+              "seesr": resshift_options + ("ncnn_param", "ncnn_bin")}
     for name in _given(unused[kind]):
         _fail(f"{name}: not used by `tadsr convert {kind}`"
               + (" with --config (the config file holds it)" if config_path and kind == "resshift" else ""))
+    if kind == "seesr":
+        from tadsr.seesr.convert import convert_seesr
+
+        needed = {"--sd-base": sd_base, "--release": release, "--ram": ram, "--dape": dape, "--variant": variant}
+        missing = [flag for flag, value in needed.items() if value is None]
+        if missing:
+            _fail(f"{', '.join(missing)}: required by `tadsr convert seesr`")
+        assert sd_base and release and ram and dape and variant  # checked just above
+        convert_seesr(sd_base, release, ram, dape, output, variant=variant, fp16=fp16,  # type: ignore[arg-type]
+                      tag_list=tag_list, thresholds=thresholds, overwrite=overwrite)
+        click.echo(f"wrote {output}")
+        return
+    if output.suffix != ".safetensors":
+        _fail(f"{output}: output must end in .safetensors")
+    if output.is_dir():
+        _fail(f"{output}: a folder; the output is a .safetensors file")
+    if output.exists() and not overwrite:
+        _fail(f"{output}: exists; pass --overwrite to replace it")
     if kind == "realesrgan-ncnn":
         from tadsr.baselines import convert_ncnn, packaged_ncnn_files, save_rrdbnet
 

@@ -31,7 +31,11 @@ class Backend(Protocol):
     """A network the tiler runs. Optionally also ``fixed_tile`` (int, 0 = any size) and ``fixed_seed``: a backend
     that runs only ``fixed_tile`` x ``fixed_tile`` inputs with its own noise (an ONNX file exported with
     ``--tile N``); ``Upscaler`` then feeds it tiles of exactly that size, refuses another seed and says how a
-    tile or overlap asked for runs.
+    tile or overlap asked for runs. Optionally ``begin_image(lr)``: called by ``tiled_super_resolve`` once per
+    image, before any ``run``, with the whole LR image (1, 3, h, w) in [-1, 1], unpadded, on the tiler's input
+    device; for a backend whose tiles share what it computes from the whole image (SeeSR's tags, DAPE embeddings
+    and prompt: ``tadsr.seesr.pipeline.SeeSRBackend``). Its ``run`` calls until the next ``begin_image`` are that
+    image's tiles.
 
     A backend's failures are ``tadsr.errors.BackendError`` (one line; a foreign runtime's exception is mapped to it
     where the runtime is called), and what ``run`` returns is checked by the tiler (``tiling.checked_run``): a

@@ -87,12 +87,16 @@ def tiled_super_resolve(
     (LR pixels, rounded up to the size multiple; 0 = whole image) and ``overlap`` (LR pixels) set the tiling; tile
     starts are multiples of ``backend.noise_factor``; ``batch_size`` tiles go through ``backend.run`` together, and
     what it returns is checked (``checked_run``: a BackendError for a wrong shape or non-finite values).
-    ``progress(done, total)`` is called after each batch of tiles. ``blend="flat"`` averages overlaps uniformly, as
-    ResShift does (for comparison).
+    ``progress(done, total)`` is called after each batch of tiles. A backend with the optional ``begin_image``
+    (``Backend``) gets the whole unpadded image once, before its noise is drawn. ``blend="flat"`` averages overlaps
+    uniformly, as ResShift does (for comparison).
     """
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise ValueError(f"lr must be one image (1, 3, H, W), got {tuple(lr.shape)}")
     m, s, f = backend.size_multiple, backend.scale, backend.noise_factor  # f: LR pixels per noise pixel
+    begin_image = getattr(backend, "begin_image", None)  # optional: a backend conditioned on the whole image
+    if begin_image is not None:
+        begin_image(lr)
     padded, (h, w) = pad_to_multiple(lr, m)
     hp, wp = padded.shape[-2:]
     noise = backend.draw_noise(hp, wp, seed)  # (D, 1, C, hp / f, wp / f)

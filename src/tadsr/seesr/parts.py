@@ -5,15 +5,16 @@ The folder (every file safetensors or JSON or text; nothing in it is executed, n
     FOLDER/
       tadsr_seesr.json         {"format": "tadsr-seesr", "format_version": 1, "variant": "seesr" | "tad-seesr",
                                 "prompt": ..., "negative_prompt": ..., "steps": ..., "guidance": ...,
-                                "timestep": 999, "tadsr_version": ..., "sources": {part: sha256 of the file read}}
+                                "timestep": 999, "tadsr_version": ..., "fp16": false,
+                                "sources": {input file (e.g. "sd_base/vae/config.json", "ram/NAME.pth"): its sha256}}
       unet/                    config.json (its "use_image_cross_attention": true) and
                                diffusion_pytorch_model.safetensors
       controlnet/              the same, SeeSR's ControlNet
       vae/                     SD-2-base's AutoencoderKL: config.json + diffusion_pytorch_model.safetensors
       text_encoder/            SD-2-base's CLIPTextModel: config.json + model.safetensors
       tokenizer/               SD-2-base's CLIP tokenizer files (vocab.json, merges.txt, tokenizer_config.json,
-                               special_tokens_map.json)
-      scheduler/               scheduler_config.json (SD-2-base's DDPMScheduler config)
+                               special_tokens_map.json; or tokenizer.json, as transformers 5 saves it)
+      scheduler/               scheduler_config.json (a DDPMScheduler config with SD-2-base's betas and offsets)
       dape/                    config.json ({"swin": SwinConfig fields, "tag_head": TagHeadConfig fields,
                                "antialias": false}), dape.safetensors (the merged Swin under visual_encoder.*,
                                image_proj.*, the tag head under its RAM names), tag_list.txt, thresholds.txt
