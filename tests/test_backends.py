@@ -98,7 +98,7 @@ def _not_a_model(case: str, tmp_path: Path) -> tuple[Path, type[TadsrError], str
     """(path, the error, what its line says) of a path whose kind cannot be told or that holds no model."""
     if case == "folder":
         (tmp_path / "folder").mkdir()
-        return tmp_path / "folder", ConfigError, "not a diffusers pipeline folder (no model_index.json)"
+        return tmp_path / "folder", ConfigError, "not a model folder (no model_index.json"
     if case == "text":
         (tmp_path / "notes.txt").write_text("not a model")
         return tmp_path / "notes.txt", TadsrError, "not a tadsr model file"

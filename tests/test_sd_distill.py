@@ -184,4 +184,4 @@ def test_a_folder_that_is_not_a_pipeline_is_one_line_and_writes_nothing(tmp_path
     result = subprocess.run([TADSR, "distill", "--teacher", str(tmp_path / "folder"), "--data", str(tmp_path),
                              "--out", str(tmp_path / "run"), "--steps", "1", "-q"], capture_output=True, text=True)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-    assert "not a diffusers pipeline folder" in result.stderr and not (tmp_path / "run").exists()
+    assert "not a model folder" in result.stderr and not (tmp_path / "run").exists()

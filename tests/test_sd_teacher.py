@@ -123,7 +123,8 @@ def test_a_bad_folder_or_a_missing_extra_is_one_line_and_writes_nothing(pipeline
                                        "--model", str(tmp_path / "empty"), "-q"])
     assert result.exit_code == 1 and not (tmp_path / "out").exists()
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"tadsr: error: {tmp_path / 'empty'}: not a diffusers pipeline folder (no model_index.json)"]
+    assert lines == [f"tadsr: error: {tmp_path / 'empty'}: not a model folder (no model_index.json, as a diffusers "
+                     "pipeline has, nor tadsr_seesr.json, as `tadsr convert seesr` writes)"]
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if tadsr[sd] were not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'tadsr\[sd\]'"):
         import_diffusers()

@@ -180,7 +180,7 @@ def test_a_teacher_path_that_is_no_teacher_is_one_line(photo_dir: Path, tmp_path
     if kind == "onnx":
         path.write_bytes(b"not a graph")
     code, lines = _distill(path, photo_dir, tmp_path / "run")
-    needle = {"missing": "no such model file", "folder": "not a diffusers pipeline folder",
+    needle = {"missing": "no such model file", "folder": "not a model folder",
               "onnx": "is not a teacher"}[kind]
     assert code == 1 and len(lines) == 1 and str(path) in lines[0] and needle in lines[0], lines
     assert not (tmp_path / "run").exists()

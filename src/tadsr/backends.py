@@ -10,11 +10,13 @@ know nothing of each other: an SD backend has the ``Backend`` attributes without
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,12 +44,16 @@ from tadsr.sd.diffusers_teacher import (
 from tadsr.sd.student import load_sd_student, sd_student_scale
 
 NOUNS: dict[ModelKind, str] = {"tadsr": "a tadsr model", "onnx": "an exported ONNX graph",
-                               "sd-student": "an SD student", "diffusers": "a diffusers pipeline"}
+                               "sd-student": "an SD student", "diffusers": "a diffusers pipeline",
+                               "seesr": "a SeeSR model"}
 DEFAULTS: dict[str, object] = {"sampler": "deterministic", "channels_last": False, "compile": False, "prompt": "",
-                               "noise_level": DEFAULT_NOISE_LEVEL}  # a setting at its default is not asked for
+                               "noise_level": DEFAULT_NOISE_LEVEL, "guidance": None, "negative_prompt": None,
+                               "tags": None}  # a setting at its default is not asked for
 TAKES: dict[ModelKind, tuple[str, ...]] = {"tadsr": ("sampler", "channels_last", "compile"), "onnx": (),
-                                           "sd-student": (), "diffusers": ("prompt", "noise_level")}
+                                           "sd-student": (), "diffusers": ("prompt", "noise_level"),
+                                           "seesr": ("prompt", "guidance", "negative_prompt", "tags")}
 IGNORES: dict[ModelKind, dict[str, str]] = {"diffusers": {"sampler": "samples with its own scheduler"}}
+OWN_PRECISION: tuple[ModelKind, ...] = ("tadsr", "seesr")  # the kinds that take a dtype (autocast)
 
 
 @dataclass(frozen=True)
@@ -86,13 +92,22 @@ def model_info(path_or_name: str | os.PathLike | None = None) -> ModelInfo:
         return ModelInfo(kind, "student", 1, sd_student_scale(path), path)
     if kind == "diffusers":
         return ModelInfo(kind, "teacher", DEFAULT_STEPS, pipeline_scale(read_index(path)), path)
+    if kind == "seesr":
+        from tadsr.seesr.folder import read_settings
+        from tadsr.seesr.pipeline import UPSCALE
+
+        settings = read_settings(path)
+        one_step = settings.variant == "tad-seesr"
+        return ModelInfo(kind, "student" if one_step else "teacher", 1 if one_step else settings.steps, UPSCALE, path)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
 def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, steps: int | None = None, sampler: SamplerName = "deterministic",
                channels_last: bool = False, compile: bool = False, prompt: str = "",
-               noise_level: int = DEFAULT_NOISE_LEVEL, report: Callable[[str], None] | None = None) -> Backend:
+               noise_level: int = DEFAULT_NOISE_LEVEL, guidance: float | None = None,
+               negative_prompt: str | None = None, tags: str | None = None,
+               report: Callable[[str], None] | None = None) -> Backend:
     """The ``Backend`` of a model path or embedded name ("student", the default, or "teacher"), by its kind
     (``tadsr.checkpoints.model_kind``):
 
@@ -103,7 +118,11 @@ def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | t
     * a diffusers folder (``StableDiffusionUpscalePipeline``): ``DiffusersBackend``, ``steps`` of its scheduler
       (default ``DEFAULT_STEPS``, at most its ``num_train_timesteps``), float32, the ``prompt`` embedded once, the LR
       noise ``noise_level`` (at most the folder's ``max_noise_level``, its low-res scheduler's last step and its
-      UNet's last noise-level class).
+      UNet's last noise-level class);
+    * a SeeSR model folder (``tadsr convert seesr``): ``tadsr.seesr.pipeline.SeeSRBackend``, its variant's sampler:
+      TAD-SeeSR one step, SeeSR ``steps`` DDPM steps (default the folder's) with classifier-free ``guidance``
+      against ``negative_prompt`` (defaults the folder's; TAD-SeeSR takes neither); ``prompt`` is added after
+      DAPE's tags, ``tags`` replaces them ("" for none); ``dtype`` float16 / bfloat16 under autocast.
 
     An SD student or a diffusers folder is checked whole before it is allocated (``tadsr.sd.diffusers_teacher``):
     each config, each metadata value, each weight's shape against the file's header; one line naming the file (and
@@ -121,7 +140,8 @@ def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | t
     name = str(path_or_name if path_or_name is not None else "student")
     kind = model_kind(path)
     _check_settings(kind, name, dtype, {"sampler": sampler, "channels_last": channels_last, "compile": compile,
-                                        "prompt": prompt, "noise_level": noise_level}, report)
+                                        "prompt": prompt, "noise_level": noise_level, "guidance": guidance,
+                                        "negative_prompt": negative_prompt, "tags": tags}, report)
     if kind == "tadsr":
         config = read_model_config(path)
         steps = check_steps(steps, config.role, config.schedule.num_steps, name)
@@ -137,12 +157,37 @@ def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | t
         teacher = DiffusersUpscaleTeacher.from_folder(path, prompt=prompt, noise_level=noise_level,
                                                       device=resolve_device(device))
         return DiffusersBackend(teacher, steps)
+    if kind == "seesr":
+        from tadsr.seesr.folder import load_seesr, read_settings
+        from tadsr.seesr.pipeline import SeeSRBackend
+
+        _check_seesr_settings(read_settings(path), name, steps, guidance, negative_prompt)
+        dev = resolve_device(device)
+        return SeeSRBackend(load_seesr(path, dev), steps=steps, guidance=guidance, user_prompt=prompt,
+                            negative_prompt=negative_prompt, tags=tags, device=dev, dtype=dtype, name=name)
     raise ValueError(f"unknown model kind {kind!r}")
+
+
+def _check_seesr_settings(settings: Any, name: str, steps: int | None, guidance: float | None,
+                          negative_prompt: str | None) -> None:
+    """What a SeeSR folder's variant runs: TAD-SeeSR one step without guidance (so no ``guidance`` nor
+    ``negative_prompt``), SeeSR any positive step count; ConfigError naming the setting otherwise."""
+    if settings.variant == "tad-seesr":
+        check_steps(steps, "student", 1, name)
+        for setting, value in (("guidance", guidance), ("negative_prompt", negative_prompt)):
+            if value is not None:
+                raise ConfigError(f"{name}: TAD-SeeSR runs one step without classifier-free guidance; it does not "
+                                  f"take {setting} (got {value!r})")
+    elif steps is not None and not 1 <= steps <= 1000:
+        raise ConfigError(f"{name}: --steps {steps}: SeeSR's DDPM scheduler runs 1 to 1000 steps")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ConfigError(f"{name}: guidance {guidance} is not a finite number >= 0")
 
 
 def check_settings(path_or_name: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None,
                    steps: int | None = None, sampler: SamplerName = "deterministic", channels_last: bool = False,
                    compile: bool = False, prompt: str = "", noise_level: int = DEFAULT_NOISE_LEVEL,
+                   guidance: float | None = None, negative_prompt: str | None = None, tags: str | None = None,
                    report: Callable[[str], None] | None = None) -> ModelInfo:
     """What ``open_model`` would refuse of these settings, from the model's metadata alone (no weights, no
     diffusers: for ``tadsr upscale --dry-run``, or a command that opens its model later): the settings its kind
@@ -152,12 +197,17 @@ def check_settings(path_or_name: str | os.PathLike | None = None, *, dtype: torc
     name = str(path_or_name if path_or_name is not None else "student")
     kind = model_kind(path)
     _check_settings(kind, name, dtype, {"sampler": sampler, "channels_last": channels_last, "compile": compile,
-                                        "prompt": prompt, "noise_level": noise_level}, report)
+                                        "prompt": prompt, "noise_level": noise_level, "guidance": guidance,
+                                        "negative_prompt": negative_prompt, "tags": tags}, report)
     info = model_info(path_or_name)
     if kind == "tadsr":
         check_steps(steps, info.role, info.num_steps, name)
     elif kind in ("onnx", "sd-student"):
         check_steps(steps, "student", 1, name)
+    elif kind == "seesr":
+        from tadsr.seesr.folder import read_settings
+
+        _check_seesr_settings(read_settings(path), name, steps, guidance, negative_prompt)
     else:
         index = read_index(path)
         configs = check_folder(index)
@@ -184,7 +234,7 @@ def _check_settings(kind: ModelKind, name: str, dtype: torch.dtype | None, setti
                     report: Callable[[str], None] | None) -> None:
     """``open_model``'s rule for the settings a kind of model does not take (its docstring)."""
     noun = NOUNS[kind]
-    if kind != "tadsr" and dtype not in (None, torch.float32):
+    if kind not in OWN_PRECISION and dtype not in (None, torch.float32):
         raise ConfigError(f"{name}: {noun} runs in float32; it does not take dtype {dtype}")
     for setting, value in settings.items():
         if value == DEFAULTS[setting] or setting in TAKES[kind]:

@@ -187,20 +187,25 @@ def is_sd_student(path: str | os.PathLike) -> bool:
         return False
 
 
-ModelKind = Literal["tadsr", "onnx", "sd-student", "diffusers"]
+ModelKind = Literal["tadsr", "onnx", "sd-student", "diffusers", "seesr"]
+SEESR_INDEX = "tadsr_seesr.json"  # what makes a folder a SeeSR model (``tadsr.seesr.parts``; `tadsr convert seesr`)
 
 
 def model_kind(path: str | os.PathLike) -> ModelKind:
     """What a model path is — the one place that decides it (``tadsr.backends.open_model`` runs it,
     ``tadsr.training.families.open_teacher`` distils it): a folder with a ``model_index.json`` is a diffusers
-    pipeline; a ``.onnx`` file a graph from ``tadsr export``; a safetensors file whose metadata says
-    ``SD_STUDENT_FORMAT`` an SD student; any other file a tadsr model file (its loader names what is wrong with it).
-    A missing path, or a folder without ``model_index.json``, is one line naming it."""
+    pipeline; a folder with a ``tadsr_seesr.json`` a SeeSR / TAD-SeeSR model from ``tadsr convert seesr``; a
+    ``.onnx`` file a graph from ``tadsr export``; a safetensors file whose metadata says ``SD_STUDENT_FORMAT`` an
+    SD student; any other file a tadsr model file (its loader names what is wrong with it). A missing path, or a
+    folder with neither index, is one line naming it."""
     path = Path(path)
     if path.is_dir():
         if (path / "model_index.json").is_file():
             return "diffusers"
-        raise ConfigError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        if (path / SEESR_INDEX).is_file():
+            return "seesr"
+        raise ConfigError(f"{path}: not a model folder (no model_index.json, as a diffusers pipeline has, nor "
+                          f"{SEESR_INDEX}, as `tadsr convert seesr` writes)")
     if not path.exists():
         raise NotFoundError(f"{path}: no such model file or folder")
     if path.suffix.lower() == ".onnx":

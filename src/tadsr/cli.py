@@ -292,7 +292,13 @@ def info(model: str) -> None:
 @click.option("--model", default=None,
               help="A .safetensors file from `tadsr convert`, 'student' / 'teacher' (embedded), or a diffusers "
                    "folder of an SD x4 upscaler (tadsr[sd]). [default: student]")
-@click.option("--prompt", default="", help="A diffusers folder's prompt (embedded once). [default: empty]")
+@click.option("--prompt", default="", help="A diffusers folder's prompt (embedded once); a SeeSR folder's text "
+                                          "after the tags. [default: empty]")
+@click.option("--guidance", type=float, default=None,
+              help="SeeSR's classifier-free guidance scale. [default: the folder's, 5.5]")
+@click.option("--negative-prompt", default=None, help="SeeSR's negative prompt. [default: the folder's]")
+@click.option("--tags", default=None, help="SeeSR / TAD-SeeSR: these tags instead of DAPE's. [default: DAPE's]")
+@click.option("--no-tags", is_flag=True, help="SeeSR / TAD-SeeSR: no tags in the prompt (DAPE's embeddings stay).")
 @click.option("--noise-level", type=click.IntRange(min=0), default=DEFAULT_NOISE_LEVEL, show_default=True,
               help="A diffusers folder's LR noise level (the x4 upscaler's conditioning), up to what the folder "
                    "takes (its max_noise_level and low-res scheduler steps).")
@@ -330,7 +336,8 @@ def info(model: str) -> None:
 @MAX_PIXELS_OPTION
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, noise_level: int, steps: int | None,
+def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, guidance: float | None,
+            negative_prompt: str | None, tags: str | None, no_tags: bool, noise_level: int, steps: int | None,
             sampler: str, outscale: float | None, tile: int | None,
             tile_overlap: int | None, batch_size: int, precision: str | None, channels_last: bool, compile_: bool,
             device: str, seed: int | None, color_fix: str,
@@ -342,6 +349,7 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
     Examples:
       tadsr upscale -i photo.jpg -o out/
       tadsr upscale -i photos/ -o out/ --model resshift-realsr-x4.safetensors --steps 15 --fp16
+      tadsr upscale -i photos/ -o out/ --model tad-seesr/ --tile 256               # a converted TAD-SeeSR folder
       tadsr upscale -i 'shots/**/*.png' -o out/ -s 2 --color-fix wavelet --tile 256
       torchrun --nproc_per_node 8 -m tadsr.cli upscale -i dataset/ -o out/    # sharded over 8 GPUs
     """
@@ -352,18 +360,21 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, nois
 
     if quiet:  # diffusers' and transformers' notices and bars too, until the command ends
         click.get_current_context().with_resource(quiet_runtimes())
+    if no_tags and tags is not None:
+        _fail("--tags and --no-tags exclude each other")
+    seesr = {"guidance": guidance, "negative_prompt": negative_prompt, "tags": "" if no_tags else tags}
     jobs = plan_jobs(input_spec, out_dir, ext=ext, suffix=suffix, recursive=recursive, report=_warn)
     # a path that is not a model it can run, or a setting it does not take, is one line before anything is written;
     # a dry run reads only the model's metadata, a run opens it once
     if dry_run:
         info = check_settings(model, dtype=DTYPES[precision] if precision else None, steps=steps, sampler=sampler,
                               channels_last=channels_last, compile=compile_, prompt=prompt, noise_level=noise_level,
-                              report=_warn)
+                              report=_warn, **seesr)
     else:
         rank, world, dev = distributed.init(resolve_device(device))  # under torchrun: one device per rank
         backend = open_model(model, device=dev, dtype=DTYPES[precision] if precision else None, steps=steps,
                              sampler=sampler, channels_last=channels_last, compile=compile_, prompt=prompt,
-                             noise_level=noise_level, report=_warn if rank == 0 else lambda line: None)
+                             noise_level=noise_level, report=_warn if rank == 0 else lambda line: None, **seesr)
     if not jobs:
         _fail(f"{input_spec}: no images found")
     if dry_run:

@@ -34,12 +34,13 @@ from typing import Any, Literal
 
 from torch import nn
 
+from tadsr.checkpoints import SEESR_INDEX
 from tadsr.seesr.nets import ImageAttention
 from tadsr.seesr.tags import Dape
 
 FORMAT = "tadsr-seesr"
 FORMAT_VERSION = 1
-INDEX = "tadsr_seesr.json"  # the file that makes a folder a SeeSR model (``tadsr.checkpoints.model_kind``)
+INDEX = SEESR_INDEX  # the file that makes a folder a SeeSR model (``tadsr.checkpoints.model_kind``)
 Variant = Literal["seesr", "tad-seesr"]
 VARIANTS: tuple[Variant, ...] = ("seesr", "tad-seesr")
 

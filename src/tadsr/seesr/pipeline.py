@@ -484,6 +484,9 @@ class SeeSRBackend:
         self.steps = 1 if self.variant == "tad-seesr" else (settings.steps if steps is None else steps)
         if self.variant == "tad-seesr" and steps not in (None, 1):
             raise ConfigError(f"TAD-SeeSR runs one step; steps {steps} asked")
+        if self.variant == "tad-seesr" and (guidance is not None or negative_prompt is not None):
+            raise ConfigError("TAD-SeeSR runs one step without classifier-free guidance; it takes no guidance nor "
+                              "negative prompt")
         self.guidance = 0.0 if self.variant == "tad-seesr" else float(
             settings.guidance if guidance is None else guidance)
         if not math.isfinite(self.guidance):
