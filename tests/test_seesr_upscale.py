@@ -130,3 +130,27 @@ def test_tadsr_evaluate_measures_a_tad_seesr_folder(converted: Path, tmp_path: P
     assert code == 0, lines
     report = (tmp_path / "report" / "report.md").read_text()
     assert "tad-seesr" in report and "bicubic" in report
+
+
+def test_the_page_lists_and_runs_a_seesr_folder(converted: Path, tmp_path: Path) -> None:  # noqa: F811
+    import torch
+
+    from tadsr.web.jobs import ModelCache, model_catalogue
+
+    shutil.copytree(converted, tmp_path / "models" / "mine")
+    catalogue = model_catalogue([converted], tmp_path / "models")
+    assert {(e.label, e.kind, e.role) for e in catalogue.values() if e.kind == "seesr"} == {
+        ("tad-seesr", "seesr", "student"), ("mine", "seesr", "student")}
+    up = ModelCache(catalogue, torch.device("cpu")).upscaler("tad-seesr", tile=0)
+    assert up.upscale((np.random.default_rng(0).random((16, 12, 3)) * 255).astype(np.uint8)).shape == (64, 48, 3)
+
+
+def test_bench_times_tad_seesr_and_refuses_what_it_cannot_honour(converted: Path,  # noqa: F811
+                                                                 seesr_folder: Path) -> None:
+    code, lines = _run("bench", "--models", str(converted), "--sizes", "16", "--repeats", "1", "--dtypes", "bf16",
+                       "--device", "cpu")
+    assert code == 1 and lines[-1] == (f"tadsr: error: --models {converted}: a SeeSR model is timed whole, in "
+                                       "float32 (an ONNX file: its own precision); it does not take --dtypes bf16 "
+                                       "(bench it in a run of its own)")
+    code, lines = _run("bench", "--models", str(seesr_folder), "--sizes", "16", "--repeats", "1", "--device", "cpu")
+    assert code == 1 and "a multi-step pipeline" in lines[-1]

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tadsr.backends import model_info, open_model
+from tadsr.backends import NOUNS, model_info, open_model
 from tadsr.devices import DTYPES, autocast, cpu_bf16_native, peak_memory_mib, reset_peak_memory, synchronize
 from tadsr.errors import ConfigError, TadsrError, first_line
 from tadsr.inference.backend import Backend, ModelBackend, fixed_tile
@@ -237,8 +237,9 @@ def bench_file(backend: Backend, name: str, lr_size: int, repeats: int, tile: in
 
 
 def check_file_settings(settings: BenchSettings) -> None:
-    """A one-step file (an ONNX graph, an SD student) runs in its own precision, without channels-last or
-    compilation: a ConfigError naming it, before anything is timed, when ``settings`` ask for those."""
+    """A model timed whole (an ONNX graph, an SD student, a SeeSR folder) runs in float32 (an ONNX file: its own
+    precision), without channels-last or compilation: a ConfigError naming it, before anything is timed, when
+    ``settings`` ask for those."""
     asked = [f"--dtypes {d}" for d in settings.dtypes if d != "fp32"]
     asked += [flag for flag, on in (("--channels-last", settings.channels_last), ("--compile", settings.compile))
               if on]
@@ -251,9 +252,9 @@ def check_file_settings(settings: BenchSettings) -> None:
             kind = model_info(name).kind
         except TadsrError as err:
             raise ConfigError(f"--models {name}: {err}") from err
-        if kind in ("onnx", "sd-student"):
-            raise ConfigError(f"--models {name}: a one-step file runs in its own precision, as it is; it does not "
-                              f"take {', '.join(asked)} (bench it in a run of its own)")
+        if kind in ("onnx", "sd-student", "seesr"):
+            raise ConfigError(f"--models {name}: {NOUNS[kind]} is timed whole, in float32 (an ONNX file: its own "
+                              f"precision); it does not take {', '.join(asked)} (bench it in a run of its own)")
 
 
 def load(name: str, device: torch.device) -> SRModel | Backend:
@@ -264,8 +265,10 @@ def load(name: str, device: torch.device) -> SRModel | Backend:
         if name in MODEL_PRESETS:
             return SRModel(model_config(name))
         backend = open_model("student" if name == "embedded" else name, device=device)
-        if isinstance(backend, DiffusersBackend):
-            raise ConfigError("a diffusers pipeline; bench times tadsr models and one-step files (ONNX, SD student)")
+        if isinstance(backend, DiffusersBackend) or (
+                not isinstance(backend, ModelBackend) and getattr(backend, "steps", 1) > 1):
+            raise ConfigError("a multi-step pipeline; bench times tadsr models and one-step files (ONNX, SD "
+                              "student, TAD-SeeSR)")
     except TadsrError as err:
         raise ConfigError(f"--models {name}: {err}") from err
     return backend.model if isinstance(backend, ModelBackend) else backend

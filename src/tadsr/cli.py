@@ -399,10 +399,11 @@ def upscale(input_spec: str, out_dir: Path, model: str | None, prompt: str, guid
 
 
 @main.command()
-@click.option("--model", "model_paths", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A tadsr .safetensors model to offer besides the embedded student and teacher (repeatable).")
+@click.option("--model", "model_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="A model to offer besides the embedded student and teacher (repeatable): a tadsr .safetensors, "
+                   "an .onnx, an SD student file, a SeeSR folder (tadsr convert seesr).")
 @click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Offer every tadsr .safetensors file in this folder too.")
+              help="Offer every .safetensors and .onnx file and SeeSR folder in this folder too.")
 @click.option("--host", default="127.0.0.1", help="Address to bind; anything but this machine's gets a warning.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860)
 @DEVICE_OPTION

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from tadsr.backends import model_info, open_model
-from tadsr.checkpoints import ModelKind
+from tadsr.backends import OWN_PRECISION, model_info, open_model
+from tadsr.checkpoints import SEESR_INDEX, ModelKind
 from tadsr.config import Role
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, ImageData, ImageError, gray_to_rgb, read_image, to_8bit, write_image
 from tadsr.diffusion.samplers import SAMPLERS, SamplerName
@@ -72,20 +72,21 @@ def _entry(label: str, path: Path) -> ModelEntry:
 
 def model_catalogue(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.PathLike | None = None,
                     report: Callable[[str], None] | None = None) -> dict[str, ModelEntry]:
-    """The models the page lists, by label: the embedded student and teacher, each ``model_paths`` file (an
-    unusable one is an error: the user named it), and the ``*.safetensors`` and ``*.onnx`` (`tadsr export`) files
-    directly in ``models_dir`` (an unusable one is skipped with a line to ``report``). The page only ever sends a
-    label back, never a path."""
+    """The models the page lists, by label: the embedded student and teacher, each of ``model_paths`` (a file or a
+    model folder; an unusable one is an error: the user named it), and the ``*.safetensors`` and ``*.onnx``
+    (`tadsr export`) files and the SeeSR folders (``tadsr convert seesr``) directly in ``models_dir`` (an unusable
+    one is skipped with a line to ``report``). The page only ever sends a label back, never a path."""
     entries = [_entry(f"{name} (embedded)", resolve_model_path(name)) for name in EMBEDDED_NAMES]
     for path in map(Path, model_paths):
-        if not path.is_file():
-            raise NotFoundError(f"{path}: no such model file")
+        if not path.exists():
+            raise NotFoundError(f"{path}: no such model file or folder")
         entries.append(_entry(path.name, path))
     if models_dir is not None:
         folder = Path(models_dir)
         if not folder.is_dir():
             raise NotFoundError(f"{folder}: no such folder (--models-dir)")
-        for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.onnx")]):
+        seesr = [index.parent for index in folder.glob(f"*/{SEESR_INDEX}")]
+        for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.onnx"), *seesr]):
             try:
                 entries.append(_entry(path.name, path))
             except TadsrError as err:
@@ -128,7 +129,7 @@ class ModelCache:
         key = (label, steps, sampler)
         if key not in self._backends:
             self._backends[key] = open_model(entry.path, device=self.device, steps=steps, sampler=sampler,
-                                             dtype=self.dtype if entry.kind == "tadsr" else None)
+                                             dtype=self.dtype if entry.kind in OWN_PRECISION else None)
         return self._backends[key]
 
     def upscaler(self, label: str, *, steps: int | None = None, sampler: SamplerName = "deterministic",

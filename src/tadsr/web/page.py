@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from tadsr.backends import OWN_PRECISION
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, max_file_bytes
 from tadsr.devices import resolve_device
 from tadsr.diffusion.samplers import SAMPLERS
@@ -258,7 +259,7 @@ def serve(model_paths: Sequence[str | os.PathLike] = (), models_dir: str | os.Pa
     if host not in LOCAL_HOSTS:
         report(f"serving on {host}: anyone who can reach this machine's port {port} can upload images and run "
                "jobs on it")
-    as_they_are = [entry.label for entry in catalogue.values() if entry.kind != "tadsr"]
+    as_they_are = [entry.label for entry in catalogue.values() if entry.kind not in OWN_PRECISION]
     if dtype not in (None, torch.float32) and as_they_are:  # said, not silently dropped
         report(f"{', '.join(as_they_are)}: one-step files run in float32 (or an ONNX file's own precision); "
                f"{dtype} applies to the tadsr models only")
