@@ -110,9 +110,10 @@ class Side:
             model = transformers.CLIPTextModel(config)
         model = model.to_empty(device="cpu")
         fill(model, 3)
-        emb = model.text_model.embeddings
-        if hasattr(emb, "position_ids"):
-            emb.position_ids.copy_(torch.arange(config.max_position_embeddings).unsqueeze(0))
+        for name, buffer in model.named_buffers():  # to_empty left them uninitialised
+            if not name.endswith("position_ids"):
+                raise RuntimeError(f"CLIPTextModel buffer {name}: no recipe to recompute it")
+            buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
         return model.eval()
 
     def vae(self) -> nn.Module:

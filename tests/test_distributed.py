@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_training import _cli, _distill_args
+from test_training import _cli, _distill_args, _prepare
 
 
 def _torchrun(nproc: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -43,7 +43,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_its_message(photo_d
 def test_a_run_resumes_under_another_number_of_processes(photo_dir: Path, teacher_file: Path,
                                                          tmp_path: Path) -> None:
     one = tmp_path / "one"  # 1 process, then 2
-    assert _cli(*_distill_args(photo_dir, teacher_file, one, 2)).returncode == 0
+    _prepare(*_distill_args(photo_dir, teacher_file, one, 2))
     result = _torchrun(2, *_distill_args(photo_dir, teacher_file, one, 4), "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming a 1-process run with 2" in result.stderr

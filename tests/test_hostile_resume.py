@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tadsr.training.trainer import TrainingError
-from test_training import _cli, _distill_args, _trainer
+from test_training import _cli, _distill_args, _prepare, _trainer
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_resume_without_a_checkpoint_starts_at_step_0_with_a_notice(photo_dir: P
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(photo_dir: Path, teacher_file: Path,
                                                                          tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert _cli(*_distill_args(photo_dir, teacher_file, run, 4)).returncode == 0
+    _prepare(*_distill_args(photo_dir, teacher_file, run, 4))
     latest = run / "checkpoints" / "step_00000004.pt"
     latest.write_bytes(latest.read_bytes()[:1000])
     stale = run / "checkpoints" / ".step_00000006.pt.abcd1234.tmp"  # what a kill during a write leaves

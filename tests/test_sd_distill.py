@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -19,6 +20,7 @@ from conftest import kill_at_first_checkpoint
 
 pytest.importorskip("diffusers")  # the test extra installs tadsr[sd]: this runs in CI
 
+from tadsr.cli import main  # noqa: E402
 from tadsr.diffusion.vp import hsd_factor  # noqa: E402
 from tadsr.losses import ScoreDistillationLoss  # noqa: E402
 from tadsr.sd.diffusers_teacher import DiffusersUpscaleTeacher  # noqa: E402
@@ -134,12 +136,12 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
     rgb = (np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "lr.png")
     outs = {}
+    cli = CliRunner()  # the student's uses run in this process: the same commands without an interpreter's start
     for tile in ("0", "16"):
-        result = subprocess.run([TADSR, "upscale", "-i", str(tmp_path / "lr.png"), "-o", str(tmp_path / f"t{tile}"),
-                                 "--model", str(tmp_path / "a" / "final.safetensors"), "--tile", tile,
-                                 "--tile-overlap", "4", "-q"],
-                                capture_output=True, text=True, env=env)
-        assert result.returncode == 0, result.stderr
+        result = cli.invoke(main, ["upscale", "-i", str(tmp_path / "lr.png"), "-o", str(tmp_path / f"t{tile}"),
+                                   "--model", str(tmp_path / "a" / "final.safetensors"), "--tile", tile,
+                                   "--tile-overlap", "4", "-q"])
+        assert result.exit_code == 0, result.stderr
         outs[tile] = np.asarray(Image.open(tmp_path / f"t{tile}" / "lr.png"))
     assert outs["0"].shape == outs["16"].shape == (80, 112, 3)
     from tadsr import Upscaler, open_model
@@ -156,14 +158,12 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
     assert np.array_equal(page, library)
     (tmp_path / "lrs").mkdir()
     Image.fromarray(rgb).save(tmp_path / "lrs" / "lr.png")  # its pair: the untiled output as the "GT"
-    evaluation = subprocess.run([TADSR, "evaluate", "--lr", str(tmp_path / "lrs"), "--gt", str(tmp_path / "t0"),
-                                 "--models", f"{student}:1", "--metrics", "psnr", "-o", str(tmp_path / "eval"), "-q"],
-                                capture_output=True, text=True, env=env)
-    assert evaluation.returncode == 0, evaluation.stderr
+    evaluation = cli.invoke(main, ["evaluate", "--lr", str(tmp_path / "lrs"), "--gt", str(tmp_path / "t0"),
+                                   "--models", f"{student}:1", "--metrics", "psnr", "-o", str(tmp_path / "eval"), "-q"])
+    assert evaluation.exit_code == 0, evaluation.stderr
     assert "final:1" in (tmp_path / "eval" / "report.md").read_text()
-    bench = subprocess.run([TADSR, "bench", "--models", str(student), "--sizes", "16", "--repeats", "1"],
-                           capture_output=True, text=True, env=env)
-    assert bench.returncode == 0, bench.stderr
+    bench = cli.invoke(main, ["bench", "--models", str(student), "--sizes", "16", "--repeats", "1"])
+    assert bench.exit_code == 0, bench.stderr
     assert "| final.safetensors | 16→64 | fp32 |" in bench.stdout
 
 

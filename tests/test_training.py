@@ -182,6 +182,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([TADSR, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _prepare(*args: str) -> None:
+    """`tadsr ARGS` in this process, for a run that only prepares what a test then checks (a run to resume, a
+    checkpoint to damage): the same command without an interpreter's start; it must succeed."""
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0 and result.exception is None, result.stderr or result.exc_info
+
+
 def _distill_args(photo_dir: Path, teacher_file: Path, out: Path, steps: int) -> list[str]:
     return ["distill", "--preset", "tiny", "--teacher", str(teacher_file), "--data", str(photo_dir), "--out", str(out),
             "--steps", str(steps), "-q", "run.save_every=2", "run.val_every=1000", "run.keep_last=10",
@@ -212,7 +219,7 @@ def test_sigkill_and_resume_reach_bit_identical_weights(photo_dir: Path, teacher
 
 @pytest.mark.slow
 def test_corrupt_checkpoint_is_refused(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
-    assert _cli(*_distill_args(photo_dir, teacher_file, tmp_path, 2)).returncode == 0
+    _prepare(*_distill_args(photo_dir, teacher_file, tmp_path, 2))
     ckpt = tmp_path / "checkpoints" / "step_00000002.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     result = _cli(*_distill_args(photo_dir, teacher_file, tmp_path, 4), "--resume")
@@ -391,7 +398,7 @@ def test_resume_honours_bookkeeping_and_names_each_setting_it_keeps(photo_dir: P
     assert ignored == ["optim.lr=0.0003 (kept: 0.0001)", "distill.lambda_adv=0.1 (kept: 0.02)"]
     assert resumed_config(first, first) == (first, [])
     run = tmp_path / "run"
-    assert _cli(*_distill_args(photo_dir, teacher_file, run, 2)).returncode == 0
+    _prepare(*_distill_args(photo_dir, teacher_file, run, 2))
     resumed = _cli(*_distill_args(photo_dir, teacher_file, run, 3), "--resume", "optim.lr=5e-4")
     assert resumed.returncode == 0, resumed.stderr
     warning = [line for line in resumed.stderr.splitlines() if "resumed with the run's own settings" in line]

@@ -288,7 +288,8 @@ def check_models(models: Sequence[str], realesrgan_weights: Path | None = None) 
                                   f"an existing model file or folder; expected {MODEL_FORM}")
             info = model_info(name)  # one line for a file that is not a model
             scales[-1] = info.scale
-            if steps is not None and info.kind != "diffusers":  # a pipeline runs any number of steps
+            sampler_of_its_own = info.kind == "diffusers" or (info.kind == "seesr" and info.role == "teacher")
+            if steps is not None and not sampler_of_its_own:  # a pipeline (or SeeSR) runs any number of steps
                 try:
                     check_steps(steps, info.role, info.num_steps, name)
                 except ConfigError as err:
