@@ -62,6 +62,7 @@ def test_model_info_tells_the_two_variants_apart(converted: Path, seesr_folder: 
     assert (many.kind, many.role, many.num_steps, many.scale) == ("seesr", "teacher", 2, 4)
 
 
+@pytest.mark.slow
 def test_tadsr_upscale_runs_a_tad_seesr_folder_whole_and_tiled(converted: Path, tmp_path: Path) -> None:  # noqa: F811
     _lr(tmp_path / "in", "a.png")
     _lr(tmp_path / "in", "b.png", seed=1)
@@ -79,6 +80,7 @@ def test_tadsr_upscale_runs_a_tad_seesr_folder_whole_and_tiled(converted: Path, 
     assert np.abs(tiled.astype(int) - out.astype(int)).mean() < 20
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_bits_and_tags_can_be_set(converted: Path) -> None:  # noqa: F811
     lr = (np.random.default_rng(3).random((16, 16, 3)) * 255).astype(np.uint8)
     backend = open_model(converted, device="cpu")
@@ -90,6 +92,7 @@ def test_the_same_seed_gives_the_same_bits_and_tags_can_be_set(converted: Path) 
     assert not np.array_equal(first, tagged)  # the prompt reaches the networks
 
 
+@pytest.mark.slow
 def test_a_seesr_folder_samples_with_its_steps_and_guidance(seesr_folder: Path, tmp_path: Path) -> None:
     _lr(tmp_path / "in", side=16)
     code, lines = _run("upscale", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
@@ -122,6 +125,7 @@ def test_a_setting_the_variant_cannot_take_is_one_line(which: str, args: tuple[s
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_tadsr_evaluate_measures_a_tad_seesr_folder(converted: Path, tmp_path: Path) -> None:  # noqa: F811
     lr = _lr(tmp_path / "lq", side=16)
     Image.open(lr).resize((80, 64), Image.BICUBIC).save(_lr(tmp_path / "gt", side=16))
