@@ -103,7 +103,7 @@ def main() -> None:
     print(f"\nTAD-SeeSR, 1 step, no guidance:               {tad:10.1f} GFLOP = {tad / 1e3:.2f} TFLOP")
     print(f"SeeSR, {args.steps} steps x 2 (CFG) x (ControlNet + UNet): {seesr:10.1f} GFLOP = {seesr / 1e3:.2f} TFLOP")
     print(f"ratio SeeSR / TAD-SeeSR: {seesr / tad:.1f}")
-    print(f"share of TAD-SeeSR's step: " + ", ".join(f"{LABELS[n]} {100 * g[n] / tad:.0f}%" for n in rows))
+    print("share of TAD-SeeSR's step: " + ", ".join(f"{LABELS[n]} {100 * g[n] / tad:.0f}%" for n in rows))
 
 
 if __name__ == "__main__":

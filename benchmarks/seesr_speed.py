@@ -27,6 +27,7 @@ machine, one after the other. bf16 runs by default on a CPU only where ``cpu_bf1
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import importlib.util
@@ -307,30 +308,41 @@ def run_side(side: Side, device: torch.device, dtype_name: str, lr: int, warmup:
     results: dict[str, dict[str, float]] = {}
     for name in components:
         built = time.perf_counter()
+        # each call takes the (cast) network; its inputs are bound now
         if name == "dape":
             net = side.dape()
             x = rand(1, 3, 384, 384)
-            call = lambda: net(x)  # noqa: E731
+
+            def call(m: Any, x: torch.Tensor = x) -> Any:
+                return m(x)
         elif name == "tag_head":
             net = side.tag_head()
             if net is None:
                 continue
-            call = lambda: net(img)  # noqa: E731
+
+            def call(m: Any) -> Any:
+                return m(img)
         elif name == "text_encoder":
             net = side.text_encoder()
             ids = torch.randint(0, SD2_TEXT["vocab_size"], (1, 77), generator=g).to(device)
-            call = lambda: net(ids)[0]  # noqa: E731
-        elif name in ("vae_encode", "vae_decode"):
+
+            def call(m: Any, ids: torch.Tensor = ids) -> Any:
+                return m(ids)[0]
+        elif name == "vae_encode":
             net = side.vae()
-            if name == "vae_encode":
-                call = lambda: net.encode(cond * 2 - 1).latent_dist.mean  # noqa: E731
-            else:
-                call = lambda: net.decode(z / 0.18215, return_dict=False)[0]  # noqa: E731
+
+            def call(m: Any) -> Any:
+                return m.encode(cond * 2 - 1).latent_dist.mean
+        elif name == "vae_decode":
+            net = side.vae()
+
+            def call(m: Any) -> Any:
+                return m.decode(z / 0.18215, return_dict=False)[0]
         elif name == "controlnet":
             net = side.controlnet()
 
-            def call():
-                down, mid = side.run_controlnet(net, z, t, text, cond, img)
+            def call(m: Any) -> Any:
+                down, mid = side.run_controlnet(m, z, t, text, cond, img)
                 residuals[:] = [tuple(d.shape) for d in down] + [tuple(mid.shape)]
                 return mid
         elif name == "unet":
@@ -339,14 +351,16 @@ def run_side(side: Side, device: torch.device, dtype_name: str, lr: int, warmup:
                 residuals[:] = _residual_shapes(latent)
             down = [rand(*s) for s in residuals[:-1]]
             mid = rand(*residuals[-1])
-            call = lambda: side.run_unet(net, z, t, text, down, mid, img)  # noqa: E731
+
+            def call(m: Any, down: list = down, mid: torch.Tensor = mid) -> Any:
+                return side.run_unet(m, z, t, text, down, mid, img)
         else:
             raise SystemExit(f"unknown component {name}")
         build_s = time.perf_counter() - built
         params = _params(net)
         net = _to(net, device, dtype)
         gc.collect()
-        seconds, peak, finite = measure(call, device, warmup, repeats)
+        seconds, peak, finite = measure(functools.partial(call, net), device, warmup, repeats)
         results[name] = {"seconds": seconds, "peak_mib": peak, "params_M": params / 1e6, "build_s": build_s,
                          "finite": finite}
         print(f"  {dtype_name} {LABELS[name]:26s} {seconds:8.2f} s  peak {peak:8.0f} MiB  "
@@ -384,6 +398,10 @@ def compare(a_path: Path, b_path: Path) -> None:
     print(f"B = {b_path} ({b['side']}, {b['machine']}, torch {b['torch']})")
     if a["machine"] != b["machine"]:
         print("warning: the two files come from different machines; the ratios are not comparable")
+    if (a["torch"], a.get("diffusers")) != (b["torch"], b.get("diffusers")):
+        print(f"note: torch / diffusers differ (A {a['torch']} / {a.get('diffusers')}, B {b['torch']} / "
+              f"{b.get('diffusers')}): a ratio also holds the libraries' difference, not only the modules'")
+    print("peak MiB is the process's resident peak: each venv's own baseline (imports) is in it")
     for dtype_name, ra in a["results"].items():
         rb = b["results"].get(dtype_name, {})
         print(f"\n{dtype_name}: component | A s | B s | A/B time | A MiB | B MiB | A/B memory")
