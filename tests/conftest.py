@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -254,6 +255,43 @@ def onnx_student_file(vq_student_file: Path, tmp_path_factory: pytest.TempPathFa
     metadata = export_onnx(model, path)
     assert metadata["noise"] == "input" and metadata["precision"] == "fp32"
     return path
+
+
+@dataclass
+class CliExport:
+    """One `tadsr export` run: its file, exit status and click's stdout and stderr, and what reached the process's
+    own stderr (file descriptor 2) past click's streams: a logging handler's own stream, a C++ notice."""
+
+    path: Path
+    code: int
+    stdout: str
+    stderr: str
+    fd_stderr: str
+
+
+@pytest.fixture(scope="session")
+def fixed_onnx_export(tiny_student_file: Path, tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    """`tadsr export TINY-STUDENT -o fixed.onnx --tile 32 --seed 3`, run once for the session (an export takes tens
+    of seconds): test_onnx checks the graph it wrote, test_hostile_backends that it said nothing else."""
+    from click.testing import CliRunner
+
+    from tadsr.cli import main
+
+    path = tmp_path_factory.mktemp("onnx-fixed") / "fixed.onnx"
+    with tempfile.TemporaryFile() as fd_err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(fd_err.fileno(), 2)  # as capfd does: whatever writes to descriptor 2 during the export lands here
+        try:
+            result = CliRunner().invoke(main, ["export", str(tiny_student_file), "-o", str(path), "--tile", "32",
+                                               "--seed", "3"])
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        fd_err.seek(0)
+        written = fd_err.read().decode(errors="replace")
+    return CliExport(path, result.exit_code, result.stdout, result.stderr, written)
 
 
 def kill_at_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, str],

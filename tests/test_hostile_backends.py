@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import Tensor
 
-from conftest import TINY_SCHEDULE, TINY_UNET
+from conftest import TINY_SCHEDULE, TINY_UNET, CliExport
 from tadsr.cli import main
 from tadsr.config import ModelConfig, config_to_json
 from tadsr.errors import BackendError, ConfigError, OutputError
@@ -496,14 +496,14 @@ def test_an_export_whose_write_fails_leaves_no_file(tiny_student_file: Path, tmp
 
 
 @pytest.mark.slow
-def test_an_export_says_nothing_but_what_it_wrote(tiny_student_file: Path, tmp_path: Path,
-                                                  capfd: pytest.CaptureFixture[str]) -> None:
+def test_an_export_says_nothing_but_what_it_wrote(fixed_onnx_export: CliExport) -> None:
     """torch.export's and torch.onnx's own notices (torchvision ops skipped, deprecations inside PyTorch, axis
-    names) are not the user's business; the file opens and runs (about 25 s)."""
-    path = tmp_path / "fixed.onnx"
-    code, stdout, stderr = _run("export", str(tiny_student_file), "-o", str(path), "--tile", "32", "--seed", "3")
-    captured = capfd.readouterr()  # what went past click's streams (a logging handler's own stream)
-    assert code == 0 and stderr == "" and captured.err == "", stderr + captured.err
+    names) are not the user's business; the file opens and runs (conftest: `tadsr export TINY --tile 32 --seed 3`,
+    one export for the session, about 25 s, with what reached descriptor 2 captured as capfd would)."""
+    path, code, stdout, stderr = (fixed_onnx_export.path, fixed_onnx_export.code, fixed_onnx_export.stdout,
+                                  fixed_onnx_export.stderr)
+    past_click = fixed_onnx_export.fd_stderr  # what went past click's streams (a logging handler's own stream)
+    assert code == 0 and stderr == "" and past_click == "", stderr + past_click
     assert stdout.startswith(f"wrote {path}: x4 one-step graph, fixed 32x32 input")
     assert OnnxModel(path).fixed_tile == 32 and OnnxModel(path).fixed_seed == 3
 

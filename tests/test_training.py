@@ -245,10 +245,10 @@ def test_torchrun_two_processes_agree(photo_dir: Path, teacher_file: Path, tmp_p
 def test_teacher_training_produces_a_model_upscale_accepts(photo_dir: Path, tmp_path: Path) -> None:
     import tadsr
 
-    result = _cli("train-teacher", "--preset", "tiny", "--data", str(photo_dir), "--out", str(tmp_path), "--steps",
-                  "3", "-q", "run.val_every=3", "run.log_every=1", "model.unet.model_channels=32",
-                  "model.unet.swin_embed_dim=32")
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(main, ["train-teacher", "--preset", "tiny", "--data", str(photo_dir), "--out",
+                                       str(tmp_path), "--steps", "3", "-q", "run.val_every=3", "run.log_every=1",
+                                       "model.unet.model_channels=32", "model.unet.swin_embed_dim=32"])
+    assert result.exit_code == 0, result.stderr
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "mse" in r] == [1, 2, 3] and "val_psnr" in log[-1]
     assert (tmp_path / "val" / "step_00000003.png").is_file()
@@ -261,7 +261,8 @@ def test_a_teacher_fine_tuned_from_a_file_starts_from_its_weights_and_architectu
                                                                                    tmp_path: Path) -> None:
     from tadsr.training.teacher import TeacherTrainer
 
-    config = tiny_config(photo_dir, "run.val_every=1000", "optim.lr=0")  # lr 0: the weights stay the file's
+    # lr 0: the weights stay the file's, over a few steps (checkpoints included) as over the preset's 200
+    config = tiny_config(photo_dir, "run.steps=3", "run.save_every=2", "run.val_every=1000", "optim.lr=0")
     trainer = TeacherTrainer(config, tmp_path / "a", init=teacher_file, show_progress=False)
     start = load_model(teacher_file)
     assert trainer.config.model == start.config  # the file's architecture and schedule, not the tiny preset's
