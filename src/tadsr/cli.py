@@ -290,8 +290,9 @@ def info(model: str) -> None:
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (created if needed); a folder input keeps its sub-folders.")
 @click.option("--model", default=None,
-              help="A .safetensors file from `tadsr convert`, 'student' / 'teacher' (embedded), or a diffusers "
-                   "folder of an SD x4 upscaler (tadsr[sd]). [default: student]")
+              help="A .safetensors file from `tadsr convert`, 'student' / 'teacher' (embedded), an .onnx file, a "
+                   "diffusers folder of an SD x4 upscaler (tadsr[sd]) or a SeeSR / TAD-SeeSR folder (tadsr convert "
+                   "seesr). [default: student]")
 @click.option("--prompt", default="", help="A diffusers folder's prompt (embedded once); a SeeSR folder's text "
                                           "after the tags. [default: empty]")
 @click.option("--guidance", type=float, default=None,

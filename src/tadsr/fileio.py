@@ -63,24 +63,23 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob(".*.tmp") if folder.is_dir() else []:
         match = TEMPORARY_NAME.match(path.name)
-        if match and path.is_file() and not _running(match.group(1)):
+        pid = match.group(1) if match else None
+        if match and path.is_file() and not (pid is not None and process_running(int(pid))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _running(pid: str | None) -> bool:
-    """Whether the process ``pid`` (a decimal string) runs on this machine; False for None."""
-    if pid is None:
-        return False
-    if int(pid) == os.getpid():
+def process_running(pid: int) -> bool:
+    """Whether the process ``pid`` runs on this machine (this one's own included)."""
+    if pid == os.getpid():
         return True
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
-        return int(pid) < 2**31  # another user's live process; a number no pid can be is not one
+        return pid < 2**31  # another user's live process; a number no pid can be is not one
     return True
 
 

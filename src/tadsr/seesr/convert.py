@@ -52,7 +52,7 @@ from tadsr.checkpoints import (
     unwrap_state_dict,
 )
 from tadsr.errors import ConfigError, NotFoundError, OutputError, first_line
-from tadsr.fileio import atomic_write_bytes, atomic_write_text, content_digest
+from tadsr.fileio import atomic_write_bytes, atomic_write_text, content_digest, process_running
 from tadsr.sd.diffusers_teacher import (
     TensorRef,
     build_on_meta,
@@ -196,24 +196,12 @@ def remove_stale_folders(out: Path) -> list[Path]:
     removed = []
     for path in out.parent.iterdir() if out.parent.is_dir() else []:
         found = pattern.match(path.name)
-        if found and path.is_dir() and not path.is_symlink() and not _running(int(found.group(1))):
+        if found and path.is_dir() and not path.is_symlink() and not process_running(int(found.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             warnings.warn(f"{path}: removed a folder left by an interrupted conversion", RuntimeWarning,
                           stacklevel=3)
             removed.append(path)
     return removed
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**31
-    return True
 
 
 def _replace_folder(tmp: Path, out: Path) -> None:
