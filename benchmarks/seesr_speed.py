@@ -225,6 +225,8 @@ class OfficialSide(Side):
 
 
 # --- timing ----------------------------------------------------------------------------------------------------------
+# (tadsr.devices has synchronize / reset_peak_memory / peak_memory_mib; this script also runs in the reference venv,
+# where tadsr is not installed, so the timing side carries its own small copies)
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":

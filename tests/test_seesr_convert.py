@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from conftest import _tokenizer  # noqa: E402  (a CLIP tokenizer of a few words, nothing downloaded)
 from tadsr.checkpoints import CheckpointError  # noqa: E402
 from tadsr.errors import ConfigError, TadsrError  # noqa: E402
 from tadsr.seesr.convert import convert_seesr  # noqa: E402
@@ -53,20 +54,6 @@ def _sizes() -> tuple[SwinConfig, TagHeadConfig]:
     head = TagHeadConfig.from_dict({**config["tagging_head"], "num_classes": config["num_classes"],
                                     "lora_alpha": config["lora_alpha"], "lora_r": config["lora_r"]})
     return swin, head
-
-
-def _tokenizer(folder: Path) -> Any:
-    """A CLIP tokenizer of a few words from files written here (as tests/conftest.py builds one)."""
-    words = ["a", "cat", "photo", "sharp"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 2, "!": 1}
-    for i, ch in enumerate(sorted(set("".join(words)))):
-        vocab.setdefault(ch, 10 + i)
-        vocab.setdefault(f"{ch}</w>", 40 + i)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16,
-                                      pad_token="!")
 
 
 class Inputs:

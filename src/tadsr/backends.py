@@ -136,12 +136,9 @@ def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | t
     a ``sampler`` there is said (``report``, by default a warning) and ignored. Weights are read only after every
     setting is checked.
     """
-    path = locate(path_or_name)
-    name = str(path_or_name if path_or_name is not None else "student")
-    kind = model_kind(path)
-    _check_settings(kind, name, dtype, {"sampler": sampler, "channels_last": channels_last, "compile": compile,
-                                        "prompt": prompt, "noise_level": noise_level, "guidance": guidance,
-                                        "negative_prompt": negative_prompt, "tags": tags}, report)
+    path, name, kind = _checked(path_or_name, dtype, report, sampler=sampler, channels_last=channels_last,
+                                compile=compile, prompt=prompt, noise_level=noise_level, guidance=guidance,
+                                negative_prompt=negative_prompt, tags=tags)
     if kind == "tadsr":
         config = read_model_config(path)
         steps = check_steps(steps, config.role, config.schedule.num_steps, name)
@@ -193,12 +190,9 @@ def check_settings(path_or_name: str | os.PathLike | None = None, *, dtype: torc
     diffusers: for ``tadsr upscale --dry-run``, or a command that opens its model later): the settings its kind
     does not take (``open_model``'s rule), a step count it does not run, a noise level or step count beyond a
     diffusers folder's. Returns its ``ModelInfo``; one line naming the setting and the model otherwise."""
-    path = locate(path_or_name)
-    name = str(path_or_name if path_or_name is not None else "student")
-    kind = model_kind(path)
-    _check_settings(kind, name, dtype, {"sampler": sampler, "channels_last": channels_last, "compile": compile,
-                                        "prompt": prompt, "noise_level": noise_level, "guidance": guidance,
-                                        "negative_prompt": negative_prompt, "tags": tags}, report)
+    path, name, kind = _checked(path_or_name, dtype, report, sampler=sampler, channels_last=channels_last,
+                                compile=compile, prompt=prompt, noise_level=noise_level, guidance=guidance,
+                                negative_prompt=negative_prompt, tags=tags)
     info = model_info(path_or_name)
     if kind == "tadsr":
         check_steps(steps, info.role, info.num_steps, name)
@@ -228,6 +222,17 @@ def load_sr_model(path_or_name: str | os.PathLike | None, purpose: str) -> SRMod
         raise ConfigError(f"{path}: {NOUNS[kind]}; {purpose} takes a tadsr model (a .safetensors file made by "
                           "`tadsr convert` or `tadsr distill`, or an embedded name: student, teacher)")
     return load_model(path)
+
+
+def _checked(path_or_name: str | os.PathLike | None, dtype: torch.dtype | None,
+             report: Callable[[str], None] | None, **settings: object) -> tuple[Path, str, ModelKind]:
+    """(path, the name messages use, kind) of a model path or embedded name, its ``settings`` checked against its
+    kind (``_check_settings``): what ``open_model`` and ``check_settings`` both do first."""
+    path = locate(path_or_name)
+    name = str(path_or_name if path_or_name is not None else "student")
+    kind = model_kind(path)
+    _check_settings(kind, name, dtype, settings, report)
+    return path, name, kind
 
 
 def _check_settings(kind: ModelKind, name: str, dtype: torch.dtype | None, settings: dict[str, object],

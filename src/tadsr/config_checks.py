@@ -8,6 +8,7 @@ override is checked against its field's type (``check_type``, called by ``tadsr.
 
 from __future__ import annotations
 
+import json
 import math
 import types
 import typing
@@ -16,6 +17,25 @@ from typing import Any
 from tadsr.errors import ConfigError
 
 Bounds = dict[str, tuple[float | None, float | None]]
+
+
+def is_int(value: Any) -> bool:
+    """An integer as JSON gives one (``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An integer or a float as JSON gives one (``true`` is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def shown(value: Any) -> str:
+    """A value from a file as a short JSON text for a message (at most 60 characters)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _allowed(hint: Any) -> str:

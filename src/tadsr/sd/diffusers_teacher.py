@@ -50,6 +50,7 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor, nn
 
+from tadsr.config_checks import is_int, is_number, shown
 from tadsr.errors import BackendError, ConfigError, MissingExtraError, NotFoundError, TadsrError, first_line
 from tadsr.sd.process import SDCondition, decode_latents, noised_condition, unet_multiple, vae_scale
 
@@ -197,8 +198,8 @@ def read_index(folder: str | os.PathLike) -> PipelineIndex:
         if components[name][1] not in SCHEDULERS:
             raise ConfigError(f"{folder}: {name} is a {components[name][1]}; supported: {', '.join(SCHEDULERS)}")
     max_noise_level = data.get("max_noise_level")
-    if max_noise_level is not None and not (_is_int(max_noise_level) and 0 <= max_noise_level <= MAX_TIMESTEPS):
-        raise ConfigError(f"{index}: max_noise_level = {_show(max_noise_level)}: not an integer from 0 to "
+    if max_noise_level is not None and not (is_int(max_noise_level) and 0 <= max_noise_level <= MAX_TIMESTEPS):
+        raise ConfigError(f"{index}: max_noise_level = {shown(max_noise_level)}: not an integer from 0 to "
                           f"{MAX_TIMESTEPS}")
     return PipelineIndex(folder, pipeline, components, max_noise_level)  # type: ignore[arg-type]
 
@@ -241,23 +242,6 @@ def parse_config(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _show(value: Any) -> str:
-    """A value as a short JSON text for a message."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 _ABSENT = object()
 
 
@@ -271,8 +255,8 @@ class ConfigChecks:
 
     def fail(self, key: str, what: str) -> NoReturn:
         value = self.config.get(key, _ABSENT)
-        shown = f"{key} missing" if value is _ABSENT or value is None else f"{key} = {_show(value)}"
-        raise ConfigError(f"{self.source}: {shown}: {what}")
+        said = f"{key} missing" if value is _ABSENT or value is None else f"{key} = {shown(value)}"
+        raise ConfigError(f"{self.source}: {said}: {what}")
 
     def _get(self, key: str, required: bool, what: str) -> Any:
         value = self.config.get(key)
@@ -283,7 +267,7 @@ class ConfigChecks:
     def integer(self, key: str, low: int, high: int, required: bool = False) -> int | None:
         what = f"an integer from {low} to {high}"
         value = self._get(key, required, what)
-        if value is not None and not (_is_int(value) and low <= value <= high):
+        if value is not None and not (is_int(value) and low <= value <= high):
             self.fail(key, f"not {what}")
         return value
 
@@ -293,7 +277,7 @@ class ConfigChecks:
         value = self._get(key, required, what)
         if value is None:
             return None
-        if not (_is_number(value) and math.isfinite(value) and (low < value if open_low else low <= value)
+        if not (is_number(value) and math.isfinite(value) and (low < value if open_low else low <= value)
                 and (value < high if open_high else value <= high)):
             self.fail(key, f"not {what}")
         return float(value)
@@ -303,7 +287,7 @@ class ConfigChecks:
         what = f"a list of {shortest} to {longest} integers from {low} to {high}"
         value = self._get(key, True, what)
         if not (isinstance(value, list) and shortest <= len(value) <= longest
-                and all(_is_int(v) and low <= v <= high for v in value)):
+                and all(is_int(v) and low <= v <= high for v in value)):
             self.fail(key, f"not {what}")
         return value
 
@@ -321,9 +305,9 @@ class ConfigChecks:
         value = self.config.get(key)
         if value is None:
             return None
-        values = [value] * count if _is_int(value) else value
+        values = [value] * count if is_int(value) else value
         if not (isinstance(values, list) and len(values) == count
-                and all(_is_int(v) and low <= v <= high for v in values)):
+                and all(is_int(v) and low <= v <= high for v in values)):
             self.fail(key, f"not an integer from {low} to {high} nor a list of {count} of them (one per level)")
         return values
 
@@ -346,7 +330,7 @@ class ConfigChecks:
             elif isinstance(value, list):
                 for v in value:
                     walk(key, v, depth + 1)
-            elif _is_int(value) and not 0 <= value <= 2**31:
+            elif is_int(value) and not 0 <= value <= 2**31:
                 self.fail(key, "a negative or oversized integer")
             elif isinstance(value, float) and not math.isfinite(value):
                 self.fail(key, "not a finite number")
@@ -375,11 +359,11 @@ def check_unet_config(config: dict[str, Any], source: str) -> None:
     c.per_level("layers_per_block", levels, 1, MAX_LAYERS)
     for key in ("transformer_layers_per_block", "reverse_transformer_layers_per_block"):
         value = config.get(key)
-        if value is None or (_is_int(value) and 1 <= value <= MAX_LAYERS):
+        if value is None or (is_int(value) and 1 <= value <= MAX_LAYERS):
             continue
         if not (isinstance(value, list) and len(value) == levels and all(
-                (_is_int(v) and 1 <= v <= MAX_LAYERS) or (isinstance(v, list) and 0 < len(v) <= MAX_LAYERS and all(
-                    _is_int(u) and 1 <= u <= MAX_LAYERS for u in v)) for v in value)):
+                (is_int(v) and 1 <= v <= MAX_LAYERS) or (isinstance(v, list) and 0 < len(v) <= MAX_LAYERS and all(
+                    is_int(u) and 1 <= u <= MAX_LAYERS for u in v)) for v in value)):
             c.fail(key, f"not an integer from 1 to {MAX_LAYERS} nor a list of {levels} of them (one per level)")
     for key in ("attention_head_dim", "num_attention_heads", "cross_attention_dim"):
         c.per_level(key, levels, 1, MAX_CHANNELS)
@@ -422,13 +406,13 @@ def check_scheduler_config(config: dict[str, Any], source: str, sampler: bool) -
         c.fail("beta_start", f"larger than beta_end {end}")
     betas = config.get("trained_betas")
     if betas is not None and not (isinstance(betas, list) and len(betas) == steps and all(
-            _is_number(b) and 0 < b < 1 for b in betas)):
+            is_number(b) and 0 < b < 1 for b in betas)):
         c.fail("trained_betas", f"not a list of {steps} numbers in (0, 1) (one per num_train_timesteps)")
     c.integer("steps_offset", 0, steps - 1)
     prediction = config.get("prediction_type", "epsilon")
     if sampler and prediction not in PREDICTIONS:
-        shown = repr(prediction[:40]) if isinstance(prediction, str) else _show(prediction)
-        raise ConfigError(f"{source}: the scheduler's prediction type {shown}: supported "
+        said = repr(prediction[:40]) if isinstance(prediction, str) else shown(prediction)
+        raise ConfigError(f"{source}: the scheduler's prediction type {said}: supported "
                           f"{', '.join(PREDICTIONS)}")
 
 
@@ -464,8 +448,8 @@ def noise_level_range(unet: dict[str, Any], low_res_scheduler: dict[str, Any],
 def check_noise_level(level: Any, bound: tuple[int, str], source: str, setting: str = "--noise-level") -> int:
     """``level`` if an integer from 0 to the bound (``noise_level_range``); one line naming ``setting`` otherwise."""
     high, why = bound
-    if not (_is_int(level) and 0 <= level <= high):
-        raise ConfigError(f"{source}: {setting} {_show(level)} is out of this model's range 0 to {high} ({why})")
+    if not (is_int(level) and 0 <= level <= high):
+        raise ConfigError(f"{source}: {setting} {shown(level)} is out of this model's range 0 to {high} ({why})")
     return level
 
 
@@ -480,7 +464,7 @@ def check_pipeline(unet: dict[str, Any], vae: dict[str, Any], source: str,
     if unet["out_channels"] != latent:
         raise ConfigError(f"{source}: the UNet gives {unet['out_channels']} channels; the VAE's latent has {latent}")
     context = unet.get("cross_attention_dim")
-    if prompt_dim is not None and _is_int(context) and unet.get("encoder_hid_dim") is None and context != prompt_dim:
+    if prompt_dim is not None and is_int(context) and unet.get("encoder_hid_dim") is None and context != prompt_dim:
         raise ConfigError(f"{source}: the prompt embedding is {prompt_dim} wide; the UNet's cross_attention_dim is "
                           f"{context}")
 
@@ -661,7 +645,7 @@ def _materialize(network: type, config: dict[str, Any], module: nn.Module, fitte
 def check_prompt_embeds(shape: tuple[int, ...], unet: dict[str, Any], source: str) -> None:
     """A prompt embedding's shape: (1, L, D), L from 1 to ``MAX_TOKENS``, D the UNet's ``cross_attention_dim``."""
     context = unet.get("cross_attention_dim")
-    if unet.get("encoder_hid_dim") is not None or not _is_int(context):
+    if unet.get("encoder_hid_dim") is not None or not is_int(context):
         context = None  # projected or per level: the UNet's own check
     if not (len(shape) == 3 and shape[0] == 1 and 1 <= shape[1] <= MAX_TOKENS and shape[2] >= 1
             and context in (None, shape[2])):
@@ -854,8 +838,8 @@ def embed_prompt(index: PipelineIndex, prompt: str, text_config: dict[str, Any] 
         raise ConfigError(f"{index.folder / 'tokenizer'}: cannot be loaded ({type(err).__name__}: "
                           f"{first_line(err)})") from None
     length, positions = tokenizer.model_max_length, text_config["max_position_embeddings"]
-    if not (_is_int(length) and 1 <= length <= positions):
-        raise ConfigError(f"{index.folder / 'tokenizer'}: model_max_length {_show(length)} is beyond the text "
+    if not (is_int(length) and 1 <= length <= positions):
+        raise ConfigError(f"{index.folder / 'tokenizer'}: model_max_length {shown(length)} is beyond the text "
                           f"encoder's {positions} positions")
     try:
         encoder, info = encoder_class.from_pretrained(index.folder, subfolder="text_encoder", use_safetensors=True,

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from tadsr.checkpoints import SD_STUDENT_FORMAT, CheckpointError, atomic_save_file
+from tadsr.config_checks import is_number
 from tadsr.errors import TadsrError, first_line
 from tadsr.model import ModelNotFoundError
 from tadsr.sd.diffusers_teacher import (
@@ -237,7 +238,7 @@ def _alphas(text: str, path: Path) -> list[float]:
     except (ValueError, RecursionError):
         alphas = None
     if not (isinstance(alphas, list) and 1 <= len(alphas) <= MAX_TIMESTEPS and all(
-            isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and 0 < a <= 1
+            is_number(a) and math.isfinite(a) and 0 < a <= 1
             for a in alphas)):
         raise CheckpointError(f"{path}: metadata alphas_cumprod: not a JSON list of 1 to {MAX_TIMESTEPS} numbers "
                               "in (0, 1]")

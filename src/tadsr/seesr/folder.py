@@ -9,7 +9,6 @@ strictly, in float32 (a folder converted with ``--fp16`` is upcast), in eval mod
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import fields
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from tadsr.checkpoints import CheckpointError
+from tadsr.config_checks import is_int, shown
 from tadsr.errors import ConfigError, NotFoundError, TadsrError, first_line
 from tadsr.sd.diffusers_teacher import (
     MAX_CONFIG_BYTES,
@@ -51,20 +51,8 @@ TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
 MAX_TOKENIZER_BYTES = MAX_CONFIG_BYTES * 16  # as tadsr.sd.diffusers_teacher.embed_prompt: a vocabulary is a few MiB
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _fail(source: Path | str, key: str, value: Any, what: str) -> ConfigError:
-    return ConfigError(f"{source}: {key} = {_shown(value)}: {what}")
+    return ConfigError(f"{source}: {key} = {shown(value)}: {what}")
 
 
 # --- tadsr_seesr.json ---------------------------------------------------------------------------------------------
@@ -81,7 +69,7 @@ def read_index(folder: str | os.PathLike) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise _fail(path, "format", data.get("format"), f"not {FORMAT!r}")
     version = data.get("format_version")
-    if not _is_int(version) or version != FORMAT_VERSION:
+    if not is_int(version) or version != FORMAT_VERSION:
         raise _fail(path, "format_version", version, f"this tadsr reads version {FORMAT_VERSION}")
     sources = data.get("sources", {})
     if not (isinstance(sources, dict) and all(
@@ -109,14 +97,14 @@ def read_settings(folder: str | os.PathLike) -> SeeSRSettings:
         if not (isinstance(value, str) and len(value) <= MAX_PROMPT_CHARS):
             raise _fail(path, key, value, f"not a text of at most {MAX_PROMPT_CHARS} characters")
     steps = data.get("steps")
-    if not (_is_int(steps) and 1 <= steps <= MAX_STEPS):
+    if not (is_int(steps) and 1 <= steps <= MAX_STEPS):
         raise _fail(path, "steps", steps, f"not an integer from 1 to {MAX_STEPS}")
     guidance = data.get("guidance")
     if not (isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and math.isfinite(guidance)
             and 0 <= guidance <= MAX_GUIDANCE):
         raise _fail(path, "guidance", guidance, f"not a number from 0 to {MAX_GUIDANCE}")
     timestep = data.get("timestep")
-    if not (_is_int(timestep) and 0 <= timestep <= MAX_TIMESTEP):
+    if not (is_int(timestep) and 0 <= timestep <= MAX_TIMESTEP):
         raise _fail(path, "timestep", timestep, f"not an integer from 0 to {MAX_TIMESTEP}")
     return SeeSRSettings(variant=variant, prompt=data["prompt"], negative_prompt=data["negative_prompt"],
                          steps=steps, guidance=float(guidance), timestep=timestep)
@@ -142,7 +130,7 @@ def _config_fields(cls: type, values: Any, source: Path, key: str) -> dict[str, 
             if not isinstance(value, bool):
                 raise _fail(source, where, value, "not true or false")
         elif isinstance(default, int):
-            if not (_is_int(value) and 0 < value <= MAX_SIZE):
+            if not (is_int(value) and 0 < value <= MAX_SIZE):
                 raise _fail(source, where, value, f"not an integer from 1 to {MAX_SIZE}")
         elif isinstance(default, float):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -152,7 +140,7 @@ def _config_fields(cls: type, values: Any, source: Path, key: str) -> dict[str, 
         elif isinstance(default, tuple):
             kind = bool if isinstance(default[0], bool) else int
             if not (isinstance(value, list) and 0 < len(value) <= MAX_STAGES and all(
-                    isinstance(v, bool) if kind is bool else (_is_int(v) and 0 < v <= MAX_SIZE) for v in value)):
+                    isinstance(v, bool) if kind is bool else (is_int(v) and 0 < v <= MAX_SIZE) for v in value)):
                 raise _fail(source, where, value, f"not a list of 1 to {MAX_STAGES} "
                             + ("booleans" if kind is bool else f"integers from 1 to {MAX_SIZE}"))
             value = tuple(value)
@@ -261,8 +249,8 @@ def load_tokenizer(folder: Path, text_config: dict[str, Any]) -> Any:
         raise ConfigError(f"{folder}: the CLIP tokenizer cannot be loaded ({type(err).__name__}: "
                           f"{first_line(err)})") from None
     length, positions = tokenizer.model_max_length, text_config["max_position_embeddings"]
-    if not (_is_int(length) and 1 <= length <= positions):
-        raise ConfigError(f"{folder}: model_max_length {_shown(length)} is beyond the text encoder's {positions} "
+    if not (is_int(length) and 1 <= length <= positions):
+        raise ConfigError(f"{folder}: model_max_length {shown(length)} is beyond the text encoder's {positions} "
                           "positions")
     if len(tokenizer) > text_config["vocab_size"]:
         raise ConfigError(f"{folder}: {len(tokenizer)} tokens; the text encoder's vocab_size is "
