@@ -211,6 +211,25 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def seesr_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SeeSR folder (``tadsr convert seesr --variant seesr``) of tiny random parts in the official layouts:
+    ``tests/test_seesr_convert.py``'s release (the parity fixtures' UNet and ControlNet, DAPE) with the
+    SD-2-base-like parts of ``tests/data/seesr_pipeline`` (a VAE of SD's x8, a CLIP text encoder as wide as the
+    UNet's cross-attention)."""
+    import shutil
+
+    from tadsr.seesr.convert import convert_seesr
+    from test_seesr_convert import make_inputs
+
+    root = tmp_path_factory.mktemp("seesr-teacher")
+    inputs = make_inputs(root / "inputs")
+    sd_base = root / "sd-base"
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        shutil.copytree(Path(__file__).parent / "data" / "seesr_pipeline" / part, sd_base / part)
+    return convert_seesr(**{**inputs.args(), "sd_base": sd_base, "variant": "seesr"}, out=root / "seesr")
+
+
+@pytest.fixture(scope="session")
 def sd_student_file(pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An SD student file (``tadsr.sd.student``) of ``pipeline_dir``'s networks, as `tadsr distill --teacher DIR`
     writes one, without the distillation: the teacher's UNet at its last timestep."""

@@ -76,7 +76,13 @@ class Inputs:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    made = Inputs(tmp_path_factory.mktemp("seesr-inputs"))
+    return make_inputs(tmp_path_factory.mktemp("seesr-inputs"))
+
+
+def make_inputs(root: Path) -> Inputs:
+    """A tiny release in the official layouts under ``root`` (SD-2-base-like parts, the parity fixtures' UNet and
+    ControlNet, RAM and DAPE pickles, the tag files)."""
+    made = Inputs(root)
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(block_out_channels=[32, 32], in_channels=3, out_channels=3,
                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,

@@ -23,6 +23,16 @@ from torch import Tensor
 from tadsr.diffusion.process import TeacherProcess
 
 
+def draw_grid_timesteps(low: int, high: int, step: int, n: int, generator: torch.Generator | None = None,
+                        device: torch.device | str | None = None) -> Tensor:
+    """(n,) int64 timesteps uniform over {low, low + step, ...} below ``high`` (step 1: ``randint(low, high)``, the
+    draw tadsr always made; TAD-SeeSR's code draws from 20, 40, ..., 880: low 20, high 881, step 20)."""
+    if step == 1:
+        return torch.randint(low, high, (n,), generator=generator, device=device)
+    count = -(-(high - low) // step)
+    return low + step * torch.randint(0, count, (n,), generator=generator, device=device)
+
+
 class ScoreDistillationLoss:
     """HSD (``kind="hsd"``) or SDS (``kind="sds"``) per-sample loss.
 
@@ -31,17 +41,21 @@ class ScoreDistillationLoss:
         kind: "hsd" or "sds".
         t_range: t' is drawn uniformly from the process's timesteps [low, high) per sample: (0, 3) = paper steps
             1-3 of ResShift's 15.
+        t_step: only every ``t_step``-th of them from low (``draw_grid_timesteps``).
         noise: "gaussian" (the paper) or "uniform" (the authors' code uses ``rand_like``, docs/implementation-notes.md
             §4.9 #1).
     """
 
     def __init__(self, process: TeacherProcess, kind: Literal["hsd", "sds"] = "hsd",
-                 t_range: tuple[int, int] = (0, 3), noise: Literal["gaussian", "uniform"] = "gaussian") -> None:
+                 t_range: tuple[int, int] = (0, 3), noise: Literal["gaussian", "uniform"] = "gaussian",
+                 t_step: int = 1) -> None:
         if kind not in ("hsd", "sds"):
             raise ValueError(f"kind must be 'hsd' or 'sds', got {kind!r}")
         if not 0 <= t_range[0] < t_range[1] <= process.num_timesteps:
             raise ValueError(f"t_range {t_range} must lie within [0, {process.num_timesteps}]")
-        self.process, self.kind, self.t_range, self.noise = process, kind, t_range, noise
+        if t_step < 1:
+            raise ValueError(f"t_step must be 1 or more, got {t_step}")
+        self.process, self.kind, self.t_range, self.noise, self.t_step = process, kind, t_range, noise, t_step
 
     def direction(self, z_student: Tensor, z_teacher: Tensor | None, cond: Any,
                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -50,7 +64,7 @@ class ScoreDistillationLoss:
         n = z_student.shape[0]
         device = z_student.device
         gen_device = generator.device if generator is not None else device
-        t = torch.randint(*self.t_range, (n,), generator=generator, device=gen_device).to(device)
+        t = draw_grid_timesteps(*self.t_range, self.t_step, n, generator, gen_device).to(device)
         draw = torch.rand if self.noise == "uniform" else torch.randn
         noise = draw(z_student.shape, generator=generator, device=gen_device, dtype=torch.float32).to(z_student)
         process = self.process

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from tadsr.nets.common import normalization, timestep_embedding, zero_module
+from tadsr.nets.common import GroupNorm32, timestep_embedding, zero_module
 
 
 def _sn_block(channels: int, kernel: int) -> nn.Sequential:
@@ -53,7 +53,8 @@ class ScaleHead(nn.Module):
         self.time_aware = time_aware
         if time_aware:
             self.emb = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * channels))
-        self.norm = normalization(channels)
+        # GN32 (gcd(32, C) groups where C is not a multiple of 32: a tiny test network's 8 channels)
+        self.norm = GroupNorm32(math.gcd(32, channels), channels)
         self.conv = zero_module(nn.Conv2d(channels, channels, 3, padding=1))
         self.head = DiscHead(channels, c_dim)
 

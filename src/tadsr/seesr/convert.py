@@ -177,6 +177,55 @@ def convert_seesr(sd_base: Path, release: Path, ram: Path, dape: Path, out: Path
     return out
 
 
+def write_student(teacher: Path, out: Path, unet: Mapping[str, Tensor], controlnet: Mapping[str, Tensor]) -> Path:
+    """Write the TAD-SeeSR folder ``out`` of a student distilled from the SeeSR folder ``teacher``
+    (``tadsr.training.families.seesr``): the student's ``unet`` and ``controlnet`` state dicts with the teacher's
+    configs, in the teacher's storage dtype (``fp16`` of its index), and the teacher's VAE, text encoder,
+    tokenizer, scheduler and DAPE (hard links where the file system allows, else copies); run settings: one step
+    at the teacher's ``timestep``, no guidance, the teacher's prompts. A previous folder this module wrote is
+    replaced; anything else at ``out`` is refused. Written beside ``out`` and renamed: a failure leaves ``out``
+    as it was. Returns ``out``."""
+    from tadsr.seesr.folder import read_index
+    from tadsr.version import __version__
+
+    teacher, out = Path(teacher), Path(out)
+    index = read_index(teacher)
+    _check_target(out, overwrite=True)
+    dtype = torch.float16 if index.get("fp16") else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for part in ("vae", "text_encoder", "tokenizer", "scheduler", "dape"):
+            shutil.copytree(teacher / part, tmp / part, copy_function=_link_or_copy)
+        for part, state in (("unet", unet), ("controlnet", controlnet)):
+            _save(dict(state), tmp / part / WEIGHTS, dtype)
+            _write_json(tmp / part / "config.json", read_config(teacher / part / "config.json"))
+        settings = {**{k: index[k] for k in ("prompt", "negative_prompt", "timestep") if k in index},
+                    "variant": "tad-seesr", "steps": 1, "guidance": 0.0}
+        student_index = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings,
+                         "tadsr_version": __version__, "fp16": bool(index.get("fp16", False)),
+                         "sources": {f"teacher/{INDEX}": content_digest(teacher / INDEX)}}
+        atomic_write_text(tmp / INDEX, json.dumps(student_index, indent=2) + "\n")
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """A hard link of ``src`` at ``dst`` (the teacher's frozen parts are not copied), or a copy across devices."""
+    try:
+        os.link(src, dst)
+        return dst
+    except OSError:
+        return shutil.copy2(src, dst)
+
+
 # --- the output folder ------------------------------------------------------------------------------------------------
 
 def _check_target(out: Path, overwrite: bool) -> None:

@@ -51,25 +51,28 @@ class ImageAttention:
         finally:
             self.embeddings = previous
 
-    def hook(self, image_attention: nn.Module) -> Any:
-        """A forward hook for a text attention: its output, then ``image_attention`` on it."""
 
-        def chain(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-            if self.embeddings is None:
-                raise RuntimeError("a SeeSR network was called without image embeddings (use ImageAttention."
-                                   "attending)")
-            hidden = output[0] if isinstance(output, tuple) else output.sample
-            hidden = image_attention(hidden, encoder_hidden_states=self.embeddings,
-                                     cross_attention_kwargs=kwargs.get("cross_attention_kwargs"),
-                                     attention_mask=kwargs.get("attention_mask"),
-                                     encoder_attention_mask=kwargs.get("encoder_attention_mask"),
-                                     return_dict=False)[0]
-            if isinstance(output, tuple):
-                return (hidden, *output[1:])
-            output.sample = hidden
-            return output
+class _ChainImageAttention:
+    """A forward hook for a text attention: its output, then ``twin`` (its image attention) on it, attending to
+    ``handle.embeddings``. An object, not a closure, so that ``copy.deepcopy`` of the network (a student, an EMA)
+    gives a copy whose hooks run the copy's own image attentions and read the copy's handle."""
 
-        return chain
+    def __init__(self, handle: ImageAttention, twin: nn.Module) -> None:
+        self.handle, self.twin = handle, twin
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        embeddings = self.handle.embeddings
+        if embeddings is None:
+            raise RuntimeError("a SeeSR network was called without image embeddings (use ImageAttention.attending)")
+        hidden = output[0] if isinstance(output, tuple) else output.sample
+        hidden = self.twin(hidden, encoder_hidden_states=embeddings,
+                           cross_attention_kwargs=kwargs.get("cross_attention_kwargs"),
+                           attention_mask=kwargs.get("attention_mask"),
+                           encoder_attention_mask=kwargs.get("encoder_attention_mask"), return_dict=False)[0]
+        if isinstance(output, tuple):
+            return (hidden, *output[1:])
+        output.sample = hidden
+        return output
 
 
 def _image_twin(attention: nn.Module, image_dim: int) -> nn.Module:
@@ -90,8 +93,18 @@ def add_image_attention(model: nn.Module, image_dim: int = IMAGE_CROSS_ATTENTION
         twins = nn.ModuleList([_image_twin(attention, image_dim) for attention in block.attentions])
         block.image_attentions = twins
         for attention, twin in zip(block.attentions, twins, strict=True):
-            attention.register_forward_hook(image.hook(twin), with_kwargs=True)
+            attention.register_forward_hook(_ChainImageAttention(image, twin), with_kwargs=True)
             image.modules.append(twin)
+    model.seesr_image_attention = image  # a plain attribute (not a module): ``image_attention_of``
+    return image
+
+
+def image_attention_of(model: nn.Module) -> ImageAttention:
+    """The ``ImageAttention`` that feeds ``model``'s image cross-attention (``add_image_attention``'s), also on a
+    ``copy.deepcopy`` of it."""
+    image = getattr(model, "seesr_image_attention", None)
+    if not isinstance(image, ImageAttention):
+        raise TypeError(f"{type(model).__name__} has no SeeSR image cross-attention (add_image_attention)")
     return image
 
 

@@ -31,7 +31,7 @@ from tadsr.config_checks import check_ranges
 from tadsr.errors import ConfigError, first_line
 
 Command = Literal["distill", "train-teacher"]
-TRAIN_PRESETS = ("realsr-x4", "faceir", "tiny")
+TRAIN_PRESETS = ("realsr-x4", "faceir", "tiny", "seesr")
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,12 @@ class OptimConfig:
     milestones: tuple[int, ...] = (500000,)
     ema_rate: float = 0.999
     ema_warmup: float = 0.0
+    grad_clip: float = 0.0  # > 0: clip each optimiser's gradient norm to it (TAD-SeeSR's train.sh: 1.0); 0: none
 
     def __post_init__(self) -> None:
         check_ranges(self, "optim", {"lr": (0, 1), "lr_d": (0, 1), "weight_decay": (0, 1), "betas": (0, 0.999999),
                                      "warmup": (0, None), "milestones": (0, None), "ema_rate": (0, 1),
-                                     "ema_warmup": (0, 10)})
+                                     "ema_warmup": (0, 10), "grad_clip": (0, 1e6)})
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,17 @@ class DistillConfig:
     ``score_distill`` picks L_score: HSD (paper Eq. 8, the default) or SDS (Eq. 5, the ablation); ``lambda_score``
     weights either (it was ``lambda_hsd`` until tadsr 0.1, still accepted with a warning).
 
-    ``hsd_t_min``, ``hsd_t_max``: HSD's t' from the teacher process's timesteps [hsd_t_min, hsd_t_max); hsd_t_max 0:
+    ``lambda_distill`` weights L_distill (1 in the paper's Eq. 11; TAD-SeeSR's train.sh: 0.2).
+
+    ``hsd_t_min``, ``hsd_t_max``: HSD's t' from the teacher process's timesteps [hsd_t_min, hsd_t_max) every
+    ``hsd_t_step`` (TAD-SeeSR's code: 20, 40, ..., 880 = ``hsd_t_min=20 hsd_t_max=881 hsd_t_step=20``); hsd_t_max 0:
     the family's default (ResShift: 3 of T=15, the paper's steps 1-3; a diffusers teacher: 200 of 1000, the same
-    small-t end); hsd_t_min 0 is the paper's (t' = 0 included; a weak teacher's x0-hat at t' = 0 can be worse than its
-    input, and HSD's factor is largest there). ``dis_t_max``: the discriminator's t from [0, dis_t_max); 0: [0, T-1),
-    the paper's. ``hinge``: the discriminator's hinge on each of its logits, then their mean (``per-logit``, the
-    authors' code) or on the sample's mean logit (``mean``, tadsr 0.1's; ``tadsr.losses.adversarial``).
+    small-t end; SeeSR: 881, the authors' top); hsd_t_min 0 is the paper's (t' = 0 included; a weak teacher's x0-hat at t' = 0 can be worse than its
+    input, and HSD's factor is largest there). ``dis_t_min``, ``dis_t_max``, ``dis_t_step``: the discriminator's t
+    from [dis_t_min, dis_t_max) every ``dis_t_step``; dis_t_max 0: [0, T-1), the paper's. ``dis_t_per_batch``: one t
+    for the whole batch (TAD-SeeSR's code) instead of one per sample. ``hinge``: the discriminator's hinge on each of
+    its logits, then their mean (``per-logit``, the authors' code) or on the sample's mean logit (``mean``, tadsr
+    0.1's; ``tadsr.losses.adversarial``).
 
     ``uniform_noise``, a quirk of the authors' code (docs/implementation-notes.md §4.9; off by default, the paper's
     method): rand instead of randn in the HSD and discriminator perturbations. The ResShift code's other quirks are
@@ -120,21 +126,27 @@ class DistillConfig:
 
     score_distill: Literal["hsd", "sds", "none"] = "hsd"
     discriminator: Literal["time-aware", "plain", "none"] = "time-aware"
+    lambda_distill: float = 1.0
     lambda_score: float = 1.0
     lambda_adv: float = 0.02
     hsd_t_max: int = 0
     hsd_t_min: int = 0
+    hsd_t_step: int = 1
     score_target: Literal["teacher", "gt"] = "teacher"
     dis_t_max: int = 0
+    dis_t_min: int = 0
+    dis_t_step: int = 1
+    dis_t_per_batch: bool = False
     hinge: Literal["per-logit", "mean"] = "per-logit"
     c_dim: int = 64
     teacher_cache: int = 0  # > 0: precompute this many (LR, HR, noise, teacher target) tuples and train on them
     uniform_noise: bool = False
 
     def __post_init__(self) -> None:
-        check_ranges(self, "distill", {"lambda_score": (0, 1e6), "lambda_adv": (0, 1e6), "hsd_t_max": (0, 100000),
-                                       "hsd_t_min": (0, 100000), "dis_t_max": (0, 100000), "c_dim": (1, 4096),
-                                       "teacher_cache": (0, 10**7)})
+        check_ranges(self, "distill", {"lambda_distill": (0, 1e6), "lambda_score": (0, 1e6), "lambda_adv": (0, 1e6),
+                                       "hsd_t_max": (0, 100000), "hsd_t_min": (0, 100000), "hsd_t_step": (1, 100000),
+                                       "dis_t_max": (0, 100000), "dis_t_min": (0, 100000),
+                                       "dis_t_step": (1, 100000), "c_dim": (1, 4096), "teacher_cache": (0, 10**7)})
 
 
 @dataclass(frozen=True)
@@ -199,9 +211,43 @@ class DiffusersFamily:
                                       "student_t": (-1, 100000)})
 
 
+@dataclass(frozen=True)
+class SeeSRFamily:
+    """A SeeSR teacher: a folder of ``tadsr convert seesr`` (paper Appendix B, the authors' TAD-SeeSR; ``tadsr.
+    training.families.seesr``, docs/seesr-distill.md). Each value is the authors' (LearningHx/TAD-SR
+    ``TAD-SeeSR/train_tadsr.py``, ``train.sh``) unless said:
+
+    * ``trainable``: what of the student (a copy of SeeSR's ControlNet and UNet) learns: ``image-attention``, every
+      image cross-attention module of both and the ControlNet's conditioning embedding (the authors'); ``full``,
+      both networks whole; ``lora``, a LoRA of rank ``lora_rank`` on every attention projection of the UNet (to_q,
+      to_k, to_v, to_out.0), merged into the weights of the student folder written at the end.
+    * ``student_start``: the latent the student's one step starts from, noised to t = 999: ``lr``, the LR image's
+      (as TAD-SeeSR runs at inference; tadsr's default), or ``gt``, the ground truth's (the authors' training).
+    * ``teacher_condition``: the image the teacher's ControlNet and DAPE see in HSD and the discriminator's
+      features: ``lr``, the x4 bicubic LR (tadsr's default, as at inference), or ``gt`` (the authors' code, by an
+      argument-parsing slip: ``type=bool`` makes any given value true).
+    * ``teacher_steps``, ``guidance``: SeeSR's sampler (DDPM with classifier-free guidance) for L_distill's
+      target, from the LR image as the authors' precomputed SeeSR outputs (SeeSR's test defaults, 50 and 5.5).
+    """
+
+    trainable: Literal["image-attention", "full", "lora"] = "image-attention"
+    lora_rank: int = 8
+    student_start: Literal["lr", "gt"] = "lr"
+    teacher_condition: Literal["lr", "gt"] = "lr"
+    teacher_steps: int = 50
+    guidance: float = 5.5
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("trainable", ("image-attention", "full", "lora")), ("student_start", ("lr", "gt")),
+                             ("teacher_condition", ("lr", "gt"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"family.{key} = {getattr(self, key)!r}: choose from {', '.join(allowed)}")
+        check_ranges(self, "family", {"lora_rank": (1, 4096), "teacher_steps": (1, 1000), "guidance": (0, 100)})
+
+
 # The teacher families, by the ``kind`` tag of the ``family`` section (the kinds ``open_teacher`` knows).
-FAMILIES: dict[str, type] = {"resshift": ResShiftFamily, "diffusers": DiffusersFamily}
-FamilyConfig = ResShiftFamily | DiffusersFamily
+FAMILIES: dict[str, type] = {"resshift": ResShiftFamily, "diffusers": DiffusersFamily, "seesr": SeeSRFamily}
+FamilyConfig = ResShiftFamily | DiffusersFamily | SeeSRFamily
 
 
 def family_kind(family: FamilyConfig) -> str:
@@ -265,7 +311,28 @@ def train_config(name: str, command: Command = "distill") -> TrainConfig:
             optim=OptimConfig(lr=2e-4, lr_d=2e-4, warmup=20),
             run=RunConfig(steps=200, batch_size=4, seed=0, log_every=5, save_every=50, val_every=100),
         )
+    if name == "seesr":
+        if not distill:
+            raise ConfigError("the seesr preset distils a SeeSR teacher; tadsr train-teacher does not train SeeSR")
+        return seesr_recipe()
     raise ConfigError(f"unknown training preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
+
+
+def seesr_recipe() -> TrainConfig:
+    """The ``seesr`` preset: TAD-SeeSR's recipe (LearningHx/TAD-SR ``TAD-SeeSR/train.sh`` and ``train_tadsr.py``;
+    docs/seesr-distill.md lists each value and where tadsr's default differs): GT 512, batch 8 (8 GPUs x 1), 30k
+    steps, fp16; AdamW 2e-5 with weight decay 1e-2 and no warm-up, gradient norm clipped to 1, EMA 0.99;
+    L = 0.2 L_distill + HSD + 0.2 L_adv with HSD's and the discriminator's t from {20, 40, ..., 880}, one t per
+    batch for the discriminator; the family's ``SeeSRFamily`` defaults."""
+    return TrainConfig(
+        model=None,
+        data=DataConfig(degradation="realesrgan", gt_size=512),
+        optim=OptimConfig(lr=2e-5, lr_d=2e-5, weight_decay=1e-2, warmup=0, ema_rate=0.99, grad_clip=1.0),
+        run=RunConfig(steps=30000, batch_size=8, amp="fp16"),
+        distill=DistillConfig(lambda_distill=0.2, lambda_score=1.0, lambda_adv=0.2, hsd_t_min=20, hsd_t_max=881,
+                              hsd_t_step=20, dis_t_min=20, dis_t_max=881, dis_t_step=20, dis_t_per_batch=True),
+        family=SeeSRFamily(),
+    )
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

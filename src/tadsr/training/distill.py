@@ -27,6 +27,7 @@ from tadsr.devices import DTYPES
 from tadsr.errors import ConfigError, first_line
 from tadsr.fileio import atomic_torch_save
 from tadsr.losses import DistillationLoss, ScoreDistillationLoss, discriminator_hinge_loss, generator_adversarial_loss
+from tadsr.losses.score import draw_grid_timesteps
 from tadsr.nets.discriminator import LatentDiscriminator
 from tadsr.training.config import TrainConfig
 from tadsr.training.ema import EMA
@@ -77,10 +78,14 @@ class DistillTrainer(Trainer):
                               f"hsd_t_max is {self.hsd_t_max}")
         if d.dis_t_max > last:
             raise ConfigError(f"distill.dis_t_max={d.dis_t_max}: the discriminator's t must stay below T-1 = {last}")
-        self.dis_t_max = d.dis_t_max or last  # its t from [0, dis_t_max)
+        self.dis_t_max = d.dis_t_max or last  # its t from [dis_t_min, dis_t_max)
+        if d.dis_t_min >= self.dis_t_max:
+            raise ConfigError(f"distill.dis_t_min={d.dis_t_min}: the discriminator's t is drawn from [dis_t_min, "
+                              f"dis_t_max) and dis_t_max is {self.dis_t_max}")
         if cfg.data.gt_size % self.teacher.gt_multiple:
             raise ConfigError(f"data.gt_size = {cfg.data.gt_size}: {self.teacher_path} needs a multiple of "
                               f"{self.teacher.gt_multiple} (its scale x its network's LR multiple)")
+        self.final_suffix = self.teacher.student_suffix
         self.network = self.teacher.make_student()
         self.ema = EMA(self.network, cfg.optim.ema_rate, cfg.optim.ema_warmup)
         self.discriminator = None
@@ -101,7 +106,7 @@ class DistillTrainer(Trainer):
         self.score_loss = None
         if d.score_distill != "none":
             self.score_loss = ScoreDistillationLoss(process, d.score_distill, (d.hsd_t_min, self.hsd_t_max),
-                                                    "uniform" if d.uniform_noise else "gaussian")
+                                                    "uniform" if d.uniform_noise else "gaussian", d.hsd_t_step)
 
     @property
     def student(self) -> nn.Module:
@@ -156,6 +161,8 @@ class DistillTrainer(Trainer):
                 if problem is None:
                     return cache
                 self.warn(f"{path}: a damaged teacher cache ({problem}); rebuilding it")
+            elif isinstance(cache, dict):
+                self.warn(f"{path}: a teacher cache of another teacher or other settings; rebuilding it")
         size = self.config.distill.teacher_cache
         data = self.dataset()
         items = [data.sample(i % len(data), i // len(data)) for i in range(size)]
@@ -208,11 +215,13 @@ class DistillTrainer(Trainer):
 
     def discriminator_step(self, pair: Pair, z_s: Tensor) -> tuple[dict[str, Tensor], list[Tensor], Tensor]:
         """One hinge-loss step of D (``distill.hinge``) on real (noised GT latent) and fake (noised student output,
-        detached) features at a shared random t < ``distill.dis_t_max`` (default T-1). Returns (``d_loss`` and the
+        detached) features at a random t from [``distill.dis_t_min``, ``dis_t_max``) (default [0, T-1)), shared by
+        real and fake (and by the batch with ``dis_t_per_batch``). Returns (``d_loss`` and the
         separation measures of ``separation``, the fake features with their graph to the student, t)."""
         assert self.discriminator_ddp is not None and self.opt_d is not None
-        n = pair.z_gt.shape[0]
-        t_dis = torch.randint(0, self.dis_t_max, (n,), generator=self.rng).to(self.device)
+        n, d = pair.z_gt.shape[0], self.config.distill
+        t_dis = draw_grid_timesteps(d.dis_t_min, self.dis_t_max, d.dis_t_step, 1 if d.dis_t_per_batch else n,
+                                    self.rng).expand(n).to(self.device)
         n_dis = self._noise_like(pair.z_gt, self.config.distill.uniform_noise)
         with self.forward_context():
             with torch.no_grad():
@@ -233,7 +242,7 @@ class DistillTrainer(Trainer):
         d = self.config.distill
         with frozen_weights(self.discriminator):
             with self.forward_context():
-                terms = {"distill": self.distill_loss(z_s, pair.z_tch)}
+                terms = {"distill": d.lambda_distill * self.distill_loss(z_s, pair.z_tch)}
                 if self.score_loss is not None:
                     target = pair.z_tch if d.score_target == "teacher" else pair.z_gt
                     terms[d.score_distill] = d.lambda_score * self.score_loss(z_s, target, pair.cond, self.rng)
@@ -251,16 +260,31 @@ class DistillTrainer(Trainer):
 
     # --- checkpoint -----------------------------------------------------------------------------------------
 
+    def _trained_keys(self) -> set[str]:
+        """The student's state-dict keys that change in training: its trainable parameters and its buffers (the
+        frozen parameters are the teacher's, loaded from the teacher again on resume)."""
+        frozen = {name for name, p in self.network.named_parameters() if not p.requires_grad}
+        return set(self.network.state_dict()) - frozen
+
     def state(self) -> dict[str, Any]:
-        out = {"teacher": str(self.teacher_path), "student": self.network.state_dict(),
-               "ema": self.ema.model.state_dict(), "opt_g": self.opt_g.state_dict()}
+        keys = self._trained_keys()
+
+        def trained(module: nn.Module) -> dict[str, Tensor]:
+            return {k: v for k, v in module.state_dict().items() if k in keys}
+
+        out = {"teacher": str(self.teacher_path), "student": trained(self.network),
+               "ema": trained(self.ema.model), "opt_g": self.opt_g.state_dict()}
         if self.discriminator is not None and self.opt_d is not None:
             out.update(discriminator=self.discriminator.state_dict(), opt_d=self.opt_d.state_dict())
         return out
 
     def load_state(self, checkpoint: dict[str, Any]) -> None:
-        self.network.load_state_dict(checkpoint["student"])
-        self.ema.model.load_state_dict(checkpoint["ema"])
+        keys = self._trained_keys()
+        for module, name in ((self.network, "student"), (self.ema.model, "ema")):
+            missing, unexpected = module.load_state_dict(checkpoint[name], strict=False)
+            if unexpected or set(missing) & keys:
+                raise ConfigError(f"the checkpoint's {name} weights do not fit this run's student (missing: "
+                                  f"{sorted(set(missing) & keys)[:3]}, unexpected: {sorted(unexpected)[:3]})")
         self.opt_g.load_state_dict(checkpoint["opt_g"])
         if self.discriminator is not None and self.opt_d is not None:
             self.discriminator.load_state_dict(checkpoint["discriminator"])

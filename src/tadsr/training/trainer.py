@@ -72,6 +72,7 @@ class Trainer:
     network: nn.Module  # the network being trained (its EMA copy is what the run produces)
     ema: EMA
     settings_from_elsewhere: tuple[str, ...] = ()  # config keys (prefixes) the trainer takes from elsewhere
+    final_suffix = ".safetensors"  # the model the run writes: RUN_DIR/final{suffix} ("": a folder)
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: str | torch.device = "cpu", resume: bool = False,
                  show_progress: bool = True) -> None:
@@ -144,8 +145,11 @@ class Trainer:
     # --- shared pieces ------------------------------------------------------------------------------------
 
     def make_optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        """AdamW over ``module``'s trainable parameters (those with ``requires_grad``: a student may train a
+        subset)."""
         o = self.config.optim
-        return torch.optim.AdamW(module.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+        return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, betas=o.betas,
+                                 weight_decay=o.weight_decay)
 
     def set_scheduled_lr(self, optimizer: torch.optim.Optimizer) -> None:
         """The learning rate of the step about to run (``scheduled_lr``)."""
@@ -188,10 +192,14 @@ class Trainer:
                                     + f"); not saved; stopped, {self._last_good()}")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-        """Backward and step (through the fp16 grad scaler when run.amp is fp16; call ``scaler.update()`` once
-        per iteration, after the last step)."""
+        """Backward, the gradient norm clipped to ``optim.grad_clip`` when set, and step (through the fp16 grad
+        scaler when run.amp is fp16; call ``scaler.update()`` once per iteration, after the last step)."""
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        clip = self.config.optim.grad_clip
+        if clip > 0:  # on the true gradients: unscaled first under fp16 (the scaler then does not unscale again)
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
         self.scaler.step(optimizer)
 
     def dataset(self) -> EpochDataset:
@@ -214,7 +222,7 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        """Train up to ``config.run.steps`` and write ``final.safetensors``; returns its path."""
+        """Train up to ``config.run.steps`` and write ``final.safetensors`` (``final_suffix``); returns its path."""
         run = self.config.run
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,12 +254,12 @@ class Trainer:
             if writer is not None:
                 writer.close()
         self.check_ranks_agree()
-        final = self.run_dir / "final.safetensors"
+        final = self.run_dir / f"final{self.final_suffix}"
         if self.rank == 0:
             self.write_final(final, self.ema.model)
             if run.raw_weights:
                 with evaluating(self.network):
-                    self.write_final(self.run_dir / "final-raw.safetensors", self.network)
+                    self.write_final(self.run_dir / f"final-raw{self.final_suffix}", self.network)
         distributed.barrier()
         return final
 

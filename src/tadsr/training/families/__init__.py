@@ -7,7 +7,8 @@ targets (the teacher's T-step output and the noise it started from), the student
 validation. ``DistillTeacher`` names them; each family implements it in one module:
 
 * ``resshift`` — a tadsr teacher file (ResShift: Swin-UNet + first stage; ``tadsr convert`` / ``train-teacher``);
-* ``diffusers`` — a diffusers folder of an SD-based SR model (``StableDiffusionUpscalePipeline``; Appendix B).
+* ``diffusers`` — a diffusers folder of an SD-based SR model (``StableDiffusionUpscalePipeline``);
+* ``seesr`` — a SeeSR folder (``tadsr convert seesr``): the paper's Appendix B teacher, distilled into TAD-SeeSR.
 
 ``open_teacher`` is the one place that decides a teacher's family from its path; ``distill_config`` resolves a
 distillation's config for it (the family's section, the student's model, the family's recipe).
@@ -43,6 +44,7 @@ class DistillTeacher(Protocol):
     model_channels: int  # the discriminator's base width
     default_hsd_t_max: int  # ``distill.hsd_t_max`` = 0 means this
     student_model: ModelConfig | None  # what the run's config records as its model (None: not a tadsr model)
+    student_suffix: str  # the run's student is RUN_DIR/final{student_suffix} ("": a folder)
 
     @staticmethod
     def recipe(path: Path) -> tuple[ModelConfig | None, str, str]:
@@ -63,7 +65,8 @@ class DistillTeacher(Protocol):
         ...
 
     def student_x0(self, student: nn.Module, batch: dict[str, Tensor], cond: Any) -> Tensor:
-        """The student's one step from the batch's ``noise``: its clean latent (N, C, h, w), with its graph."""
+        """The student's one step from the batch's ``noise``: its clean latent (N, C, h, w), with its graph. The
+        student's parameters with ``requires_grad`` are the ones it trains (``make_student`` decides)."""
         ...
 
     def cache_identity(self) -> dict[str, Any]:
@@ -81,14 +84,15 @@ class DistillTeacher(Protocol):
 
 def family_of(path: str | os.PathLike) -> str:
     """The teacher family of ``path`` (``tadsr.checkpoints.model_kind`` decides what a path is): ``resshift`` for
-    a tadsr model file, ``diffusers`` for a diffusers folder; anything else is one line naming the path."""
+    a tadsr model file, ``diffusers`` for a diffusers folder, ``seesr`` for a SeeSR folder; anything else is one
+    line naming the path."""
     kind = model_kind(path)
     if kind == "tadsr":
         return "resshift"
-    if kind == "diffusers":
-        return "diffusers"
+    if kind in ("diffusers", "seesr"):
+        return kind
     raise ConfigError(f"{path}: an {kind} file is not a teacher; pass a tadsr .safetensors teacher (tadsr convert / "
-                      "tadsr train-teacher) or a diffusers folder")
+                      "tadsr train-teacher), a diffusers folder or a SeeSR folder (tadsr convert seesr)")
 
 
 def _family(kind: str) -> Any:
@@ -101,6 +105,10 @@ def _family(kind: str) -> Any:
         from tadsr.training.families.diffusers import DiffusersTeacher
 
         return DiffusersTeacher
+    if kind == "seesr":
+        from tadsr.training.families.seesr import SeeSRTeacher
+
+        return SeeSRTeacher
     raise ConfigError(f"family.kind = {kind!r}: no such teacher family")
 
 
@@ -121,8 +129,8 @@ def distill_config(teacher: str | os.PathLike, config_path: str | os.PathLike | 
                                                                                                  str | None]:
     """A distillation's config for ``teacher`` (``resolve_config`` with the teacher's family and student model),
     and, when neither ``preset`` nor ``config_path`` is given, a line naming the recipe the family chose
-    (``recipe``: ResShift, the preset of the teacher's architecture; diffusers, tiny). ConfigError (one line)
-    before any work."""
+    (``recipe``: ResShift, the preset of the teacher's architecture; diffusers, tiny; SeeSR, seesr). ConfigError
+    (one line) before any work."""
     kind = family_of(teacher)
     student, default, note = _family(kind).recipe(Path(teacher))
     config = resolve_config("distill", config_path, preset or default, data_path, steps, seed, list(overrides),

@@ -32,6 +32,7 @@ class DiffusersTeacher:
     kind = "diffusers"
     default_hsd_t_max = 200  # t' from [0, 200) of 1000: the small-t end, as the paper's steps 1-3 of ResShift's 15
     student_model = None  # the student's architecture is the folder's UNet, recorded in the student file
+    student_suffix = ".safetensors"
 
     def __init__(self, path: Path, family: DiffusersFamily, device: torch.device, amp: torch.dtype | None) -> None:
         self.path, self.family, self.device, self.amp = path, family, device, amp

@@ -32,6 +32,7 @@ class ResShiftTeacher:
 
     kind = "resshift"
     default_hsd_t_max = 3  # t' from code indices [0, 3): the paper's steps 1..3 of T = 15
+    student_suffix = ".safetensors"
 
     def __init__(self, path: Path, family: ResShiftFamily, device: torch.device, amp: torch.dtype | None) -> None:
         self.path, self.device, self.amp = path, device, amp
