@@ -107,12 +107,14 @@ class DistillConfig:
     ``hsd_t_min``, ``hsd_t_max``: HSD's t' from the teacher process's timesteps [hsd_t_min, hsd_t_max) every
     ``hsd_t_step`` (TAD-SeeSR's code: 20, 40, ..., 880 = ``hsd_t_min=20 hsd_t_max=881 hsd_t_step=20``); hsd_t_max 0:
     the family's default (ResShift: 3 of T=15, the paper's steps 1-3; a diffusers teacher: 200 of 1000, the same
-    small-t end; SeeSR: 881, the authors' top); hsd_t_min 0 is the paper's (t' = 0 included; a weak teacher's x0-hat at t' = 0 can be worse than its
-    input, and HSD's factor is largest there). ``dis_t_min``, ``dis_t_max``, ``dis_t_step``: the discriminator's t
-    from [dis_t_min, dis_t_max) every ``dis_t_step``; dis_t_max 0: [0, T-1), the paper's. ``dis_t_per_batch``: one t
-    for the whole batch (TAD-SeeSR's code) instead of one per sample. ``hinge``: the discriminator's hinge on each of
-    its logits, then their mean (``per-logit``, the authors' code) or on the sample's mean logit (``mean``, tadsr
-    0.1's; ``tadsr.losses.adversarial``).
+    small-t end; SeeSR: 881, the authors' top); hsd_t_min 0 is the paper's (t' = 0 included; a weak teacher's
+    x0-hat at t' = 0 can be worse than its input, and HSD's factor is largest there).
+
+    ``dis_t_min``, ``dis_t_max``, ``dis_t_step``: the discriminator's t from [dis_t_min, dis_t_max) every
+    ``dis_t_step``; dis_t_max 0: [0, T-1), the paper's. ``dis_t_per_batch``: one t for the whole batch (TAD-SeeSR's
+    code) instead of one per sample. ``hinge``: the discriminator's hinge on each of its logits, then their mean
+    (``per-logit``, the authors' code) or on the sample's mean logit (``mean``, tadsr 0.1's;
+    ``tadsr.losses.adversarial``).
 
     ``uniform_noise``, a quirk of the authors' code (docs/implementation-notes.md §4.9; off by default, the paper's
     method): rand instead of randn in the HSD and discriminator perturbations. The ResShift code's other quirks are
