@@ -232,3 +232,16 @@ def test_a_teacher_cache_of_other_settings_is_rebuilt_with_a_warning(seesr_teach
     again = torch.load(run / "teacher_cache.pt", weights_only=True)
     assert torch.equal(again["prompt_embeds"], first["prompt_embeds"])  # the same pairs and tags ...
     assert not torch.equal(again["z_tch"], first["z_tch"])  # ... and the target of the new guidance
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_distil_seesr_with_a_lora(seesr_teacher_dir: Path, tmp_path: Path) -> None:
+    """DDP over the student's trainable subset (here the LoRA factors; the frozen weights are shared, not synced)."""
+    photos = _photos(tmp_path / "photos")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
+           *_distill(seesr_teacher_dir, photos, tmp_path / "run", 2, "family.trainable=lora")[1:]]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "final" / "tadsr_seesr.json").is_file()  # after the ranks' weights agreed
+    assert result.stdout.count("tadsr: wrote") == 1

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from tadsr.devices import autocast
 from tadsr.diffusion.vp import to_eps, to_x0, vp_forward
@@ -157,18 +158,24 @@ def _lora_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
     return output + module.lora_up(module.lora_down(args[0]))
 
 
-def add_lora(unet: nn.Module, rank: int) -> int:
+def add_lora(unet: nn.Module, rank: int, seed: int = 0) -> int:
     """A LoRA of ``rank`` on every attention projection of ``unet`` (``LORA_TARGETS`` of each diffusers
-    ``Attention``: self, text and image cross-attention), in place: ``lora_down`` (rank, in) drawn as nn.Linear's
-    default, ``lora_up`` (out, rank) zero, so the network is unchanged until trained (Hu et al. 2021, LoRA §4.1;
+    ``Attention``: self, text and image cross-attention), in place: ``lora_down`` (rank, in) uniform in
+    ±1/sqrt(in) (nn.Linear's default range) from a generator seeded with ``seed`` (every process of a run draws the
+    same), ``lora_up`` (out, rank) zero, so the network is unchanged until trained (Hu et al. 2021, LoRA §4.1;
     scale alpha / rank = 1). The factors are the Linear's submodules (keys ``....to_q.lora_down.weight``);
     ``merge_lora`` folds them in. Returns the number of adapted layers."""
+    generator = torch.Generator().manual_seed(seed)
     count = 0
     for name, module in list(unet.named_modules()):
         if isinstance(module, nn.Linear) and any(name == t or name.endswith(f".{t}") for t in LORA_TARGETS):
-            module.lora_down = nn.Linear(module.in_features, rank, bias=False).to(module.weight)
-            module.lora_up = nn.Linear(rank, module.out_features, bias=False).to(module.weight)
-            nn.init.zeros_(module.lora_up.weight)
+            bound = module.in_features ** -0.5
+            down = torch.empty(rank, module.in_features).uniform_(-bound, bound, generator=generator)
+            module.lora_down = skip_init(nn.Linear, module.in_features, rank, bias=False).to(module.weight)
+            module.lora_up = skip_init(nn.Linear, rank, module.out_features, bias=False).to(module.weight)
+            with torch.no_grad():  # no draw from the global generator
+                module.lora_down.weight.copy_(down)
+                module.lora_up.weight.zero_()
             module.register_forward_hook(_lora_hook)
             count += 1
     return count
