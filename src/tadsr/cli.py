@@ -696,8 +696,9 @@ def train_teacher(config_path: Path | None, preset: str, data_path: str | None, 
 @main.command()
 @_training_options
 @click.option("--teacher", type=click.Path(path_type=Path), required=True,
-              help="The teacher: a tadsr .safetensors file (tadsr convert / tadsr train-teacher), or a diffusers "
-                   "folder of an SD-based SR model (StableDiffusionUpscalePipeline layout; needs tadsr[sd]).")
+              help="The teacher: a tadsr .safetensors file (tadsr convert / tadsr train-teacher), a diffusers "
+                   "folder of an SD-based SR model (StableDiffusionUpscalePipeline layout; needs tadsr[sd]), or a "
+                   "SeeSR folder (tadsr convert seesr --variant seesr; the student is then a TAD-SeeSR folder).")
 def distill(config_path: Path | None, preset: str, data_path: str | None, run_dir: Path, steps: int | None,
             seed: int | None, resume: bool, device: str, dry_run: bool, quiet: bool, overrides: tuple[str, ...],
             teacher: Path) -> None:
@@ -711,6 +712,8 @@ def distill(config_path: Path | None, preset: str, data_path: str | None, run_di
       python -m torch.distributed.run --nproc_per_node 2 -m tadsr.cli distill ...   # DDP
       tadsr distill --teacher sd-x4-upscaler/ --data photos/ --out runs/sd family.prompt="a photo" \\
           family.teacher_steps=20                                               # an SD-based teacher
+      tadsr distill --teacher seesr/ --data pairs/ --out runs/tad-seesr distill.teacher_cache=2000
+                                                    # SeeSR -> TAD-SeeSR, the seesr preset (Appendix B)
     """
     from tadsr.training.distill import DistillTrainer
     from tadsr.training.families import distill_config

@@ -454,8 +454,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if len(parts) == 2:
             parts = list(_renamed(parts[0], parts[1]))
         if parts[0] == "model" and data.get("model") is None and len(parts) > 1:
-            raise ConfigError(f"{key}: a diffusers teacher's student has the teacher folder's architecture; drop the "
-                              "setting")
+            raise ConfigError(f"{key}: this teacher's student has the teacher folder's architecture (a diffusers "
+                              "or SeeSR folder); drop the setting")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"override {key!r}: no section {part!r}")
