@@ -84,3 +84,20 @@ def test_console_script_is_installed() -> None:
     assert script.exists(), "the package is not installed (pip install -e .): no tadsr console script"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "convert" in result.stdout and "info" in result.stdout
+
+
+def test_info_describes_a_seesr_folder_and_a_diffusers_folder_from_their_headers(seesr_teacher_dir: Path,
+                                                                                 pipeline_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    for folder, kind, role in ((seesr_teacher_dir, "seesr", "teacher"), (pipeline_dir, "diffusers", "teacher")):
+        code, out, err = _run("info", str(folder))
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[:2] == [f"kind: {kind}", f"role: {role}"] and "scale: 4" in lines
+        for part in ("unet", "vae"):
+            count = sum(v.numel() for file in (folder / part).glob("*.safetensors")
+                        for v in load_file(str(file)).values())
+            assert f"{part} parameters: {count:,}" in lines, lines
+    code, out, _ = _run("info", str(seesr_teacher_dir))
+    assert "variant: 'seesr'" in out and "guidance: 5.5" in out

@@ -102,6 +102,52 @@ def model_info(path_or_name: str | os.PathLike | None = None) -> ModelInfo:
     raise ValueError(f"unknown model kind {kind!r}")
 
 
+def _parameters(files: list[Path]) -> int:
+    """The number of values the safetensors ``files`` hold, from their headers (no tensor read)."""
+    from tadsr.checkpoints import read_shapes
+
+    return sum(math.prod(shape) for file in files for shape in read_shapes(file).values())
+
+
+def model_summary(path_or_name: str | os.PathLike | None = None) -> list[str]:
+    """What ``tadsr info`` prints of a model of any kind, without loading its weights (safetensors headers and
+    configs only): a tadsr file's config, parameter counts and schedule; for the other kinds their kind, role,
+    steps and scale (``model_info``), their run settings (a SeeSR folder's), and the parameters of each part
+    (each folder's safetensors files, or an SD student file's prefixes). One line for a path that is no model."""
+    path = locate(path_or_name)
+    kind = model_kind(path)
+    if kind == "tadsr":
+        from tadsr.config import config_to_json
+
+        with torch.device("meta"):
+            sr = SRModel(read_model_config(path))
+        unet = sum(p.numel() for p in sr.unet.parameters())
+        stage = sum(p.numel() for p in sr.first_stage.parameters())
+        return [config_to_json(sr.config), f"unet parameters: {unet:,}", f"first-stage parameters: {stage:,}",
+                f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}"]
+    info = model_info(path)
+    lines = [f"kind: {kind}", f"role: {info.role}", f"steps: {info.num_steps}", f"scale: {info.scale}"]
+    if kind == "seesr":
+        from tadsr.seesr.folder import read_index
+
+        index = read_index(path)
+        lines += [f"{key}: {index[key]!r}" for key in ("variant", "prompt", "negative_prompt", "guidance",
+                                                        "timestep", "fp16") if key in index]
+    if kind in ("seesr", "diffusers"):
+        parts = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.safetensors")))
+        counts = {part.name: _parameters(sorted(part.glob("*.safetensors"))) for part in parts}
+        lines += [f"{name} parameters: {count:,}" for name, count in counts.items()]
+        lines.append(f"total parameters: {sum(counts.values()):,}")
+    if kind == "sd-student":
+        from tadsr.checkpoints import read_shapes
+
+        counts: dict[str, int] = {}
+        for key, shape in read_shapes(path).items():
+            counts[key.split(".", 1)[0]] = counts.get(key.split(".", 1)[0], 0) + math.prod(shape)
+        lines += [f"{name} values: {count:,}" for name, count in sorted(counts.items())]
+    return lines
+
+
 def open_model(path_or_name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, steps: int | None = None, sampler: SamplerName = "deterministic",
                channels_last: bool = False, compile: bool = False, prompt: str = "",

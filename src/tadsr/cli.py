@@ -30,7 +30,7 @@ from tadsr.errors import ConfigError, TadsrError, first_line
 from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
-from tadsr.model import SRModel, load_model, model_from_official, read_model_config, save_model
+from tadsr.model import SRModel, model_from_official, read_model_config, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 from tadsr.sd.diffusers_teacher import DEFAULT_NOISE_LEVEL
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
@@ -271,17 +271,21 @@ def export(model: str, fmt: str, output: Path, tile: int, seed: int, teacher_one
 @main.command()
 @click.argument("model", type=str)
 def info(model: str) -> None:
-    """Print the config and parameter counts of a model preset (realsr-x4, faceir) or a tadsr .safetensors file."""
+    """Print what a model is: a preset's (realsr-x4, faceir) or a tadsr file's config and parameter counts; an
+    ONNX file's, SD student's, diffusers folder's or SeeSR / TAD-SeeSR folder's kind, role, steps, scale, settings and
+    parameters per part. No weight is loaded."""
     if model in MODEL_PRESETS:
         with torch.device("meta"):
             sr = SRModel(model_config(model))
-    else:
-        sr = load_model(model)
-    unet = sum(p.numel() for p in sr.unet.parameters())
-    stage = sum(p.numel() for p in sr.first_stage.parameters())
-    click.echo(config_to_json(sr.config))
-    click.echo(f"unet parameters: {unet:,}\nfirst-stage parameters: {stage:,}")
-    click.echo(f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}")
+        unet = sum(p.numel() for p in sr.unet.parameters())
+        stage = sum(p.numel() for p in sr.first_stage.parameters())
+        click.echo(config_to_json(sr.config))
+        click.echo(f"unet parameters: {unet:,}\nfirst-stage parameters: {stage:,}")
+        click.echo(f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}")
+        return
+    from tadsr.backends import model_summary
+
+    click.echo("\n".join(model_summary(model)))
 
 
 @main.command()
