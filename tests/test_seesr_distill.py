@@ -245,3 +245,36 @@ def test_torchrun_two_processes_distil_seesr_with_a_lora(seesr_teacher_dir: Path
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "final" / "tadsr_seesr.json").is_file()  # after the ranks' weights agreed
     assert result.stdout.count("tadsr: wrote") == 1
+
+
+def test_the_features_are_the_unets_skips_with_the_controlnets_residuals(seesr_teacher_dir: Path) -> None:
+    """Against the UNet's own sum: the skips its up blocks receive (diffusers adds the ControlNet's residuals to
+    the down blocks' outputs before the up path), taken with a hook; the features are the one before each
+    downsampler (the authors' 2, 5, 8, 11 for SD-2-base)."""
+    teacher = _teacher(seesr_teacher_dir)
+    lq = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gt = torch.nn.functional.interpolate(lq, scale_factor=4)
+    batch = {"lq": lq, "gt": gt, **teacher.targets(lq, gt, torch.Generator().manual_seed(1))}
+    cond = teacher.condition(batch)
+    t = torch.tensor([3, 500])
+    unet = teacher.network.unet
+    received: list[tuple[torch.Tensor, ...]] = []
+    hooks = [block.register_forward_pre_hook(lambda m, a, k: received.append(k["res_hidden_states_tuple"]),
+                                             with_kwargs=True) for block in unet.up_blocks]
+    try:
+        with torch.no_grad():
+            teacher.network(batch["z_gt"], t, cond)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    skips = [s for chunk in reversed(received) for s in chunk]  # the UNet's down_block_res_samples, in order
+    with torch.no_grad():
+        features = teacher.process.encoder_features(batch["z_gt"], t, cond)
+    index, expected = 0, []
+    for block in unet.down_blocks:
+        count = len(block.resnets) + (1 if block.downsamplers else 0)
+        expected.append(skips[index + len(block.resnets)])  # after conv_in's skip: the block's last before its down
+        index += count
+    assert len(features) == len(expected) == len(unet.down_blocks)
+    for got, want in zip(features, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
