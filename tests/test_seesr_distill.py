@@ -245,6 +245,18 @@ def test_torchrun_two_processes_distil_seesr_with_a_lora(seesr_teacher_dir: Path
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "final" / "tadsr_seesr.json").is_file()  # after the ranks' weights agreed
     assert result.stdout.count("tadsr: wrote") == 1
+    # the two ranks built a chunk each of the teacher cache and broadcast it: the bits one process builds alone
+    config, _ = distill_config(seesr_teacher_dir, data_path=str(photos), steps=2,
+                               overrides=[*SMALL, "distill.teacher_cache=4", "family.trainable=lora"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank (OMP_NUM_THREADS=1): the same sums in the same order
+    try:
+        alone = DistillTrainer(config, tmp_path / "alone", seesr_teacher_dir, show_progress=False).teacher_cache()
+    finally:
+        torch.set_num_threads(threads)
+    shared = torch.load(tmp_path / "run" / "teacher_cache.pt", weights_only=True)
+    assert shared.pop("key") and shared.keys() == alone.keys()
+    assert all(torch.equal(shared[k], alone[k]) for k in alone)
 
 
 def test_the_features_are_the_unets_skips_with_the_controlnets_residuals(seesr_teacher_dir: Path) -> None:

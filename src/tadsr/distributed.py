@@ -103,3 +103,24 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, src: int,
+                      device: torch.device) -> dict[str, torch.Tensor]:
+    """Rank ``src``'s dict of CPU tensors on every rank, on the CPU (``tensors`` itself without torchrun; other
+    ranks pass None). Their names, shapes and dtypes go first as an object, then each tensor through ``device``
+    (the process group's: a GPU under NCCL)."""
+    if not is_distributed():
+        assert tensors is not None
+        return tensors
+    meta = [None if tensors is None else [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]]
+    dist.broadcast_object_list(meta, src=src)
+    out = {}
+    for key, shape, dtype in meta[0]:
+        # contiguous: the receivers' buffers are, and the bytes go in memory order (a VAE's output may be strided)
+        buffer = (tensors[key].to(device).contiguous() if tensors is not None
+                  else torch.empty(shape, dtype=dtype, device=device))
+        dist.broadcast(buffer, src=src)
+        out[key] = buffer.cpu()
+    return out
+

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tadsr import distributed
 from tadsr.devices import DTYPES
 from tadsr.errors import ConfigError, first_line
 from tadsr.fileio import atomic_torch_save
@@ -144,36 +145,57 @@ class DistillTrainer(Trainer):
                            "gray_prob": data.gray_prob, "texture": [data.texture_ref, data.texture_tries],
                            "seed": run.seed, "batch_size": run.batch_size}, sort_keys=True)
 
+    def _saved_cache(self, path: Path, cache_key: str) -> dict[str, Tensor] | None:
+        """The cache at ``path`` if it is this run's (``cache_key``) and whole, else None with a warning saying
+        why it is rebuilt (unreadable, another teacher or other settings, damaged)."""
+        if not path.is_file():
+            return None
+        try:
+            cache = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, foreign or refused by weights_only: rebuild it
+            self.warn(f"{path}: not a readable teacher cache ({first_line(err)}); rebuilding it")
+            return None
+        if not isinstance(cache, dict):
+            self.warn(f"{path}: not a teacher cache; rebuilding it")
+            return None
+        if cache.pop("key", None) != cache_key:
+            self.warn(f"{path}: a teacher cache of another teacher or other settings; rebuilding it")
+            return None
+        problem = _cache_problem(cache, self.config.distill.teacher_cache)
+        if problem is not None:
+            self.warn(f"{path}: a damaged teacher cache ({problem}); rebuilding it")
+            return None
+        return cache
+
     @torch.no_grad()
     def teacher_cache(self) -> dict[str, Tensor]:
         """lq, gt and the teacher's ``targets`` for ``distill.teacher_cache`` fixed pairs, from
         ``RUN_DIR/teacher_cache.pt`` when it holds this run's (``cache_key``), else computed (the teacher's sampler
-        once for each pair) and saved there."""
+        once for each pair) and saved there. The pairs are computed in chunks of ``run.batch_size``, chunk k's
+        draws from a generator seeded with ``run.seed + 104729 + k``: under torchrun the ranks share the chunks
+        and broadcast them, and the cache is the same bits whatever the number of ranks."""
         path, cache_key = self.run_dir / "teacher_cache.pt", self.cache_key()
-        if path.is_file():
-            try:
-                cache = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # truncated, foreign or refused by weights_only: rebuild it
-                self.warn(f"{path}: not a readable teacher cache ({first_line(err)}); rebuilding it")
-                cache = None
-            if isinstance(cache, dict) and cache.pop("key", None) == cache_key:
-                problem = _cache_problem(cache, self.config.distill.teacher_cache)
-                if problem is None:
-                    return cache
-                self.warn(f"{path}: a damaged teacher cache ({problem}); rebuilding it")
-            elif isinstance(cache, dict):
-                self.warn(f"{path}: a teacher cache of another teacher or other settings; rebuilding it")
-        size = self.config.distill.teacher_cache
+        cache = self._saved_cache(path, cache_key)
+        if not distributed.any_rank(cache is None, self.device):  # under torchrun all ranks rebuild, or none
+            assert cache is not None
+            return cache
+        size, batch = self.config.distill.teacher_cache, self.config.run.batch_size
         data = self.dataset()
-        items = [data.sample(i % len(data), i // len(data)) for i in range(size)]
-        gen = torch.Generator().manual_seed(self.config.run.seed + 104729)
+        chunks = list(range(0, size, batch))
+        mine = {}  # under torchrun each rank computes every world-th chunk, then each chunk goes to every rank
+        for k, first in enumerate(chunks):
+            if k % self.world != self.rank:
+                continue
+            items = [data.sample(i % len(data), i // len(data)) for i in range(first, min(first + batch, size))]
+            lq = torch.stack([x["lq"] for x in items]).to(self.device)
+            gt = torch.stack([x["gt"] for x in items]).to(self.device)
+            gen = torch.Generator().manual_seed(self.config.run.seed + 104729 + k)  # the same whatever the ranks
+            mine[k] = {key: value.float().cpu() for key, value in
+                       {"lq": lq, "gt": gt, **self.teacher.targets(lq, gt, gen)}.items()}
         parts: dict[str, list[Tensor]] = {}
-        for first in range(0, size, self.config.run.batch_size):
-            chunk = items[first:first + self.config.run.batch_size]
-            lq = torch.stack([x["lq"] for x in chunk]).to(self.device)
-            gt = torch.stack([x["gt"] for x in chunk]).to(self.device)
-            for key, value in {"lq": lq, "gt": gt, **self.teacher.targets(lq, gt, gen)}.items():
-                parts.setdefault(key, []).append(value.float().cpu())
+        for k in range(len(chunks)):
+            for key, value in distributed.broadcast_tensors(mine.get(k), k % self.world, self.device).items():
+                parts.setdefault(key, []).append(value)
         cache = {k: torch.cat(v) for k, v in parts.items()}
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
