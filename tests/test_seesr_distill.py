@@ -37,7 +37,7 @@ TADSR = str(Path(sys.executable).parent / "tadsr")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # the seesr preset at a CPU test's size: its recipe otherwise (lambdas, t grids, EMA, clipping, optimiser)
 SMALL = ("data.gt_size=64", "run.batch_size=2", "run.amp=none", "data.workers=0", "family.teacher_steps=2",
-         "run.val_every=1000", "run.log_every=1")
+         "data.val_count=1", "run.val_every=1000", "run.log_every=1")
 
 
 def _photos(folder: Path) -> Path:

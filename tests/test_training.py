@@ -465,3 +465,43 @@ def test_raw_weights_are_validated_and_written_beside_the_ema(photo_dir: Path, t
                                 optim=dataclasses.replace(trainer.config.optim, ema_warmup=0.75))
     _, ignored = resumed_config(trainer.config, given)
     assert ignored == ["optim.ema_warmup=0.75 (kept: 0.0)", "distill.hinge=mean (kept: per-logit)"]
+
+
+def test_the_discriminator_t_grid_is_shared_by_the_batch_when_asked(photo_dir: Path, teacher_file: Path,
+                                                                    tmp_path: Path) -> None:
+    """TAD-SeeSR's draw: one t per batch from {dis_t_min, dis_t_min + dis_t_step, ...} below dis_t_max."""
+    trainer = _trainer(photo_dir, teacher_file, tmp_path, "distill.dis_t_min=1", "distill.dis_t_max=3",
+                       "distill.dis_t_step=2", "distill.dis_t_per_batch=true", "run.batch_size=4")  # T = 4
+    seen: list[torch.Tensor] = []
+    trainer.discriminator.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    batches = trainer.batches()
+    for _ in range(6):
+        trainer.train_step(next(batches))
+    draws = [t for t in seen if t.numel() == 8]  # the D steps' (real and fake), not the generator step's
+    assert all(len(set(t.tolist())) == 1 for t in draws)
+    assert {int(t[0]) for t in draws} == {1}  # the grid {1} below 3
+    free = _trainer(photo_dir, teacher_file, tmp_path / "c", "run.batch_size=4")  # the default: a t per sample
+    seen.clear()
+    free.discriminator.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    for _ in range(3):
+        free.train_step(next(batches))
+    assert any(len(set(t.tolist())) > 1 for t in seen if t.numel() == 8)
+    with pytest.raises(ValueError, match="dis_t_min=3"):
+        _trainer(photo_dir, teacher_file, tmp_path / "b", "distill.dis_t_min=3", "distill.dis_t_max=3")
+
+
+def test_grad_clip_bounds_the_gradient_each_optimiser_steps_with(photo_dir: Path, teacher_file: Path,
+                                                                tmp_path: Path) -> None:
+    """``optim.grad_clip``: the student's and the discriminator's gradients reach their optimisers with a norm of
+    at most the clip (measured at the step, after the backward)."""
+    norms: dict[str, list[float]] = {"clipped": [], "free": []}
+    for name, extra in (("clipped", ("optim.grad_clip=1e-3",)), ("free", ())):
+        trainer = _trainer(photo_dir, teacher_file, tmp_path / name, *extra)
+        for opt in (trainer.opt_g, trainer.opt_d):
+            def measure(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict, name: str = name) -> None:
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                norms[name].append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            opt.register_step_pre_hook(measure)
+        trainer.train_step(next(trainer.batches()))
+    assert len(norms["clipped"]) == 2 and max(norms["clipped"]) <= 1e-3 * (1 + 1e-4)
+    assert min(norms["free"]) > 1e-2  # without the clip the gradients are far larger
