@@ -35,7 +35,12 @@ class Backend(Protocol):
     image, before any ``run``, with the whole LR image (1, 3, h, w) in [-1, 1], unpadded, on the tiler's input
     device; for a backend whose tiles share what it computes from the whole image (SeeSR's tags, DAPE embeddings
     and prompt: ``tadsr.seesr.pipeline.SeeSRBackend``). Its ``run`` calls until the next ``begin_image`` are that
-    image's tiles.
+    image's tiles. Optionally ``run_tiled(lr, noise, *, tile, overlap, batch_size, progress)``: a backend that tiles
+    itself (SeeSR's per-step latent tiling: every step's ε per latent tile, one step on the whole latent). Whenever
+    a tile is asked (``tile`` > 0) ``tiled_super_resolve`` then hands it the whole padded image (1, 3, h, w), its
+    whole noise (``draw_noise``'s, never sliced, so its spatial size is the backend's own), ``tile`` and
+    ``overlap`` in LR pixels, ``batch_size`` and ``progress(done, total)`` (which it calls itself), instead of
+    cutting pixel tiles; it returns the whole HR image, checked as ``run``'s. With tile 0 it is ``run`` as usual.
 
     A backend's failures are ``tadsr.errors.BackendError`` (one line; a foreign runtime's exception is mapped to it
     where the runtime is called), and what ``run`` returns is checked by the tiler (``tiling.checked_run``): a

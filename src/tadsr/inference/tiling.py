@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tadsr.errors import BackendError
+from tadsr.errors import BackendError, ConfigError
 from tadsr.inference.backend import Backend
 from tadsr.inference.padding import crop_to, pad_to_multiple, round_up
 
@@ -41,7 +41,11 @@ def checked_run(backend: Backend, lr: Tensor, noise: Tensor) -> Tensor:
     """``backend.run(lr, noise)``, checked: every backend's output passes here (the tiler runs it, whole image or
     tiles, a fixed-size file's tiles too). A BackendError (one line) unless it is a floating-point tensor of shape
     (N, 3, h scale, w scale) for the (N, 3, h, w) ``lr``, and finite."""
-    out = backend.run(lr, noise)
+    return checked_output(backend, lr, backend.run(lr, noise))
+
+
+def checked_output(backend: Backend, lr: Tensor, out: object) -> Tensor:
+    """``out``, what the backend returned for ``lr``, checked as ``checked_run`` says."""
     n, _, h, w = lr.shape
     s = backend.scale
     expected = (n, 3, h * s, w * s)
@@ -90,6 +94,11 @@ def tiled_super_resolve(
     ``progress(done, total)`` is called after each batch of tiles. A backend with the optional ``begin_image``
     (``Backend``) gets the whole unpadded image once, before its noise is drawn. ``blend="flat"`` averages overlaps
     uniformly, as ResShift does (for comparison).
+
+    A backend that tiles itself (the optional ``run_tiled``, ``Backend``: SeeSR's per-step latent tiling) is not
+    cut into pixel tiles: whenever ``tile`` > 0 it gets the whole padded image, its whole noise, ``tile`` (rounded
+    up to the size multiple), ``overlap``, ``batch_size`` and ``progress``, and its output is checked the same way;
+    ``blend`` is then its own (``"flat"`` is refused).
     """
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise ValueError(f"lr must be one image (1, 3, H, W), got {tuple(lr.shape)}")
@@ -100,6 +109,13 @@ def tiled_super_resolve(
     padded, (h, w) = pad_to_multiple(lr, m)
     hp, wp = padded.shape[-2:]
     noise = backend.draw_noise(hp, wp, seed)  # (D, 1, C, hp / f, wp / f)
+    run_tiled = getattr(backend, "run_tiled", None)  # optional: a backend that tiles itself
+    if run_tiled is not None and tile > 0:
+        if blend != "cosine":
+            raise ConfigError(f"blend {blend!r}: {type(backend).__name__} tiles itself and blends its own way")
+        out = run_tiled(padded, noise.to(padded.device), tile=round_up(tile, m), overlap=overlap,
+                        batch_size=batch_size, progress=progress)
+        return crop_to(checked_output(backend, padded, out), (h * s, w * s))
     if tile <= 0 or (hp <= tile and wp <= tile):
         out = checked_run(backend, padded, noise.to(padded.device))
         if progress:

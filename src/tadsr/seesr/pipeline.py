@@ -58,7 +58,7 @@ The colour fix takes the float decode, not the uint8 PNG the official fix reads 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,9 @@ from torch import Tensor
 
 from tadsr.devices import autocast, resolve_device
 from tadsr.errors import ConfigError
+from tadsr.inference.tiling import blend_ramp, tile_starts
 from tadsr.seesr.parts import DEFAULT_PROMPT, ONE_STEP_TIMESTEP, TAD_SEESR_PROMPT, SeeSRParts, Variant
+from tadsr.seesr.tiled_vae import DEFAULT_STATS, STATS_METHODS, StatsMethod, tiled_decode, tiled_encode, vae_tiles
 
 PROCESS_SIZE = 512  # test_seesr.py:255 --process_size; its // 4 is the least LR side (short-side rule)
 UPSCALE = 4  # test_seesr.py:260 --upscale
@@ -364,9 +366,7 @@ def tad_seesr_latents(parts: SeeSRParts, lr: Tensor, *, posterior_noise: Tensor,
     image (``prepare_lr``'s output, (N, 3, H, W) in [0, 1], H and W multiples of 8); the noises are (N, C, H / 8,
     W / 8); the embeddings (1 or N, L, D) and (1 or N, K, 512)."""
     z = start_latent(parts, lr, posterior_noise, start_noise, timestep)
-    eps = guided_eps(parts, z, timestep, lr, prompt_embeds, None, image_embeds, 0.0)
-    ab = _alpha_bar(_alphas(parts), timestep, z)
-    return (z - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+    return one_step_z0(parts, z, guided_eps(parts, z, timestep, lr, prompt_embeds, None, image_embeds, 0.0), timestep)
 
 
 def tad_seesr_one_step(parts: SeeSRParts, lr: Tensor, *, posterior_noise: Tensor, start_noise: Tensor,
@@ -386,17 +386,40 @@ def seesr_latents(parts: SeeSRParts, lr: Tensor, *, steps: int, guidance: float,
     timesteps (``ddpm_timesteps``; timesteps above 999 skipped, pipeline_seesr.py:1011-1014), each with ε guided
     by ``guidance`` against ``negative_embeds`` and the i-th of ``step_noises`` ((steps, N, C, h, w); an entry is
     used only where its timestep is above 0). Inputs as ``tad_seesr_latents``."""
-    config = DDPMConfig.of(parts.scheduler)
-    timesteps = ddpm_timesteps(config, steps)
-    ratio = config.num_train_timesteps // steps
     z = start_latent(parts, lr, posterior_noise, start_noise)
-    for i, t in enumerate(timesteps):
+    return ddpm_loop(parts, z, lambda z_t, t: guided_eps(parts, z_t, t, lr, prompt_embeds, negative_embeds,
+                                                         image_embeds, guidance), steps, step_noises)
+
+
+EpsFn = Callable[[Tensor, int], Tensor]  # (z_t, t) -> ε: the whole latent's (``guided_eps``) or tiled (``tiled_eps``)
+
+
+def run_timesteps(parts: SeeSRParts, steps: int) -> list[int]:
+    """The timesteps SeeSR's loop runs: the scheduler's (``ddpm_timesteps``) not above 999 (pipeline_seesr.py:
+    1011-1014)."""
+    return [t for t in ddpm_timesteps(DDPMConfig.of(parts.scheduler), steps) if t <= START_TIMESTEP]
+
+
+def ddpm_loop(parts: SeeSRParts, z: Tensor, eps: EpsFn, steps: int,
+              step_noises: Tensor | Sequence[Tensor] | None) -> Tensor:
+    """SeeSR's loop from the start latent ``z``: for each of the scheduler's ``steps`` timesteps (those above 999
+    skipped, pipeline_seesr.py:1011-1014) ``eps(z, t)`` and one DDPM step (``ddpm_step``) on the whole latent with
+    the i-th of ``step_noises`` (:1188)."""
+    config = DDPMConfig.of(parts.scheduler)
+    ratio = config.num_train_timesteps // steps
+    for i, t in enumerate(ddpm_timesteps(config, steps)):
         if t > START_TIMESTEP:
             continue
-        eps = guided_eps(parts, z, t, lr, prompt_embeds, negative_embeds, image_embeds, guidance)
         noise = step_noises[i] if step_noises is not None and i < len(step_noises) else None
-        z = ddpm_step(_alphas(parts), eps, t, t - ratio, z, noise)
+        z = ddpm_step(_alphas(parts), eps(z, t), t, t - ratio, z, noise)
     return z
+
+
+def one_step_z0(parts: SeeSRParts, z: Tensor, eps: Tensor, timestep: int) -> Tensor:
+    """TAD-SeeSR's clean latent ``(z - sqrt(1 - ab) eps) / sqrt(ab)`` (TAD-SR utils/scheduling_ddpm.py
+    ``get_z0``)."""
+    ab = _alpha_bar(_alphas(parts), timestep, z)
+    return (z - (1 - ab) ** 0.5 * eps) / ab ** 0.5
 
 
 def seesr_sample(parts: SeeSRParts, lr: Tensor, *, steps: int, guidance: float, prompt_embeds: Tensor,
@@ -425,6 +448,131 @@ def adain_color_fix(content: Tensor, style: Tensor, eps: float = ADAIN_EPS) -> T
     return ((content - c_mean) / c_std * s_std + s_mean).clamp(0, 1)
 
 
+# --- latent tiling -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LatentTiling:
+    """How the sampler tiles a large latent (``tiled_eps``, ``tiled_latents``): ``tile`` x ``tile`` latents
+    overlapping by ``overlap`` (the official ``--latent_tiled_size`` 96 and ``--latent_tiled_overlap`` 4,
+    test_seesr.py:258-259), ``batch_size`` tiles per network call; the VAE's tiles (``tadsr.seesr.tiled_vae``)
+    cover the same area: encoder tiles of 8 ``tile`` pixels overlapping by 8 ``overlap``, decoder tiles of ``tile``
+    latents overlapping by ``overlap`` (at least 1), their GroupNorm statistics by ``vae_stats`` ("estimate", the
+    default, or "exact": ``tiled_vae``'s docstring). ``tile`` 0: nothing tiled."""
+
+    tile: int
+    overlap: int
+    batch_size: int = 1
+    vae_stats: StatsMethod = DEFAULT_STATS
+
+    def __post_init__(self) -> None:
+        if self.vae_stats not in STATS_METHODS:
+            raise ConfigError(f"vae_stats must be one of {', '.join(STATS_METHODS)}, got {self.vae_stats!r}")
+        if self.tile < 0 or self.overlap < 0 or self.batch_size < 1:
+            raise ConfigError(f"latent tiling: tile {self.tile} and overlap {self.overlap} must be >= 0 and the "
+                              f"batch size {self.batch_size} >= 1")
+        if self.tile and self.overlap * 2 > self.tile:
+            raise ConfigError(f"latent tiling: overlap {self.overlap} must be at most half the tile {self.tile}")
+
+    def fits(self, height: int, width: int) -> bool:
+        """Whether a latent of height x width runs untiled (``tile`` 0, or within one tile)."""
+        return self.tile == 0 or (height <= self.tile and width <= self.tile)
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """(y, x, h, w) of the tiles over a latent of height x width (``tadsr.inference.tiling.tile_starts``: starts
+        ``tile - overlap`` apart, the last flush with the edge, as the official grid, pipeline_seesr.py:1067-1097)."""
+        th, tw = min(self.tile, height), min(self.tile, width)
+        return [(y, x, th, tw) for y in tile_starts(height, th, self.overlap) for x in tile_starts(width, tw,
+                                                                                                   self.overlap)]
+
+    @property
+    def encoder(self) -> tuple[int, int]:
+        """The VAE encoder's (tile, overlap) in image pixels (``tiled_vae.vae_tiles``)."""
+        return vae_tiles(self.tile, self.overlap)[0]
+
+    @property
+    def decoder(self) -> tuple[int, int]:
+        """The VAE decoder's (tile, overlap) in latents (``tiled_vae.vae_tiles``)."""
+        return vae_tiles(self.tile, self.overlap)[1]
+
+
+def tiled_eps(parts: SeeSRParts, z: Tensor, t: int, cond: Tensor, prompt_embeds: Tensor,
+              negative_embeds: Tensor | None, image_embeds: Tensor, guidance: float, tiling: LatentTiling,
+              on_tile: Callable[[int], None] | None = None) -> Tensor:
+    """ε of a latent ``z`` (N, C, h, w) tile by tile (pipeline_seesr.py:1062-1177): every tile's ``guided_eps`` on
+    its slice of ``z`` and of the condition ``cond`` (N, 3, 8 h, 8 w), ``tiling.batch_size`` tiles per call (the
+    embeddings (1, L, D) and (1, K, 512), shared), blended with raised-cosine ramps over the overlaps
+    (``tadsr.inference.tiling.blend_ramp``) and normalised by the summed weights. The official weights every tile
+    by a Gaussian (σ = 0.1 tile, ``_gaussian_weights`` :763-778), which in effect also crossfades within the
+    overlaps only (at a tile's edge it is exp(-12.5), 4e-6, of its peak, and the sum is normalised); the ramps do
+    it with a partition of unity and give a tile's interior its own ε exactly. Guidance is linear, so combining per
+    tile (here) equals the official's combining after the blend. ``on_tile(n)`` after each batch of n tiles. A latent
+    within one tile: ``guided_eps``, untiled."""
+    h, w = z.shape[-2:]
+    if tiling.fits(h, w):
+        out = guided_eps(parts, z, t, cond, prompt_embeds, negative_embeds, image_embeds, guidance)
+        if on_tile is not None:
+            on_tile(1)
+        return out
+    boxes = tiling.boxes(h, w)
+    n = z.shape[0]
+    acc = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
+    weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=z.device)
+    f = cond.shape[-1] // w  # image pixels per latent (8)
+    for first in range(0, len(boxes), tiling.batch_size):
+        batch = boxes[first:first + tiling.batch_size]
+        z_tiles = torch.cat([z[..., y:y + th, x:x + tw] for y, x, th, tw in batch])  # (B N, C, th, tw)
+        cond_tiles = torch.cat([cond[..., f * y:f * (y + th), f * x:f * (x + tw)] for y, x, th, tw in batch])
+        eps = guided_eps(parts, z_tiles, t, cond_tiles, prompt_embeds, negative_embeds, image_embeds, guidance)
+        for k, (y, x, th, tw) in enumerate(batch):
+            w2 = (blend_ramp(th, tiling.overlap, y > 0, y + th < h)[:, None]
+                  * blend_ramp(tw, tiling.overlap, x > 0, x + tw < w)[None, :]).to(z.device)
+            acc[..., y:y + th, x:x + tw] += eps[k * n:(k + 1) * n].float() * w2
+            weight[..., y:y + th, x:x + tw] += w2
+        if on_tile is not None:
+            on_tile(len(batch))
+    return (acc / weight).to(z.dtype)
+
+
+def encode_lr_tiled(vae: Any, cond: Tensor, posterior_noise: Tensor, tiling: LatentTiling) -> Tensor:
+    """``encode_lr`` through the tiled VAE (``tiled_vae.tiled_encode`` with ``tiling.encoder``); within one
+    encoder tile, or ``tile`` 0, the same computation as ``encode_lr``."""
+    tile, overlap = tiling.encoder if tiling.tile else (0, 0)
+    mean, std = tiled_encode(vae, cond * 2 - 1, tile=tile, overlap=overlap, stats=tiling.vae_stats)
+    return (mean + std * posterior_noise.to(mean)) * vae.config.scaling_factor
+
+
+def decode_tiled(vae: Any, z: Tensor, tiling: LatentTiling) -> Tensor:
+    """``decode`` through the tiled VAE (``tiled_vae.tiled_decode`` with ``tiling.decoder``), clamped to [-1, 1];
+    within one decoder tile, or ``tile`` 0, ``decode``."""
+    tile, overlap = tiling.decoder if tiling.tile else (0, 0)
+    return tiled_decode(vae, z / vae.config.scaling_factor, tile=tile, overlap=overlap,
+                        stats=tiling.vae_stats).clamp(-1, 1)
+
+
+@torch.no_grad()
+def tiled_latents(parts: SeeSRParts, cond: Tensor, *, variant: Variant, steps: int, guidance: float,
+                  prompt_embeds: Tensor, negative_embeds: Tensor | None, image_embeds: Tensor, noise: Tensor,
+                  tiling: LatentTiling, timestep: int = ONE_STEP_TIMESTEP,
+                  on_tile: Callable[[int], None] | None = None) -> Tensor:
+    """The final latent of either variant with the official latent tiling: the whole image encoded once (tiled
+    VAE) to its posterior sample with ``noise[0]``, noised to the start timestep with ``noise[1]``; then at EVERY
+    step ε tile by tile (``tiled_eps``) and one step on the whole latent: TAD-SeeSR ``one_step_z0`` at
+    ``timestep``, SeeSR ``ddpm_loop`` with ``noise[2:]``. ``noise`` (D, N, C, H / 8, W / 8) is one draw per image
+    at the latent size, so a latent pixel gets the same noise whatever the tiling. ``cond`` (N, 3, H, W) in [0, 1];
+    the embeddings as ``tad_seesr_latents``. Untiled (``tiling.tile`` 0, or a latent within one tile everywhere)
+    the same computation as ``tad_seesr_latents`` / ``seesr_latents``."""
+    t_start = timestep if variant == "tad-seesr" else START_TIMESTEP
+    z = add_noise(_alphas(parts), encode_lr_tiled(parts.vae, cond, noise[0], tiling), noise[1], t_start)
+
+    def eps(z_t: Tensor, t: int) -> Tensor:
+        return tiled_eps(parts, z_t, t, cond, prompt_embeds, negative_embeds, image_embeds, guidance, tiling,
+                         on_tile)
+
+    if variant == "tad-seesr":
+        return one_step_z0(parts, z, eps(z, timestep), timestep)
+    return ddpm_loop(parts, z, eps, steps, noise[2:])
+
+
 # --- the Backend ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -442,9 +590,9 @@ class SeeSRBackend:
 
     Geometry: ``scale`` 4 (the x4 bicubic condition, decoded by the VAE's x8 from a latent at LR / 2);
     ``size_multiple`` 2 (so that 4 x the LR is a multiple of 8, test_seesr.py:206's floor is then a no-op);
-    ``noise_factor`` 2: every draw is at the LATENT size, LR / 2, so a tile of the (padded) image takes its slice
-    of one draw per image and the tiling is seamless and reproducible from the seed. ``draw_noise``: (D, 1, 4, h /
-    2, w / 2), draw 0 the posterior sample's noise, 1 the start noise, 2.. the DDPM steps' (SeeSR only).
+    ``noise_factor`` 2: every draw is at the LATENT size, LR / 2 (of the enlarged LR under the short-side rule).
+    ``draw_noise``: (D, 1, 4, h / 2, w / 2), draw 0 the posterior sample's noise, 1 the start noise, 2.. the DDPM
+    steps' (SeeSR only): one draw per image, so a latent pixel gets the same noise whatever the tiling.
 
     Per image (``begin_image``, which ``tiled_super_resolve`` calls once with the whole unpadded LR): DAPE's
     embeddings and tags of the whole image (as test_seesr.py:184 computes them once from the whole LR), the
@@ -452,15 +600,33 @@ class SeeSRBackend:
     its text embeddings, and the negative prompt's when guided. A ``run`` without ``begin_image`` conditions on
     its own first tile.
 
-    Per tile (``run``): ``pil_resize`` x4 in float (Pillow's bicubic without 8-bit rounding), then the variant's
-    sampler (``tad_seesr_one_step``: one step at 999, no guidance; ``seesr_sample``: ``steps`` DDPM steps with
-    guidance ``guidance``), then, when ``color_fix``, SeeSR's AdaIN against the tile's bicubic (the official
-    default, ``--align_method adain``). Untiled (tile 0, or an image within one tile) a TAD-SeeSR run is the
-    official pipeline's computation on the float condition (``tests/test_seesr_pipeline.py``); tiled, every tile
-    runs the whole sampler on its own: SeeSR's multi-step sampling then runs per tile, and the official
-    per-step latent tiling (pipeline_seesr.py:1062-1177, Gaussian-weighted ε over 96-latent tiles) is future work.
-    Also not done: the short-side rule (an LR under 128 px is not enlarged before the network: the tile geometry is
-    the tiler's) and test_seesr.py's final resize (no-op at this geometry).
+    Per image, the computation (``run``: whole; ``run_tiled``: tiled in latent space): the condition
+    (``prepare_lr`` in float: Pillow's bicubic without 8-bit rounding, the short-side rule when ``process_size``),
+    the variant's sampler (TAD-SeeSR: one step at 999, no guidance; SeeSR: ``steps`` DDPM steps with guidance
+    ``guidance``), then, when ``color_fix``, SeeSR's AdaIN against the condition (the official default,
+    ``--align_method adain``), then the resize back to 4 x the LR (``finish_size``; a no-op without the rule).
+    Untiled (``run``; the tiler's tile 0) a TAD-SeeSR run is the official pipeline's computation on the float
+    condition (``tests/test_seesr_pipeline.py``).
+
+    Tiling (``run_tiled``, which ``tiled_super_resolve`` calls with the WHOLE padded image and its whole noise
+    whenever a tile is asked, instead of cutting the image into pixel tiles): the official per-step latent tiling
+    (pipeline_seesr.py:1062-1177; ``tiled_latents``): the whole image's latent encoded once through the tiled VAE
+    (``tadsr.seesr.tiled_vae``: shared GroupNorm statistics, bounded memory), then at every step ε computed per
+    latent tile (ControlNet + UNet on the tile's latent and its slice of the condition) and blended with
+    raised-cosine ramps (``tiled_eps``), one step on the whole latent, and the tiled VAE decode. The tiler's ``tile``
+    and ``overlap`` are LR pixels (of the LR after the short-side rule): latent tiles of ``tile / 2`` latents
+    overlapping by ``ceil(overlap / 2)``, ``batch_size`` tiles per network call (the official 96-latent tiles
+    overlapping by 4 are ``--tile 192 --tile-overlap 8``); the VAE's tiles cover the same area (``LatentTiling``),
+    their GroupNorm statistics by ``vae_stats`` ("estimate" or "exact", ``tadsr.seesr.tiled_vae``).
+    An image whose latent fits one tile runs exactly as ``run``. Progress: one unit per latent tile and step
+    (``progress(done, total)``, total = tiles x steps run).
+
+    Short-side rule (test_seesr.py:195-206, ``process_size``; 0, the default, leaves it out: ``processing_sizes``):
+    an LR with a side under ``process_size // 4`` (the official 512 // 4 = 128) is enlarged (Pillow's bicubic) so
+    that its short side is that, before the x4; the output is resized back to 4 x the (padded) LR at the end
+    (test_seesr.py:233-234), so the output size is the tiler's. The noise is then drawn at the enlarged latent's
+    size. tadsr's default leaves the rule out so that a tile of any size keeps the geometry above; the official
+    scripts' behaviour is ``process_size=PROCESS_SIZE``.
 
     Precision: ``dtype`` float16 / bfloat16 runs the networks under autocast (weights stay float32), DAPE and
     the text encoder in float32 (as the official scripts run DAPE). Errors of diffusers / transformers are one
@@ -475,8 +641,14 @@ class SeeSRBackend:
                  guidance: float | None = None, added_prompt: str | None = None, user_prompt: str = "",
                  negative_prompt: str | None = None, tags: str | None = None, color_fix: bool = True,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, process_size: int = 0, vae_stats: StatsMethod = DEFAULT_STATS) -> None:
         settings = parts.settings
+        if process_size < 0:
+            raise ConfigError(f"process_size must be >= 0 (0: no short-side rule), got {process_size}")
+        self.process_size = process_size
+        if vae_stats not in STATS_METHODS:
+            raise ConfigError(f"vae_stats must be one of {', '.join(STATS_METHODS)}, got {vae_stats!r}")
+        self.vae_stats: StatsMethod = vae_stats
         self.parts = parts
         self.variant: Variant = variant or settings.variant
         if self.variant not in ("seesr", "tad-seesr"):
@@ -520,11 +692,17 @@ class SeeSRBackend:
         """Noise draws per image: posterior, start, then one per DDPM step (SeeSR)."""
         return 2 + (self.steps if self.variant == "seesr" else 0)
 
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """The latent's (h, w) for an LR of height x width: its condition's (``processing_sizes``, with the
+        short-side rule when ``process_size``) / 8; (height / 2, width / 2) without the rule."""
+        h, w = processing_sizes(height, width, self.process_size, self.scale)[2]
+        return h // LATENT_ALIGN, w // LATENT_ALIGN
+
     def draw_noise(self, height: int, width: int, seed: int) -> Tensor:
-        """(draws, 1, latent_channels, height / 2, width / 2) standard normal from ``seed`` on the CPU, one draw
-        after the other from one generator (draw 0 the posterior's, 1 the start's: the same whatever the steps)."""
+        """(draws, 1, latent_channels, *latent_size) standard normal from ``seed`` on the CPU, one draw after the
+        other from one generator (draw 0 the posterior's, 1 the start's: the same whatever the steps)."""
         gen = torch.Generator().manual_seed(seed)
-        shape = (1, self.latent_channels, height // self.noise_factor, width // self.noise_factor)
+        shape = (1, self.latent_channels, *self.latent_size(height, width))
         return torch.stack([torch.randn(shape, generator=gen) for _ in range(self.draws)])
 
     def begin_image(self, lr: Tensor) -> None:
@@ -547,25 +725,44 @@ class SeeSRBackend:
         return _ImageCondition(image_embeds, prompt_embeds, negative, prompt)
 
     def run(self, lr: Tensor, noise: Tensor) -> Tensor:
-        """LR tiles (N, 3, h, w) in [-1, 1] and their noise slices (draws, N, 4, h / 2, w / 2) -> (N, 3, 4 h, 4 w)
-        in [-1, 1]."""
+        """LR images (N, 3, h, w) in [-1, 1] and their noise (draws, N, 4, *latent_size) -> (N, 3, 4 h, 4 w) in
+        [-1, 1], untiled."""
         from tadsr.sd.diffusers_teacher import check_output, foreign_runtime
 
         with foreign_runtime(self.name):
-            out = self._run(lr, noise)
+            out = self._run(lr, noise, None, None)
+        return check_output(self.name, out)
+
+    def run_tiled(self, lr: Tensor, noise: Tensor, *, tile: int, overlap: int, batch_size: int = 1,
+                  progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """``run`` with the official per-step latent tiling (class docstring): the whole image (1, 3, h, w) and its
+        whole noise; ``tile`` and ``overlap`` in LR pixels (``tile`` > 0), ``batch_size`` latent tiles per network
+        call, ``progress(done, total)`` after each (total: latent tiles x steps)."""
+        from tadsr.sd.diffusers_teacher import check_output, foreign_runtime
+
+        f = self.noise_factor  # LR pixels per latent
+        if tile <= 0:
+            raise ConfigError(f"{self.name}: run_tiled needs a tile > 0, got {tile}")
+        tiling = LatentTiling(max(1, tile // f), -(-overlap // f), batch_size, self.vae_stats)
+        with foreign_runtime(self.name):
+            out = self._run(lr, noise, tiling, progress)
         return check_output(self.name, out)
 
     @torch.no_grad()
-    def _run(self, lr: Tensor, noise: Tensor) -> Tensor:
+    def _run(self, lr: Tensor, noise: Tensor, tiling: LatentTiling | None,
+             progress: Callable[[int, int], None] | None) -> Tensor:
         if noise.shape[0] != self.draws:
             raise ConfigError(f"{self.name}: {noise.shape[0]} noise draws given, {self.draws} needed")
         condition = self._condition or self._image_condition(lr)
         lr01 = ((lr.to(self.device, torch.float32) + 1) / 2).clamp(0, 1)
         h, w = lr01.shape[-2:]
-        cond = pil_resize(lr01, (h * self.scale, w * self.scale))
+        cond = prepare_lr(lr01, process_size=self.process_size, scale=self.scale, quantize=False)
         noise = noise.to(self.device, torch.float32)
         with autocast(self.device, self.dtype):
-            if self.variant == "tad-seesr":
+            if tiling is not None:
+                hr = decode_tiled(self.parts.vae, self._tiled_latents(cond, noise, condition, tiling, progress),
+                                  tiling)
+            elif self.variant == "tad-seesr":
                 hr = tad_seesr_one_step(self.parts, cond, posterior_noise=noise[0], start_noise=noise[1],
                                         prompt_embeds=condition.prompt_embeds, image_embeds=condition.image_embeds,
                                         timestep=self.timestep)
@@ -577,4 +774,23 @@ class SeeSRBackend:
         hr01 = (hr.float() + 1) / 2
         if self.color_fix:
             hr01 = adain_color_fix(hr01, cond)
-        return hr01 * 2 - 1
+        return finish_size(hr01, (h, w), self.scale) * 2 - 1
+
+    def _tiled_latents(self, cond: Tensor, noise: Tensor, condition: _ImageCondition, tiling: LatentTiling,
+                       progress: Callable[[int, int], None] | None) -> Tensor:
+        """``tiled_latents`` with this backend's settings, counting latent tiles x steps for ``progress``."""
+        latent = (cond.shape[-2] // LATENT_ALIGN, cond.shape[-1] // LATENT_ALIGN)
+        tiles = 1 if tiling.fits(*latent) else len(tiling.boxes(*latent))
+        steps = 1 if self.variant == "tad-seesr" else len(run_timesteps(self.parts, self.steps))
+        done = 0
+
+        def on_tile(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress(done, tiles * steps)
+
+        return tiled_latents(self.parts, cond, variant=self.variant, steps=self.steps, guidance=self.guidance,
+                             prompt_embeds=condition.prompt_embeds, negative_embeds=condition.negative_embeds,
+                             image_embeds=condition.image_embeds, noise=noise, tiling=tiling,
+                             timestep=self.timestep, on_tile=on_tile)
