@@ -362,6 +362,7 @@ def test_a_killed_conversions_folder_is_removed_by_the_next(tmp_path: Path) -> N
     ("guidance", "5", "guidance = \"5\": not a number"),
     ("timestep", True, "timestep = true: not an integer"),
     ("prompt", None, "prompt = null: not a text"),
+    ("process_size", -8, "process_size = -8: not an integer from 0 to 65536"),
 ])
 def test_the_index_is_checked_key_by_key(converted: Path, tmp_path: Path, key: str, value: Any,
                                          needle: str) -> None:
@@ -372,6 +373,17 @@ def test_the_index_is_checked_key_by_key(converted: Path, tmp_path: Path, key: s
     with pytest.raises(ConfigError) as err:
         read_settings(folder)
     assert needle in _one_line(err) and INDEX in str(err.value)
+
+
+def test_a_folder_records_the_short_side_rule_and_an_older_one_has_the_official(converted: Path,
+                                                                              tmp_path: Path) -> None:
+    assert json.loads((converted / INDEX).read_text())["process_size"] == 512
+    folder = tmp_path / "m"
+    folder.mkdir()
+    index = json.loads((converted / INDEX).read_text())
+    del index["process_size"]
+    (folder / INDEX).write_text(json.dumps(index))
+    assert read_settings(folder).process_size == 512
 
 
 def test_a_damaged_dape_config_is_one_line(converted: Path, tmp_path: Path) -> None:

@@ -64,7 +64,8 @@ def parts():
         text_encoder=CLIPTextModel.from_pretrained(str(FIXTURES / "text_encoder")).eval(),
         tokenizer=CLIPTokenizer.from_pretrained(str(FIXTURES / "tokenizer")),
         scheduler=DDPMScheduler.from_config(config), dape=tiny_dape(),
-        settings=SeeSRSettings("seesr", DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT, 2, 5.5), folder=FIXTURES)
+        settings=SeeSRSettings("seesr", DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT, 2, 5.5, process_size=0),
+        folder=FIXTURES)  # process_size 0: the pipeline on the given images, without the scripts' short-side rule
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -132,7 +132,7 @@ def model_summary(path_or_name: str | os.PathLike | None = None) -> list[str]:
 
         index = read_index(path)
         lines += [f"{key}: {index[key]!r}" for key in ("variant", "prompt", "negative_prompt", "guidance",
-                                                        "timestep", "fp16") if key in index]
+                                                        "timestep", "process_size", "fp16") if key in index]
     if kind in ("seesr", "diffusers"):
         parts = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.safetensors")))
         counts = {part.name: _parameters(sorted(part.glob("*.safetensors"))) for part in parts}

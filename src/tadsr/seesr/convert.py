@@ -77,6 +77,7 @@ from tadsr.seesr.parts import (
     FORMAT_VERSION,
     INDEX,
     ONE_STEP_TIMESTEP,
+    PROCESS_SIZE,
     TAD_SEESR_PROMPT,
     VARIANTS,
     Variant,
@@ -112,9 +113,9 @@ TAG_FILES_HINT = ("RAM's ram/data/ram_tag_list.txt and ram_tag_list_threshold.tx
 # The run settings each variant records (tadsr.seesr.parts): SeeSR's test_seesr.py defaults; TAD-SeeSR's one step
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
     "seesr": {"prompt": DEFAULT_PROMPT, "negative_prompt": DEFAULT_NEGATIVE_PROMPT, "steps": DEFAULT_STEPS,
-              "guidance": DEFAULT_GUIDANCE, "timestep": ONE_STEP_TIMESTEP},
+              "guidance": DEFAULT_GUIDANCE, "timestep": ONE_STEP_TIMESTEP, "process_size": PROCESS_SIZE},
     "tad-seesr": {"prompt": TAD_SEESR_PROMPT, "negative_prompt": DEFAULT_NEGATIVE_PROMPT, "steps": 1,
-                  "guidance": 0.0, "timestep": ONE_STEP_TIMESTEP},
+                  "guidance": 0.0, "timestep": ONE_STEP_TIMESTEP, "process_size": PROCESS_SIZE},
 }
 
 
@@ -204,7 +205,7 @@ def write_student(teacher: Path, out: Path, unet: Mapping[str, Tensor], controln
         for part, state in (("unet", unet), ("controlnet", controlnet)):
             _save(dict(state), tmp / part / WEIGHTS, dtype)
             _write_json(tmp / part / "config.json", read_config(teacher / part / "config.json"))
-        settings = {**{k: index[k] for k in ("prompt", "negative_prompt", "timestep") if k in index},
+        settings = {**{k: index[k] for k in ("prompt", "negative_prompt", "timestep", "process_size") if k in index},
                     "variant": "tad-seesr", "steps": 1, "guidance": 0.0}
         student_index = {"format": FORMAT, "format_version": FORMAT_VERSION, **settings,
                          "tadsr_version": __version__, "fp16": bool(index.get("fp16", False)),

@@ -35,13 +35,14 @@ from tadsr.sd.diffusers_teacher import (
     read_header,
 )
 from tadsr.seesr.dape import DapeImageEncoder, SwinConfig
-from tadsr.seesr.parts import FORMAT, FORMAT_VERSION, INDEX, VARIANTS, SeeSRParts, SeeSRSettings
+from tadsr.seesr.parts import FORMAT, FORMAT_VERSION, INDEX, PROCESS_SIZE, VARIANTS, SeeSRParts, SeeSRSettings
 from tadsr.seesr.tags import Dape, TagHead, TagHeadConfig, read_tag_list, read_thresholds
 
 MAX_PROMPT_CHARS = 4096
 MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 MAX_TIMESTEP = 99_999
+MAX_PROCESS_SIZE = 1 << 16
 MAX_SIZE = 1 << 20  # any one size or count of DAPE's config
 MAX_STAGES = 16
 SHA256_HEX = 64
@@ -106,8 +107,11 @@ def read_settings(folder: str | os.PathLike) -> SeeSRSettings:
     timestep = data.get("timestep")
     if not (is_int(timestep) and 0 <= timestep <= MAX_TIMESTEP):
         raise _fail(path, "timestep", timestep, f"not an integer from 0 to {MAX_TIMESTEP}")
+    process_size = data.get("process_size", PROCESS_SIZE)  # absent in older folders: the official 512
+    if not (is_int(process_size) and 0 <= process_size <= MAX_PROCESS_SIZE):
+        raise _fail(path, "process_size", process_size, f"not an integer from 0 to {MAX_PROCESS_SIZE}")
     return SeeSRSettings(variant=variant, prompt=data["prompt"], negative_prompt=data["negative_prompt"],
-                         steps=steps, guidance=float(guidance), timestep=timestep)
+                         steps=steps, guidance=float(guidance), timestep=timestep, process_size=process_size)
 
 
 # --- dape/ ----------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ The folder (every file safetensors or JSON or text; nothing in it is executed, n
     FOLDER/
       tadsr_seesr.json         {"format": "tadsr-seesr", "format_version": 1, "variant": "seesr" | "tad-seesr",
                                 "prompt": ..., "negative_prompt": ..., "steps": ..., "guidance": ...,
-                                "timestep": 999, "tadsr_version": ..., "fp16": false,
+                                "timestep": 999, "process_size": 512, "tadsr_version": ..., "fp16": false,
                                 "sources": {input file (e.g. "sd_base/vae/config.json", "ram/NAME.pth"): its sha256}}
       unet/                    config.json (its "use_image_cross_attention": true) and
                                diffusion_pytorch_model.safetensors
@@ -22,6 +22,9 @@ The folder (every file safetensors or JSON or text; nothing in it is executed, n
 ``variant`` says how the model runs by default: "tad-seesr" one step at ``timestep`` (TAD-SR Appendix B; no
 classifier-free guidance), "seesr" the DDPM sampler for ``steps`` steps with guidance ``guidance`` (SeeSR's 50 and
 5.5). ``prompt`` is the text added after the tags, ``negative_prompt`` the guidance's negative (SeeSR's defaults).
+``process_size`` is the test scripts' ``--process_size`` (512): an LR with a side under process_size // 4 is
+enlarged to that short side before x4, and the output resized back (the short-side rule, ``tadsr.seesr.pipeline``);
+0 leaves the rule out; a folder without the key has 512.
 
 ``SeeSRParts`` is what a loaded folder gives the pipeline: every network in eval mode, float32, on one device.
 """
@@ -52,6 +55,7 @@ DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 5.5
 ONE_STEP_TIMESTEP = 999
+PROCESS_SIZE = 512  # test_seesr.py:255 --process_size; its // 4 is the least LR side (short-side rule)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class SeeSRSettings:
     steps: int
     guidance: float
     timestep: int = ONE_STEP_TIMESTEP
+    process_size: int = PROCESS_SIZE  # the short-side rule's (an LR side under process_size // 4 is enlarged); 0: off
 
 
 @dataclass

@@ -68,10 +68,16 @@ from torch import Tensor
 from tadsr.devices import autocast, resolve_device
 from tadsr.errors import ConfigError
 from tadsr.inference.tiling import blend_ramp, tile_starts
-from tadsr.seesr.parts import DEFAULT_PROMPT, ONE_STEP_TIMESTEP, TAD_SEESR_PROMPT, SeeSRParts, Variant
+from tadsr.seesr.parts import (
+    DEFAULT_PROMPT,
+    ONE_STEP_TIMESTEP,
+    PROCESS_SIZE,
+    TAD_SEESR_PROMPT,
+    SeeSRParts,
+    Variant,
+)
 from tadsr.seesr.tiled_vae import DEFAULT_STATS, STATS_METHODS, StatsMethod, tiled_decode, tiled_encode, vae_tiles
 
-PROCESS_SIZE = 512  # test_seesr.py:255 --process_size; its // 4 is the least LR side (short-side rule)
 UPSCALE = 4  # test_seesr.py:260 --upscale
 LATENT_ALIGN = 8  # test_seesr.py:206: the x4 image's sides are floored to a multiple of 8 (the VAE's factor)
 ADAIN_EPS = 1e-5  # utils/wavelet_color_fix.py calc_mean_std
@@ -621,12 +627,13 @@ class SeeSRBackend:
     An image whose latent fits one tile runs exactly as ``run``. Progress: one unit per latent tile and step
     (``progress(done, total)``, total = tiles x steps run).
 
-    Short-side rule (test_seesr.py:195-206, ``process_size``; 0, the default, leaves it out: ``processing_sizes``):
+    Short-side rule (test_seesr.py:195-206, ``process_size``; None: the folder's, ``SeeSRSettings.process_size``,
+    512 as the official scripts; 0 leaves it out: ``processing_sizes``):
     an LR with a side under ``process_size // 4`` (the official 512 // 4 = 128) is enlarged (Pillow's bicubic) so
     that its short side is that, before the x4; the output is resized back to 4 x the (padded) LR at the end
     (test_seesr.py:233-234), so the output size is the tiler's. The noise is then drawn at the enlarged latent's
-    size. tadsr's default leaves the rule out so that a tile of any size keeps the geometry above; the official
-    scripts' behaviour is ``process_size=PROCESS_SIZE``.
+    size. Every call then gets the whole image (``run`` untiled, ``run_tiled`` tiled), so the rule applies to the
+    image, never to a pixel tile.
 
     Precision: ``dtype`` float16 / bfloat16 runs the networks under autocast (weights stay float32), DAPE and
     the text encoder in float32 (as the official scripts run DAPE). Errors of diffusers / transformers are one
@@ -641,8 +648,10 @@ class SeeSRBackend:
                  guidance: float | None = None, added_prompt: str | None = None, user_prompt: str = "",
                  negative_prompt: str | None = None, tags: str | None = None, color_fix: bool = True,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 name: str | None = None, process_size: int = 0, vae_stats: StatsMethod = DEFAULT_STATS) -> None:
+                 name: str | None = None, process_size: int | None = None,
+                 vae_stats: StatsMethod = DEFAULT_STATS) -> None:
         settings = parts.settings
+        process_size = settings.process_size if process_size is None else process_size
         if process_size < 0:
             raise ConfigError(f"process_size must be >= 0 (0: no short-side rule), got {process_size}")
         self.process_size = process_size
