@@ -15,6 +15,10 @@ Three kinds of value, all through public entry points (so the recorder survives 
   HSD through the teacher cache; the discriminator trained beside them but lambda_adv = 0), summarised per tensor, and
   the discriminator's hinge loss at the last step (``distill.d_loss_last``: about 2, within 1e-5).
 
+Re-recorded: ``distill.*`` on 2026-12-07 (the teacher cache now draws chunk k of its pairs from its own seed, so that
+the ranks of a torchrun job can share its building: other draws, the same method; ``teacher.*`` and ``upscale.*``
+unchanged and checked equal when re-recording).
+
 Why the trained discriminator is not recorded: its heads start from a zero-initialised conv, whose first Adam steps
 take the sign of gradients that are float32 rounding noise (the gradient of a bias before a GroupNorm is zero in
 exact arithmetic). The same code then gives weights that differ by up to 40% between 1 and 2 threads, or between two
