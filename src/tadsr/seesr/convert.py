@@ -28,6 +28,7 @@ one line (``CheckpointError`` / ``ConfigError``) naming the file and the key.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -35,7 +36,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,7 @@ def convert_seesr(sd_base: Path, release: Path, ram: Path, dape: Path, out: Path
     _check_release(release, plan)
     dtype = torch.float16 if fp16 else None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_folders(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a plain mkdir's mode (mkdtemp's is owner-only); its subfolders have it
+    with _staged_folder(out) as tmp:
         sources: dict[str, str] = {}
         _write_dape(ram, dape, tmp / "dape", swin, head_config, dtype, sources)  # the quickest to fail first
         _write_sd_base(plan, tmp, dtype, sources)
@@ -171,10 +166,6 @@ def convert_seesr(sd_base: Path, release: Path, ram: Path, dape: Path, out: Path
         index = {"format": FORMAT, "format_version": FORMAT_VERSION, "variant": variant,
                  **VARIANT_SETTINGS[variant], "tadsr_version": __version__, "fp16": fp16, "sources": sources}
         atomic_write_text(tmp / INDEX, json.dumps(index, indent=2) + "\n")
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -193,13 +184,7 @@ def write_student(teacher: Path, out: Path, unet: Mapping[str, Tensor], controln
     index = read_index(teacher)
     _check_target(out, overwrite=True)
     dtype = torch.float16 if index.get("fp16") else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_folders(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+    with _staged_folder(out) as tmp:
         for part in ("vae", "text_encoder", "tokenizer", "scheduler", "dape"):
             shutil.copytree(teacher / part, tmp / part, copy_function=_link_or_copy)
         for part, state in (("unet", unet), ("controlnet", controlnet)):
@@ -211,11 +196,26 @@ def write_student(teacher: Path, out: Path, unet: Mapping[str, Tensor], controln
                          "tadsr_version": __version__, "fp16": bool(index.get("fp16", False)),
                          "sources": {f"teacher/{INDEX}": content_digest(teacher / INDEX)}}
         atomic_write_text(tmp / INDEX, json.dumps(student_index, indent=2) + "\n")
+    return out
+
+
+@contextlib.contextmanager
+def _staged_folder(out: Path) -> Iterator[Path]:
+    """A new folder beside ``out`` (``.OUT.PID.XXXXXXXX.tmp``, a plain mkdir's mode) to write the whole model into;
+    renamed to ``out`` when the block ends (``_replace_folder``), deleted if it raises: ``out`` is never
+    half-written. Temporaries a killed writer left beside ``out`` are removed first (``remove_stale_folders``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a plain mkdir's mode (mkdtemp's is owner-only); its subfolders have it
+        yield tmp
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _link_or_copy(src: str, dst: str) -> str:
