@@ -416,6 +416,16 @@ def check_scheduler_config(config: dict[str, Any], source: str, sampler: bool) -
                           f"{', '.join(PREDICTIONS)}")
 
 
+def check_max_length(tokenizer: Any, text_config: dict[str, Any], source: str | os.PathLike) -> int:
+    """The tokenizer's ``model_max_length`` (what prompts are padded to), checked to fit the text encoder's
+    ``max_position_embeddings``: one line naming ``source`` otherwise (a tokenizer's default is 10^30)."""
+    length, positions = tokenizer.model_max_length, text_config["max_position_embeddings"]
+    if not (is_int(length) and 1 <= length <= positions):
+        raise ConfigError(f"{source}: model_max_length {shown(length)} is beyond the text encoder's {positions} "
+                          "positions")
+    return length
+
+
 def check_text_config(config: dict[str, Any], source: str) -> None:
     """A ``CLIPTextModel`` config of bounded size (the sizes then checked against the weights' header)."""
     c = ConfigChecks(config, source)
@@ -837,10 +847,7 @@ def embed_prompt(index: PipelineIndex, prompt: str, text_config: dict[str, Any] 
     except Exception as err:
         raise ConfigError(f"{index.folder / 'tokenizer'}: cannot be loaded ({type(err).__name__}: "
                           f"{first_line(err)})") from None
-    length, positions = tokenizer.model_max_length, text_config["max_position_embeddings"]
-    if not (is_int(length) and 1 <= length <= positions):
-        raise ConfigError(f"{index.folder / 'tokenizer'}: model_max_length {shown(length)} is beyond the text "
-                          f"encoder's {positions} positions")
+    length = check_max_length(tokenizer, text_config, index.folder / "tokenizer")
     try:
         encoder, info = encoder_class.from_pretrained(index.folder, subfolder="text_encoder", use_safetensors=True,
                                                       local_files_only=True, output_loading_info=True)

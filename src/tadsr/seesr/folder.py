@@ -24,6 +24,7 @@ from tadsr.sd.diffusers_teacher import (
     MAX_CONFIG_BYTES,
     build_on_meta,
     build_scheduler,
+    check_max_length,
     check_scheduler_config,
     check_text_config,
     check_vae_config,
@@ -252,10 +253,7 @@ def load_tokenizer(folder: Path, text_config: dict[str, Any]) -> Any:
     except Exception as err:
         raise ConfigError(f"{folder}: the CLIP tokenizer cannot be loaded ({type(err).__name__}: "
                           f"{first_line(err)})") from None
-    length, positions = tokenizer.model_max_length, text_config["max_position_embeddings"]
-    if not (is_int(length) and 1 <= length <= positions):
-        raise ConfigError(f"{folder}: model_max_length {shown(length)} is beyond the text encoder's {positions} "
-                          "positions")
+    check_max_length(tokenizer, text_config, folder)
     if len(tokenizer) > text_config["vocab_size"]:
         raise ConfigError(f"{folder}: {len(tokenizer)} tokens; the text encoder's vocab_size is "
                           f"{text_config['vocab_size']}")
