@@ -16,6 +16,7 @@ prediction turned into x0_hat is its output (TAD-SR's one step, Algorithm 1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -71,6 +72,28 @@ class _Enough(Exception):
     pass
 
 
+def down_block_outputs(unet: nn.Module, forward: Callable[[], Any]) -> list[Any]:
+    """What each of ``unet``'s down blocks returns (diffusers: (hidden states, the block's skip activations)) while
+    ``forward()`` calls the UNet; the call stops after the last down block (its mid and up blocks never run)."""
+    outputs: list[Any] = []
+    blocks = list(unet.down_blocks)
+
+    def keep(module: nn.Module, inputs: Any, output: Any) -> None:
+        outputs.append(output)
+        if module is blocks[-1]:
+            raise _Enough
+
+    hooks = [block.register_forward_hook(keep) for block in blocks]
+    try:
+        forward()
+    except _Enough:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
 class VPProcess:
     """``TeacherProcess`` for a VP teacher: a diffusers UNet, its scheduler's ``alphas_cumprod`` (T,) and prediction
     type (module docstring)."""
@@ -98,20 +121,5 @@ class VPProcess:
 
     def encoder_features(self, z_t: Tensor, t: Tensor, cond: SDCondition) -> list[Tensor]:
         """The down blocks' outputs (N, C_k, h_k, w_k), one per block: the UNet runs up to its last down block."""
-        features: list[Tensor] = []
-        blocks = list(self.unet.down_blocks)
-
-        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
-            features.append(output[0] if isinstance(output, tuple) else output)
-            if module is blocks[-1]:
-                raise _Enough
-
-        hooks = [block.register_forward_hook(keep) for block in blocks]
-        try:
-            self.x0_hat(z_t, t, cond)
-        except _Enough:
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return features
+        outputs = down_block_outputs(self.unet, lambda: self.x0_hat(z_t, t, cond))
+        return [output[0] if isinstance(output, tuple) else output for output in outputs]

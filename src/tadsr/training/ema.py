@@ -25,9 +25,7 @@ class EMA:
     def __init__(self, model: nn.Module, rate: float, warmup: float = 0.0) -> None:
         self.rate, self.warmup = rate, warmup
         memo = {id(p): p for p in model.parameters() if not p.requires_grad}  # deepcopy keeps these as they are
-        self.model = copy.deepcopy(model, memo).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = copy.deepcopy(model, memo).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:

@@ -39,6 +39,7 @@ from tadsr.devices import autocast
 from tadsr.diffusion.vp import to_eps, to_x0, vp_forward
 from tadsr.errors import ConfigError
 from tadsr.fileio import content_digest
+from tadsr.sd.process import down_block_outputs
 from tadsr.seesr.nets import image_attention_of
 from tadsr.seesr.parts import SeeSRParts
 from tadsr.training.config import SeeSRFamily
@@ -54,10 +55,6 @@ class SeeSRCondition(NamedTuple):
     image: Tensor
     prompt_embeds: Tensor
     image_embeds: Tensor
-
-
-class _Enough(Exception):
-    pass
 
 
 class SeeSRNetworks(nn.Module):
@@ -91,25 +88,15 @@ class SeeSRNetworks(nn.Module):
         """One activation per UNet down block (N, C_k, h / 2^k, w / 2^k): its last layer's output before its
         downsampler, plus the ControlNet's residual for that skip. The UNet stops after its down blocks."""
         down, _ = self._residuals(z, t, cond)
-        blocks = list(self.unet.down_blocks)
-        outputs: list[tuple[Tensor, ...]] = []
 
-        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
-            outputs.append(output[1])  # the block's skip activations, its downsampler's last
-            if module is blocks[-1]:
-                raise _Enough
-
-        hooks = [block.register_forward_hook(keep) for block in blocks]
-        try:
+        def forward() -> None:
             with image_attention_of(self.unet).attending(cond.image_embeds.to(z.dtype)):
                 self.unet(z, t, encoder_hidden_states=cond.prompt_embeds.to(z.dtype), return_dict=False)
-        except _Enough:
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
+
+        # each block's skip activations (its downsampler's last)
+        outputs = [output[1] for output in down_block_outputs(self.unet, forward)]
         features, index = [], 1  # the skips: conv_in's output, then each block's (ControlNet's order too)
-        for block, skips in zip(blocks, outputs, strict=True):
+        for block, skips in zip(self.unet.down_blocks, outputs, strict=True):
             last = len(block.resnets) - 1
             features.append(skips[last] + down[index + last].to(skips[last].dtype))
             index += len(skips)
@@ -307,15 +294,12 @@ class SeeSRTeacher:
         return SeeSRCondition(self._image(batch["lq"]), batch["prompt_embeds"], batch["image_embeds"])
 
     def _one_step(self, student: nn.Module, start: Tensor, noise: Tensor, cond: SeeSRCondition) -> Tensor:
-        """TAD-SeeSR's step (``tadsr.seesr.pipeline.tad_seesr_latents``'s arithmetic on a tensor t)."""
-        from tadsr.seesr.pipeline import _alpha_bar, add_noise
+        """TAD-SeeSR's step (``tadsr.seesr.pipeline.tad_seesr_latents``'s, ``student`` called with a tensor t)."""
+        from tadsr.seesr.pipeline import add_noise, one_step_z0
 
-        acp = self.parts.scheduler.alphas_cumprod
-        z = add_noise(acp, start, noise, self.timestep)
+        z = add_noise(self.parts.scheduler.alphas_cumprod, start, noise, self.timestep)
         t = torch.full((z.shape[0],), self.timestep, dtype=torch.long, device=z.device)
-        eps = student(z, t, cond).to(z.dtype)
-        ab = _alpha_bar(acp, self.timestep, z)
-        return (z - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        return one_step_z0(self.parts, z, student(z, t, cond).to(z.dtype), self.timestep)
 
     def student_x0(self, student: nn.Module, batch: dict[str, Tensor], cond: SeeSRCondition) -> Tensor:
         """The student's one step from the batch's start latent (``family.student_start``) and ``noise``, on the
