@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tadsr.checkpoints import ModelKind, model_kind
-from tadsr.config import Role
+from tadsr.config import ModelConfig, Role
 from tadsr.devices import resolve_device
 from tadsr.diffusion.samplers import SamplerName
 from tadsr.errors import ConfigError
@@ -109,22 +109,33 @@ def _parameters(files: list[Path]) -> int:
     return sum(math.prod(shape) for file in files for shape in read_shapes(file).values())
 
 
+def _config_summary(config: ModelConfig) -> list[str]:
+    """A tadsr model config as ``tadsr info`` prints it: the config, parameter counts (built on the meta device)
+    and the schedule."""
+    from tadsr.config import config_to_json
+
+    with torch.device("meta"):
+        sr = SRModel(config)
+    unet = sum(p.numel() for p in sr.unet.parameters())
+    stage = sum(p.numel() for p in sr.first_stage.parameters())
+    return [config_to_json(sr.config), f"unet parameters: {unet:,}", f"first-stage parameters: {stage:,}",
+            f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}"]
+
+
 def model_summary(path_or_name: str | os.PathLike | None = None) -> list[str]:
-    """What ``tadsr info`` prints of a model of any kind, without loading its weights (safetensors headers and
-    configs only): a tadsr file's config, parameter counts and schedule; for the other kinds their kind, role,
-    steps and scale (``model_info``), their run settings (a SeeSR folder's), and the parameters of each part
-    (each folder's safetensors files, or an SD student file's prefixes). One line for a path that is no model."""
+    """What ``tadsr info`` prints of a model preset (``tadsr.presets.MODEL_PRESETS``) or a model of any kind,
+    without loading its weights (safetensors headers and configs only): a preset's or a tadsr file's config,
+    parameter counts and schedule; for the other kinds their kind, role, steps and scale (``model_info``), their
+    run settings (a SeeSR folder's), and the parameters of each part (each folder's safetensors files, or an SD
+    student file's prefixes). One line for a path that is no model."""
+    from tadsr.presets import MODEL_PRESETS, model_config
+
+    if str(path_or_name) in MODEL_PRESETS:
+        return _config_summary(model_config(str(path_or_name)))
     path = locate(path_or_name)
     kind = model_kind(path)
     if kind == "tadsr":
-        from tadsr.config import config_to_json
-
-        with torch.device("meta"):
-            sr = SRModel(read_model_config(path))
-        unet = sum(p.numel() for p in sr.unet.parameters())
-        stage = sum(p.numel() for p in sr.first_stage.parameters())
-        return [config_to_json(sr.config), f"unet parameters: {unet:,}", f"first-stage parameters: {stage:,}",
-                f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}"]
+        return _config_summary(read_model_config(path))
     info = model_info(path)
     lines = [f"kind: {kind}", f"role: {info.role}", f"steps: {info.num_steps}", f"scale: {info.scale}"]
     if kind == "seesr":

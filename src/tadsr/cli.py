@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import torch
 
 from tadsr import distributed
-from tadsr.config import Role, config_to_json, model_config_from_json
+from tadsr.config import Role, model_config_from_json
 from tadsr.data.degradation import PRESETS as DEGRADATION_PRESETS
 from tadsr.data.image_io import DEFAULT_MAX_PIXELS, WRITE_FORMATS
 from tadsr.devices import DTYPES, resolve_device
@@ -30,7 +29,7 @@ from tadsr.errors import ConfigError, TadsrError, first_line
 from tadsr.fileio import atomic_write_text, check_writable
 from tadsr.inference.color import COLOR_FIXES
 from tadsr.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
-from tadsr.model import SRModel, model_from_official, read_model_config, save_model
+from tadsr.model import model_from_official, read_model_config, save_model
 from tadsr.presets import MODEL_PRESETS, SCHEDULE_PRESETS, model_config
 from tadsr.sd.diffusers_teacher import DEFAULT_NOISE_LEVEL
 from tadsr.training.config import TRAIN_PRESETS, Command, TrainConfig, resolve_config
@@ -274,15 +273,6 @@ def info(model: str) -> None:
     """Print what a model is: a preset's (realsr-x4, faceir) or a tadsr file's config and parameter counts; an
     ONNX file's, SD student's, diffusers folder's or SeeSR / TAD-SeeSR folder's kind, role, steps, scale, settings and
     parameters per part. No weight is loaded."""
-    if model in MODEL_PRESETS:
-        with torch.device("meta"):
-            sr = SRModel(model_config(model))
-        unet = sum(p.numel() for p in sr.unet.parameters())
-        stage = sum(p.numel() for p in sr.first_stage.parameters())
-        click.echo(config_to_json(sr.config))
-        click.echo(f"unet parameters: {unet:,}\nfirst-stage parameters: {stage:,}")
-        click.echo(f"schedule sqrt(eta): {[round(v, 4) for v in sr.schedule.sqrt_eta.tolist()]}")
-        return
     from tadsr.backends import model_summary
 
     click.echo("\n".join(model_summary(model)))
