@@ -325,3 +325,22 @@ def kill_at_first_checkpoint(cmd: list[str], run_dir: Path, env: dict[str, str],
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return proc.returncode, latest.read_text().strip()
+
+
+def smooth_photos(folder: Path) -> Path:
+    """Three 80x96 photos of smooth colour waves in a new ``folder``: training data for the SD-based distillation
+    tests."""
+    folder.mkdir()
+    y, x = np.mgrid[0:80, 0:96] / 40.0
+    for i in range(3):
+        img = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + i)], axis=2) * 0.4 + 0.5
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def torchrun(nproc: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``tadsr ARGS`` in ``nproc`` processes under torchrun (gloo on the CPU, one thread each)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
+           "tadsr.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

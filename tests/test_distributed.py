@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import torchrun
 from test_training import _cli, _distill_args, _prepare
-
-
-def _torchrun(nproc: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
-           "tadsr.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 @pytest.mark.slow
@@ -31,7 +23,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_its_message(photo_d
         "    import torch\n"
         "    from tadsr.losses import distillation\n"
         "    distillation.DistillationLoss.__call__ = lambda self, a, b: torch.full(a.shape[:1], float('nan'))\n")
-    result = _torchrun(2, *_distill_args(photo_dir, teacher_file, tmp_path / "run", 3),
+    result = torchrun(2, *_distill_args(photo_dir, teacher_file, tmp_path / "run", 3),
                        env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert result.returncode != 0
     stopped = [line for line in result.stderr.splitlines() if "loss term 'distill' is not finite" in line]
@@ -44,11 +36,11 @@ def test_a_run_resumes_under_another_number_of_processes(photo_dir: Path, teache
                                                          tmp_path: Path) -> None:
     one = tmp_path / "one"  # 1 process, then 2
     _prepare(*_distill_args(photo_dir, teacher_file, one, 2))
-    result = _torchrun(2, *_distill_args(photo_dir, teacher_file, one, 4), "--resume")
+    result = torchrun(2, *_distill_args(photo_dir, teacher_file, one, 4), "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming a 1-process run with 2" in result.stderr
     two = tmp_path / "two"  # 2 processes, then 1
-    assert _torchrun(2, *_distill_args(photo_dir, teacher_file, two, 2)).returncode == 0
+    assert torchrun(2, *_distill_args(photo_dir, teacher_file, two, 2)).returncode == 0
     result = _cli(*_distill_args(photo_dir, teacher_file, two, 4), "--resume")
     assert result.returncode == 0, result.stderr
     assert "resuming a 2-process run with 1" in result.stderr
@@ -72,14 +64,14 @@ def test_sharded_upscale_equals_one_process_and_resumes(tmp_path: Path, tiny_stu
     args = ["upscale", "-i", str(src), "--model", str(tiny_student_file), "-q"]
     one = _cli(*args, "-o", str(tmp_path / "one"))
     assert one.returncode == 1 and "5 done, 0 skipped, 1 failed" in one.stdout
-    two = _torchrun(2, *args, "-o", str(tmp_path / "two"))
+    two = torchrun(2, *args, "-o", str(tmp_path / "two"))
     assert two.returncode == 1  # one rank's failure makes the job fail
     assert two.stdout.count("tadsr: ") == 1 and "5 done, 0 skipped, 1 failed" in two.stdout
     assert "(2 processes)" in two.stdout and two.stderr.count("broken.png") == 1
     for i in range(5):  # the noise is per image: the split does not change a bit
         assert (tmp_path / "one" / f"p{i}.png").read_bytes() == (tmp_path / "two" / f"p{i}.png").read_bytes()
     (tmp_path / "two" / "p3.png").unlink()  # as if the job had been killed before p3
-    again = _torchrun(2, *args, "-o", str(tmp_path / "two"))
+    again = torchrun(2, *args, "-o", str(tmp_path / "two"))
     assert "1 done, 4 skipped, 1 failed" in again.stdout
     assert (tmp_path / "one" / "p3.png").read_bytes() == (tmp_path / "two" / "p3.png").read_bytes()
 
@@ -102,7 +94,7 @@ def test_sharded_evaluate_reports_what_one_process_reports(tmp_path: Path, tiny_
     Image.new("RGB", (64, 64)).save(gt / "p5.png")
     args = ["evaluate", "--lr", str(lr), "--gt", str(gt), "--models", f"bicubic,{tiny_student_file}:1", "-q"]
     one = _cli(*args, "-o", str(tmp_path / "one"))
-    two = _torchrun(2, *args, "-o", str(tmp_path / "two"))
+    two = torchrun(2, *args, "-o", str(tmp_path / "two"))
     assert one.returncode == two.returncode == 1  # p5 is left out, by both
     assert "1 of 6 pair(s) left out (each named above)" in two.stderr  # from rank 0, after writing the report
     rows = [list(csv.reader(open(tmp_path / run / "per_image.csv"))) for run in ("one", "two")]

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import kill_at_first_checkpoint
+from conftest import kill_at_first_checkpoint, smooth_photos, torchrun
 
 pytest.importorskip("diffusers")  # the test extra installs tadsr[sd]: this runs in CI
 
@@ -94,14 +94,6 @@ def test_the_discriminator_reads_the_down_blocks_with_their_graph(pipeline_dir: 
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
-def _photos(folder: Path) -> Path:
-    folder.mkdir()
-    y, x = np.mgrid[0:80, 0:96] / 40.0
-    for i in range(3):
-        img = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + i)], axis=2) * 0.4 + 0.5
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    return folder
-
 
 def _distill(pipeline_dir: Path, photos: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [TADSR, "distill", "--teacher", str(pipeline_dir), "--data", str(photos), "--out", str(out), "--steps",
@@ -112,7 +104,7 @@ def _distill(pipeline_dir: Path, photos: Path, out: Path, steps: int, *extra: st
 @pytest.mark.slow
 def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    photos = _photos(tmp_path / "photos")
+    photos = smooth_photos(tmp_path / "photos")
     steps = 4
     done = subprocess.run(_distill(pipeline_dir, photos, tmp_path / "a", steps), capture_output=True, text=True,
                           env=env)
@@ -169,11 +161,8 @@ def test_distil_resume_after_sigkill_and_upscale_with_the_student(pipeline_dir: 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_distil_an_sd_teacher(pipeline_dir: Path, tmp_path: Path) -> None:
-    photos = _photos(tmp_path / "photos")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
-           *_distill(pipeline_dir, photos, tmp_path / "run", 2)[1:]]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=300)
+    photos = smooth_photos(tmp_path / "photos")
+    result = torchrun(2, *_distill(pipeline_dir, photos, tmp_path / "run", 2)[1:])
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "final.safetensors").is_file()  # written after the ranks' weights were checked equal
     assert result.stdout.count("tadsr: wrote") == 1

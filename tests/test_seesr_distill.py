@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import kill_at_first_checkpoint
+from conftest import kill_at_first_checkpoint, smooth_photos, torchrun
 
 pytest.importorskip("diffusers")  # the test extra installs tadsr[sd]: this runs in CI
 
@@ -39,14 +39,6 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 SMALL = ("data.gt_size=64", "run.batch_size=2", "run.amp=none", "data.workers=0", "family.teacher_steps=2",
          "data.val_count=1", "run.val_every=1000", "run.log_every=1")
 
-
-def _photos(folder: Path) -> Path:
-    folder.mkdir()
-    y, x = np.mgrid[0:80, 0:96] / 40.0
-    for i in range(3):
-        img = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + i)], axis=2) * 0.4 + 0.5
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    return folder
 
 
 def _teacher(folder: Path, *overrides: str) -> SeeSRTeacher:
@@ -123,7 +115,7 @@ def test_a_merged_lora_is_the_adapted_network(seesr_teacher_dir: Path) -> None:
 def test_a_run_trains_only_its_subset(seesr_teacher_dir: Path, tmp_path: Path, trainable: str) -> None:
     """Two in-process steps at a large learning rate: the student folder's frozen weights are the teacher's bit
     for bit, the trained ones moved (LoRA: merged into the UNet's attention projections only)."""
-    photos = _photos(tmp_path / "photos")
+    photos = smooth_photos(tmp_path / "photos")
     config, _ = distill_config(seesr_teacher_dir, preset="seesr", data_path=str(photos), steps=2,
                                overrides=[*SMALL, f"family.trainable={trainable}", "optim.lr=1e-2",
                                           "optim.ema_rate=0", "run.save_every=1000"])
@@ -156,7 +148,7 @@ def _distill(teacher: Path, photos: Path, out: Path, steps: int, *extra: str) ->
 @pytest.mark.slow
 def test_distil_resume_after_sigkill_and_upscale_with_the_student(seesr_teacher_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    photos = _photos(tmp_path / "photos")
+    photos = smooth_photos(tmp_path / "photos")
     steps = 4
     done = subprocess.run(_distill(seesr_teacher_dir, photos, tmp_path / "a", steps), capture_output=True,
                           text=True, env=env)
@@ -193,7 +185,7 @@ def _one_line(args: list[str]) -> tuple[int, list[str]]:
 
 def test_a_one_step_folder_is_no_teacher_and_other_families_settings_are_refused(seesr_teacher_dir: Path,
                                                                                  tmp_path: Path) -> None:
-    photos = _photos(tmp_path / "photos")
+    photos = smooth_photos(tmp_path / "photos")
     student = tmp_path / "tad-seesr"
     _teacher(seesr_teacher_dir).save_student(student, _teacher(seesr_teacher_dir).make_student())
     base = ["distill", "--data", str(photos), "--steps", "1", "-q"]
@@ -210,7 +202,7 @@ def test_a_one_step_folder_is_no_teacher_and_other_families_settings_are_refused
 
 def test_a_teacher_cache_of_other_settings_is_rebuilt_with_a_warning(seesr_teacher_dir: Path,
                                                                      tmp_path: Path) -> None:
-    photos = _photos(tmp_path / "photos")
+    photos = smooth_photos(tmp_path / "photos")
     run = tmp_path / "run"
 
     def go(*extra: str) -> list[str]:
@@ -237,11 +229,8 @@ def test_a_teacher_cache_of_other_settings_is_rebuilt_with_a_warning(seesr_teach
 @pytest.mark.slow
 def test_torchrun_two_processes_distil_seesr_with_a_lora(seesr_teacher_dir: Path, tmp_path: Path) -> None:
     """DDP over the student's trainable subset (here the LoRA factors; the frozen weights are shared, not synced)."""
-    photos = _photos(tmp_path / "photos")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
-           *_distill(seesr_teacher_dir, photos, tmp_path / "run", 2, "family.trainable=lora")[1:]]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=300)
+    photos = smooth_photos(tmp_path / "photos")
+    result = torchrun(2, *_distill(seesr_teacher_dir, photos, tmp_path / "run", 2, "family.trainable=lora")[1:])
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "final" / "tadsr_seesr.json").is_file()  # after the ranks' weights agreed
     assert result.stdout.count("tadsr: wrote") == 1

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import kill_at_first_checkpoint
+from conftest import kill_at_first_checkpoint, torchrun
 from tadsr.cli import main
 from tadsr.model import load_model, save_model
 from tadsr.training.config import apply_overrides, load_config_file, train_config
@@ -230,10 +230,7 @@ def test_corrupt_checkpoint_is_refused(photo_dir: Path, teacher_file: Path, tmp_
 
 @pytest.mark.slow
 def test_torchrun_two_processes_agree(photo_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tadsr.cli",
-           *_distill_args(photo_dir, teacher_file, tmp_path, 2)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=300)
+    result = torchrun(2, *_distill_args(photo_dir, teacher_file, tmp_path, 2))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "final.safetensors").is_file()  # written after the ranks' weights were checked equal
     assert result.stdout.count("tadsr: wrote") == 1  # rank 0 speaks for the job
