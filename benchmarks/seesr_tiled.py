@@ -31,8 +31,9 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def timed(modules: dict[str, torch.nn.Module]) -> dict[str, float]:
-    """Seconds per named module, summed over its forward calls from now on (hooks; nested calls counted once)."""
+def timed(modules: dict[str, torch.nn.Module]) -> tuple[dict[str, float], dict[str, int]]:
+    """Seconds and calls per named module, summed over its forward calls from now on (hooks), filled in as the
+    modules run."""
     seconds = {name: 0.0 for name in modules}
     calls = {name: 0 for name in modules}
     start: dict[str, list[float]] = {name: [] for name in modules}
@@ -46,8 +47,7 @@ def timed(modules: dict[str, torch.nn.Module]) -> dict[str, float]:
 
         module.register_forward_pre_hook(before)
         module.register_forward_hook(after)
-    seconds["_calls"] = calls  # type: ignore[assignment]
-    return seconds
+    return seconds, calls
 
 
 def main() -> None:
@@ -67,14 +67,13 @@ def main() -> None:
     backend = open_model(args.folder)
     load_s, load_mib = time.perf_counter() - t0, peak_rss_mib()
     parts = backend.parts  # type: ignore[attr-defined]
-    seconds = timed({"DAPE (Swin-L + tag head)": parts.dape, "text encoder": parts.text_encoder,
+    seconds, calls = timed({"DAPE (Swin-L + tag head)": parts.dape, "text encoder": parts.text_encoder,
                      "VAE encoder": parts.vae.encoder, "ControlNet": parts.controlnet, "UNet": parts.unet,
                      "VAE decoder": parts.vae.decoder})
     rgb = (np.random.default_rng(0).random((args.lr, args.lr, 3)) * 255).astype(np.uint8)
     t0 = time.perf_counter()
     out = Upscaler(backend, tile=args.tile, tile_overlap=args.overlap, seed=0).upscale(rgb)
     total = time.perf_counter() - t0
-    calls = seconds.pop("_calls")
     result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "lr": args.lr, "output": list(out.shape), "tile": args.tile,
               "overlap": args.overlap, "load_s": round(load_s, 1), "peak_after_load_mib": round(load_mib),
